@@ -1,0 +1,47 @@
+# PACS Hub: two commands. `make run` starts the hub; `make test` runs the whole suite.
+# Each sets up what it needs (Python venv; for tests, Debian packages too).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+TEST_DEBS := dcmtk orthanc orthanc-dicomweb postgresql
+export PACS_HUB_DATA_DIR ?= $(CURDIR)/data
+
+.PHONY: run test lint bench system-deps clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/:/'
+
+$(BIN)/.runtime: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(BIN)/.test: $(BIN)/.runtime pyproject.toml
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+run: $(BIN)/.runtime  ## set up and run the hub on its embedded default (SQLite + ./data)
+	$(BIN)/pacs-hub serve
+
+system-deps:  ## install the Debian packages the tests start as real peers
+	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	fi
+
+lint: $(BIN)/.test  ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: system-deps $(BIN)/.test lint  ## set up and run the whole test suite
+	$(BIN)/pytest -q -p no:cacheprovider
+
+bench: system-deps $(BIN)/.test  ## hub vs Orthanc benchmarks, written to bench/RESULTS.md
+	$(BIN)/python -m bench.run
+
+clean:  ## remove the venv (not the data folder)
+	rm -rf $(VENV)

@@ -1,0 +1,68 @@
+"""One settings object for the whole hub, read from ``PACS_HUB_*`` variables.
+
+Built once in the entry point (:mod:`pacs_hub.cli`) and passed down; no module
+reads the environment on its own.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DuplicatePolicy(StrEnum):
+    """What to do when a SOP Instance UID arrives again with different bytes."""
+
+    KEEP_FIRST = "keep-first"
+    """Keep the stored object; answer the sender with failure 0xA900 and a comment."""
+    REPLACE = "replace"
+    """Index the new object in place of the old one (the old blob stays on disk)."""
+
+
+class Settings(BaseSettings):
+    """Every setting of the hub, with laptop defaults (embedded SQLite, local folder)."""
+
+    model_config = SettingsConfigDict(env_prefix="PACS_HUB_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("data"), description="Blobs, SQLite index, temp files")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the index; default: SQLite file in the data folder",
+    )
+    ae_title: str = Field(default="PACS_HUB", max_length=16)
+    host: str = "127.0.0.1"
+    dicom_port: int = 11112
+    http_port: int = 8042
+    gateway_processes: int = Field(
+        default=0,
+        description="DICOM gateway processes sharing the port (SO_REUSEPORT); 0 = one per core",
+    )
+    max_pdu_size: int = Field(default=262144, description="Maximum PDU length we receive")
+    duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
+    network_timeout: float = 60.0
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    accept_unknown_calling_ae: bool = Field(
+        default=True,
+        description="Accept associations from AE titles that are not registered nodes "
+        "(C-MOVE destinations must always be registered)",
+    )
+    log_level: str = "INFO"
+
+    @property
+    def index_url(self) -> str:
+        """The index's SQLAlchemy URL (SQLite in the data folder unless configured)."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"
+
+    @property
+    def effective_gateway_processes(self) -> int:
+        """Number of gateway processes to start: the setting, or one per core."""
+        if self.gateway_processes > 0:
+            return self.gateway_processes
+        return max(1, len(os.sched_getaffinity(0)))

@@ -1,0 +1,1 @@
+"""DICOM helpers: Part 10 files, typed header records, attribute matching, charsets."""

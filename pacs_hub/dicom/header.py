@@ -1,0 +1,185 @@
+"""Turn received bytes into a typed header record, once, at the edge.
+
+Validation follows what an archive needs to index an instance safely: a Part 10
+file with a Transfer Syntax UID (PS3.10 7.1), a storage SOP class (PS3.4 B.5),
+the four identifying UIDs (PS3.3 C.12.1, C.7.2.1, C.7.3.1) in valid UI syntax
+(PS3.5 9.1), and every top-level element complete (no truncated value).
+Nothing here decodes pixel data.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import pydicom
+import pydicom.config
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import uid_to_service_class
+
+from pacs_hub.errors import InvalidInstance, MissingAttribute, UnsupportedSOPClass
+
+# Archive input is whatever modalities send: read values leniently (no warning per
+# bad VR value, which would flood the logs); validation below decides what is refused.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def is_valid_uid(value: str) -> bool:
+    """PS3.5 9.1: digits and dots, no leading zero in a component, at most 64 chars."""
+    return 0 < len(value) <= 64 and UID_PATTERN.match(value) is not None
+
+
+def is_storage_sop_class(uid: str) -> bool:
+    """True when ``uid`` is a Storage SOP Class of PS3.4 B.5 (or Non-Patient, GG)."""
+    return issubclass(uid_to_service_class(uid), StorageServiceClass)
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceHeader:
+    """What the index keeps of one instance (all strings decoded to Unicode)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    specific_character_set: str
+    patient_id: str
+    issuer_of_patient_id: str
+    patient_name: str
+    patient_birth_date: str
+    patient_sex: str
+    study_date: str
+    study_time: str
+    accession_number: str
+    study_id: str
+    study_description: str
+    referring_physician_name: str
+    modality: str
+    series_number: str
+    series_description: str
+    body_part_examined: str
+    series_date: str
+    series_time: str
+    station_name: str
+    instance_number: str
+    rows: int | None
+    columns: int | None
+    number_of_frames: int | None
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value: Any = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, pydicom.multival.MultiValue):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    value: Any = ds.get(keyword)
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _check_complete(ds: Dataset) -> None:
+    """Every top-level element with a defined length must have all its bytes."""
+    for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset yields elements)
+        raw = ds.get_item(tag)
+        if not isinstance(raw, RawDataElement) or raw.length == UNDEFINED_LENGTH:
+            continue
+        if raw.value is not None and len(raw.value) != raw.length:
+            raise InvalidInstance(
+                f"truncated element {tag}: {len(raw.value)} of {raw.length} bytes present"
+            )
+
+
+def _read(data: bytes) -> Dataset:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), force=False)
+        except InvalidDicomError as exc:
+            raise InvalidInstance(f"not a DICOM Part 10 file: {exc}") from exc
+        except Exception as exc:  # pydicom raises many types on corrupt input
+            raise InvalidInstance(f"cannot parse dataset: {exc}") from exc
+    for warning in caught:
+        if "End of file reached" in str(warning.message):
+            raise InvalidInstance(f"truncated dataset: {warning.message}")
+    return ds
+
+
+def _uid(ds: Dataset, keyword: str) -> str:
+    value = _text(ds, keyword)
+    if not value:
+        raise MissingAttribute(f"missing {keyword}")
+    if not is_valid_uid(value):
+        raise InvalidInstance(f"invalid {keyword} {value[:40]!r}")
+    return value
+
+
+def parse_header(data: bytes) -> InstanceHeader:
+    """Parse and validate a Part 10 file held in memory; raise a :class:`HubError`."""
+    ds = _read(data)
+    transfer_syntax = _text(ds.file_meta, "TransferSyntaxUID")
+    if not transfer_syntax:
+        raise MissingAttribute("File Meta has no TransferSyntaxUID (0002,0010)")
+    try:
+        _check_complete(ds)
+        sop_class = _uid(ds, "SOPClassUID")
+        if not is_storage_sop_class(sop_class):
+            raise UnsupportedSOPClass(f"SOP Class {sop_class} is not a storage SOP class")
+        record = _record(ds, sop_class, transfer_syntax)
+    except (LookupError, ValueError, TypeError) as exc:
+        raise InvalidInstance(f"cannot read attribute: {exc}") from exc
+    announced = _text(ds.file_meta, "MediaStorageSOPInstanceUID")
+    if announced and announced != record.sop_instance_uid:
+        raise InvalidInstance(
+            f"SOP Instance UID {record.sop_instance_uid} differs from announced {announced}"
+        )
+    return record
+
+
+def _record(ds: Dataset, sop_class: str, transfer_syntax: str) -> InstanceHeader:
+    return InstanceHeader(
+        sop_class_uid=sop_class,
+        sop_instance_uid=_uid(ds, "SOPInstanceUID"),
+        study_instance_uid=_uid(ds, "StudyInstanceUID"),
+        series_instance_uid=_uid(ds, "SeriesInstanceUID"),
+        transfer_syntax_uid=transfer_syntax,
+        specific_character_set=_text(ds, "SpecificCharacterSet"),
+        patient_id=_text(ds, "PatientID"),
+        issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
+        patient_name=_text(ds, "PatientName"),
+        patient_birth_date=_text(ds, "PatientBirthDate"),
+        patient_sex=_text(ds, "PatientSex"),
+        study_date=_text(ds, "StudyDate"),
+        study_time=_text(ds, "StudyTime"),
+        accession_number=_text(ds, "AccessionNumber"),
+        study_id=_text(ds, "StudyID"),
+        study_description=_text(ds, "StudyDescription"),
+        referring_physician_name=_text(ds, "ReferringPhysicianName"),
+        modality=_text(ds, "Modality"),
+        series_number=_text(ds, "SeriesNumber"),
+        series_description=_text(ds, "SeriesDescription"),
+        body_part_examined=_text(ds, "BodyPartExamined"),
+        series_date=_text(ds, "SeriesDate"),
+        series_time=_text(ds, "SeriesTime"),
+        station_name=_text(ds, "StationName"),
+        instance_number=_text(ds, "InstanceNumber"),
+        rows=_int(ds, "Rows"),
+        columns=_int(ds, "Columns"),
+        number_of_frames=_int(ds, "NumberOfFrames"),
+    )

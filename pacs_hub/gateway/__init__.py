@@ -1,0 +1,1 @@
+"""The DICOM gateway: pynetdicom SCP handlers and SCU clients (PS3.7, PS3.4)."""

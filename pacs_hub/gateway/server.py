@@ -1,0 +1,126 @@
+"""The hub's DICOM application entity: which services it offers and how it listens.
+
+Presentation contexts (PS3.8 7.1.1.13): Verification, every Storage SOP class
+(PS3.4 B.5) with every transfer syntax pynetdicom knows (stored as received, so no
+codec is needed), Patient Root and Study Root Query/Retrieve FIND, MOVE and GET
+(PS3.4 C.6), and Storage Commitment Push Model (PS3.4 J).
+
+Several gateway processes can listen on one port (``SO_REUSEPORT``), each with its
+own pynetdicom AE; every socket the hub opens or accepts has ``TCP_NODELAY`` set,
+else each DIMSE message waits on Nagle's algorithm (~40 ms).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import socket
+import threading
+from typing import Any
+
+import pynetdicom
+from pynetdicom import AE, evt
+from pynetdicom import sop_class as sc
+from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
+
+from pacs_hub.gateway import commitment, find, retrieve
+from pacs_hub.gateway.context import GatewayContext
+from pacs_hub.gateway.status import SUCCESS
+from pacs_hub.gateway.store import handle_store
+
+LOGGER = logging.getLogger(__name__)
+
+QUERY_RETRIEVE = (
+    sc.PatientRootQueryRetrieveInformationModelFind,
+    sc.StudyRootQueryRetrieveInformationModelFind,
+    sc.PatientRootQueryRetrieveInformationModelMove,
+    sc.StudyRootQueryRetrieveInformationModelMove,
+    sc.PatientRootQueryRetrieveInformationModelGet,
+    sc.StudyRootQueryRetrieveInformationModelGet,
+)
+
+
+def enable_tcp_nodelay_on_requests() -> None:
+    """Make every association this process *requests* set TCP_NODELAY.
+
+    pynetdicom creates requestor sockets in ``AssociationSocket._create_socket`` and
+    offers no option for socket flags, so the method is wrapped once per process.
+    """
+    original = AssociationSocket._create_socket
+    if getattr(original, "_pacs_hub_nodelay", False):
+        return
+
+    @functools.wraps(original)
+    def create(self: AssociationSocket, address: Any) -> socket.socket:
+        sock: socket.socket = original(self, address)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    create._pacs_hub_nodelay = True  # type: ignore[attr-defined]
+    AssociationSocket._create_socket = create  # type: ignore[method-assign]
+
+
+class HubAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, sharing its port and with TCP_NODELAY on."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = super().get_request()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
+
+def build_ae(ctx: GatewayContext) -> AE:
+    """The application entity with every supported presentation context."""
+    settings = ctx.settings
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_pdu_size = settings.max_pdu_size
+    ae.network_timeout = settings.network_timeout
+    ae.acse_timeout = settings.acse_timeout
+    ae.dimse_timeout = settings.dimse_timeout
+    ae.maximum_associations = 64
+    transfer_syntaxes = list(pynetdicom.ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(sc.Verification)
+    for uid in sc._STORAGE_CLASSES.values():
+        ae.add_supported_context(uid, transfer_syntaxes, scu_role=True, scp_role=True)
+    for uid in QUERY_RETRIEVE:
+        ae.add_supported_context(uid)
+    ae.add_supported_context(sc.StorageCommitmentPushModel)
+    ae.require_called_aet = False
+    return ae
+
+
+def handlers(ctx: GatewayContext) -> list[evt.EventHandlerType]:
+    """Event handlers bound to the SCP, each receiving the gateway context."""
+    return [
+        (evt.EVT_C_ECHO, handle_echo, []),
+        (evt.EVT_C_STORE, handle_store, [ctx]),
+        (evt.EVT_C_FIND, find.handle_find, [ctx]),
+        (evt.EVT_C_MOVE, retrieve.handle_move, [ctx]),
+        (evt.EVT_C_GET, retrieve.handle_get, [ctx]),
+        (evt.EVT_N_ACTION, commitment.handle_n_action, [ctx]),
+    ]
+
+
+def handle_echo(event: evt.Event) -> int:
+    """C-ECHO (PS3.4 A.4): always Success."""
+    return SUCCESS
+
+
+def serve_dicom(ctx: GatewayContext) -> ThreadedAssociationServer:
+    """Listen on the configured host and DICOM port in a background thread.
+
+    Returns the server; ``server.shutdown()`` stops it.
+    """
+    enable_tcp_nodelay_on_requests()
+    ae = build_ae(ctx)
+    address = (ctx.settings.host, ctx.settings.dicom_port)
+    server = ae.make_server(address, evt_handlers=handlers(ctx), server_class=HubAssociationServer)
+    thread = threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True)
+    thread.start()
+    LOGGER.info("DICOM gateway %s listening on %s:%d", ctx.settings.ae_title, *address)
+    return server

@@ -1,0 +1,120 @@
+"""The one path every instance takes: validate -> write blob -> index -> acknowledge.
+
+C-STORE, STOW-RS, import, replication and restore all call :meth:`Ingestor.ingest`.
+Durable before acknowledged (ARCHITECTURE.md invariant 2): the blob is fsynced and
+renamed, then the index row is committed, and only then does ``ingest`` return.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from pacs_hub.config import DuplicatePolicy
+from pacs_hub.dicom.header import InstanceHeader, parse_header
+from pacs_hub.errors import DuplicateConflict, IndexUnavailable
+from pacs_hub.storage.blobs import BlobStore, sha256_hex
+from pacs_hub.storage.database import Database
+from pacs_hub.storage.index import (
+    Outcome,
+    StoredBlob,
+    add_instance,
+    existing_instance,
+    replace_blob,
+)
+
+LOGGER = logging.getLogger(__name__)
+RETRIES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What happened to one received instance."""
+
+    outcome: Outcome
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    sha256: str
+    size: int
+
+
+class Ingestor:
+    """Validates, stores and indexes instances; shared by every door of the hub."""
+
+    def __init__(
+        self,
+        database: Database,
+        blobs: BlobStore,
+        duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST,
+    ) -> None:
+        self.database = database
+        self.blobs = blobs
+        self.duplicate_policy = duplicate_policy
+
+    def ingest(self, part10: bytes, received_from_ae: str = "") -> IngestResult:
+        """Store one Part 10 file held in memory; return only once it is durable.
+
+        Raises a :class:`~pacs_hub.errors.HubError` (invalid input, conflict, disk
+        full, index down); in every such case nothing already stored changes.
+        """
+        header = parse_header(part10)
+        sha256 = sha256_hex(part10)
+        blob = StoredBlob(self.blobs.key_for(sha256), sha256, len(part10))
+        with self.database.reader() as session:
+            known = existing_instance(session, header.sop_instance_uid)
+            if known is not None and known.sha256 == sha256:
+                return self._result(Outcome.DUPLICATE, header, blob)
+        self.blobs.put(part10, sha256)
+        outcome = self._index(header, blob, received_from_ae)
+        if outcome is Outcome.CONFLICT:
+            raise DuplicateConflict(
+                f"SOP Instance {header.sop_instance_uid} already stored with other content; "
+                "kept the first"
+            )
+        return self._result(outcome, header, blob)
+
+    def _index(self, header: InstanceHeader, blob: StoredBlob, ae: str) -> Outcome:
+        delay = 0.01
+        for attempt in range(RETRIES):
+            try:
+                return self._index_once(header, blob, ae)
+            except IntegrityError:
+                # A concurrent ingest created the same patient/study/series: retry reads it.
+                if attempt == RETRIES - 1:
+                    raise
+            except OperationalError as exc:
+                if attempt == RETRIES - 1:
+                    raise IndexUnavailable(f"index did not commit: {exc.orig}") from exc
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    def _index_once(self, header: InstanceHeader, blob: StoredBlob, ae: str) -> Outcome:
+        now = datetime.now(UTC).replace(tzinfo=None)
+        with self.database.session() as session:
+            known = existing_instance(session, header.sop_instance_uid)
+            if known is None:
+                add_instance(session, header, blob, ae, now)
+                return Outcome.STORED
+            if known.sha256 == blob.sha256:
+                return Outcome.DUPLICATE
+            if self.duplicate_policy is DuplicatePolicy.REPLACE:
+                replace_blob(session, known, blob, ae, now)
+                return Outcome.REPLACED
+            return Outcome.CONFLICT
+
+    @staticmethod
+    def _result(outcome: Outcome, h: InstanceHeader, blob: StoredBlob) -> IngestResult:
+        return IngestResult(
+            outcome=outcome,
+            sop_instance_uid=h.sop_instance_uid,
+            sop_class_uid=h.sop_class_uid,
+            study_instance_uid=h.study_instance_uid,
+            sha256=blob.sha256,
+            size=blob.size,
+        )

@@ -1,0 +1,1 @@
+"""Regional interconnection: establishments and their DICOM nodes."""

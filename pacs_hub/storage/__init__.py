@@ -1,0 +1,1 @@
+"""Storage: immutable checksummed blobs and the patient/study/series/instance index."""

@@ -1,0 +1,1 @@
+"""The HTTP side of the hub (FastAPI): health, and later DICOMweb, admin, viewer."""

@@ -1,0 +1,55 @@
+"""The FastAPI application served on the hub's HTTP port."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from pacs_hub import __version__
+from pacs_hub.config import Settings
+from pacs_hub.storage.database import Database
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def create_app(
+    settings: Settings, database: Database, gateways_alive: Callable[[], int] | None = None
+) -> FastAPI:
+    """Build the HTTP application over an open index."""
+    app = FastAPI(title="PACS Hub", version=__version__)
+
+    @app.get("/health", tags=["operations"])
+    def health() -> JSONResponse:
+        """Liveness and readiness: the index answers and the DICOM gateways run."""
+        try:
+            with database.reader() as session:
+                session.execute(text("SELECT 1"))
+            index_ok = True
+        except Exception:
+            index_ok = False
+        alive = gateways_alive() if gateways_alive else 0
+        expected = settings.effective_gateway_processes if gateways_alive else 0
+        listening = _accepts(settings.host, settings.dicom_port)
+        ok = index_ok and alive == expected and listening
+        body = {
+            "status": "ok" if ok else "degraded",
+            "version": __version__,
+            "ae_title": settings.ae_title,
+            "dicom_port": settings.dicom_port,
+            "index": "ok" if index_ok else "unavailable",
+            "dicom_listening": listening,
+            "gateway_processes": {"alive": alive, "expected": expected},
+        }
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    return app
