@@ -69,14 +69,20 @@ class Ingestor:
             known = existing_instance(session, header.sop_instance_uid)
             if known is not None and known.sha256 == sha256:
                 return self._result(Outcome.DUPLICATE, header, blob)
+            if known is not None and self.duplicate_policy is DuplicatePolicy.KEEP_FIRST:
+                raise self._conflict(header)
         self.blobs.put(part10, sha256)
         outcome = self._index(header, blob, received_from_ae)
         if outcome is Outcome.CONFLICT:
-            raise DuplicateConflict(
-                f"SOP Instance {header.sop_instance_uid} already stored with other content; "
-                "kept the first"
-            )
+            raise self._conflict(header)
         return self._result(outcome, header, blob)
+
+    @staticmethod
+    def _conflict(header: InstanceHeader) -> DuplicateConflict:
+        return DuplicateConflict(
+            f"SOP Instance {header.sop_instance_uid} already stored with other content; "
+            "kept the first"
+        )
 
     def _index(self, header: InstanceHeader, blob: StoredBlob, ae: str) -> Outcome:
         delay = 0.01
