@@ -65,8 +65,8 @@ class Ingestor:
         header = parse_header(part10)
         sha256 = sha256_hex(part10)
         blob = StoredBlob(self.blobs.key_for(sha256), sha256, len(part10))
-        with self.database.reader() as session:
-            known = existing_instance(session, header.sop_instance_uid)
+        with self.database.read_connection() as conn:
+            known = existing_instance(conn, header.sop_instance_uid)
             if known is not None and known.sha256 == sha256:
                 return self._result(Outcome.DUPLICATE, header, blob)
             if known is not None and self.duplicate_policy is DuplicatePolicy.KEEP_FIRST:
@@ -102,15 +102,15 @@ class Ingestor:
 
     def _index_once(self, header: InstanceHeader, blob: StoredBlob, ae: str) -> Outcome:
         now = datetime.now(UTC).replace(tzinfo=None)
-        with self.database.session() as session:
-            known = existing_instance(session, header.sop_instance_uid)
+        with self.database.engine.begin() as conn:
+            known = existing_instance(conn, header.sop_instance_uid)
             if known is None:
-                add_instance(session, header, blob, ae, now)
+                add_instance(conn, header, blob, ae, now)
                 return Outcome.STORED
             if known.sha256 == blob.sha256:
                 return Outcome.DUPLICATE
             if self.duplicate_policy is DuplicatePolicy.REPLACE:
-                replace_blob(session, known, blob, ae, now)
+                replace_blob(conn, known, blob, ae, now)
                 return Outcome.REPLACED
             return Outcome.CONFLICT
 

@@ -1,6 +1,7 @@
 """Immutable, content-addressed blobs in a local folder.
 
-A blob's key is the SHA-256 of its bytes (``ab/cd/abcd....dcm``), so a blob never
+A blob's key is the SHA-256 of its bytes (``ab/abcd....dcm``, 256 fan-out folders
+made once), so a blob never
 changes once written and the same bytes are stored once. Writes are atomic and
 durable: temp file in the same file system, ``fsync``, ``rename``, ``fsync`` of the
 directory; a crash leaves at worst a temp file, removed by :meth:`clean_temp`.
@@ -36,11 +37,14 @@ class BlobStore:
         self.tmp = root / "tmp"
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
+        for prefix in range(256):
+            (self.blobs / f"{prefix:02x}").mkdir(exist_ok=True)
+        _fsync_dir(self.blobs)
 
     @staticmethod
     def key_for(sha256: str) -> str:
         """The blob key (relative path) of content whose SHA-256 is ``sha256``."""
-        return f"{sha256[:2]}/{sha256[2:4]}/{sha256}.dcm"
+        return f"{sha256[:2]}/{sha256}.dcm"
 
     def path(self, key: str) -> Path:
         """The file holding blob ``key``."""
@@ -62,7 +66,6 @@ class BlobStore:
         temp = self.tmp / f"{uuid.uuid4().hex}{TEMP_SUFFIX}"
         try:
             self._write_durably(temp, data)
-            final.parent.mkdir(parents=True, exist_ok=True)
             os.rename(temp, final)
             _fsync_dir(final.parent)
         except OSError as exc:

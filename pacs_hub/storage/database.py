@@ -17,7 +17,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 LOGGER = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_on_begin(conn: Any) -> None:
+    if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+        return  # a reader: each statement is its own snapshot, no write lock
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
@@ -82,13 +84,18 @@ class Database:
             yield session
 
     @contextmanager
-    def reader(self) -> Iterator[Session]:
-        """A read-only session (no write lock is taken on SQLite)."""
+    def read_connection(self) -> Iterator[Connection]:
+        """A Core connection for reading (no write lock is taken on SQLite)."""
         with self.engine.connect() as conn:
             if self.is_sqlite:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            with Session(bind=conn) as session:
-                yield session
+            yield conn
+
+    @contextmanager
+    def reader(self) -> Iterator[Session]:
+        """A read-only session (no write lock is taken on SQLite)."""
+        with self.read_connection() as conn, Session(bind=conn) as session:
+            yield session
 
     def dispose(self) -> None:
         """Close every pooled connection."""
