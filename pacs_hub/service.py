@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import multiprocessing
+import os
 import signal
 import threading
+from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
@@ -18,6 +22,7 @@ from pacs_hub.storage.database import Database
 from pacs_hub.web.app import create_app
 
 LOGGER = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1
 
 
 def configure_logging(level: str) -> None:
@@ -29,8 +34,28 @@ def configure_logging(level: str) -> None:
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
-def run_gateway(settings: Settings) -> None:
-    """Body of one gateway process: listen until SIGTERM or SIGINT."""
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when the parent hub process dies (prctl)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the parent's shutdown still stops us
+        LOGGER.debug("prctl(PR_SET_PDEATHSIG) unavailable")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its own signal handling (we stop it ourselves)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def run_gateway(settings: Settings, parent_pid: int) -> None:
+    """Body of one gateway process: listen until SIGTERM or SIGINT, or the hub dies."""
+    _die_with_parent()
+    if os.getppid() != parent_pid:
+        return  # the hub died before we got here
     configure_logging(settings.log_level)
     stop = threading.Event()
 
@@ -61,7 +86,9 @@ def serve(settings: Settings) -> None:
     spawn = multiprocessing.get_context("spawn")
     gateways: list[multiprocessing.context.SpawnProcess] = []
     for _ in range(settings.effective_gateway_processes):
-        proc = spawn.Process(target=run_gateway, args=(settings,), name="pacs-hub-gateway")
+        proc = spawn.Process(
+            target=run_gateway, args=(settings, os.getpid()), name="pacs-hub-gateway"
+        )
         proc.start()
         gateways.append(proc)
     print(
@@ -71,8 +98,18 @@ def serve(settings: Settings) -> None:
         flush=True,
     )
     app = create_app(settings, database, lambda: sum(p.is_alive() for p in gateways))
+    server = _Server(
+        uvicorn.Config(app, host=settings.host, port=settings.http_port, log_level="warning")
+    )
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        LOGGER.info("signal %d: shutting down", signum)
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.http_port, log_level="warning")
+        server.run()
     finally:
         for proc in gateways:
             proc.terminate()

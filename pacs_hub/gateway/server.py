@@ -120,6 +120,7 @@ def serve_dicom(ctx: GatewayContext) -> ThreadedAssociationServer:
     ae = build_ae(ctx)
     address = (ctx.settings.host, ctx.settings.dicom_port)
     server = ae.make_server(address, evt_handlers=handlers(ctx), server_class=HubAssociationServer)
+    ae._servers.append(server)  # as start_server does; server.shutdown() removes it
     thread = threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True)
     thread.start()
     LOGGER.info("DICOM gateway %s listening on %s:%d", ctx.settings.ae_title, *address)
