@@ -46,11 +46,6 @@ class Settings(BaseSettings):
     network_timeout: float = 60.0
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
-    accept_unknown_calling_ae: bool = Field(
-        default=True,
-        description="Accept associations from AE titles that are not registered nodes "
-        "(C-MOVE destinations must always be registered)",
-    )
     log_level: str = "INFO"
 
     @property
