@@ -117,6 +117,9 @@ def serve_dicom(ctx: GatewayContext) -> ThreadedAssociationServer:
     Returns the server; ``server.shutdown()`` stops it.
     """
     enable_tcp_nodelay_on_requests()
+    # Identifiers carry patient names and IDs: never log them, even at DEBUG.
+    pynetdicom._config.LOG_REQUEST_IDENTIFIERS = False
+    pynetdicom._config.LOG_RESPONSE_IDENTIFIERS = False
     ae = build_ae(ctx)
     address = (ctx.settings.host, ctx.settings.dicom_port)
     server = ae.make_server(address, evt_handlers=handlers(ctx), server_class=HubAssociationServer)
