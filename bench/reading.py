@@ -1,0 +1,100 @@
+"""The "Reading" paragraphs of RESULTS.md, stated from the measured numbers.
+
+The causes named here come from the project's performance baseline
+(``shared/reference/perf-baseline.md``: profiles of a pynetdicom SCP on this
+machine); they are explanations to check, not measurements of this run.
+"""
+
+from __future__ import annotations
+
+from bench.find import QUERY_TYPES
+from bench.report import Results
+
+
+def _ingest_paragraph(res: Results) -> str | None:
+    if not res.ingest:
+        return None
+    short = []
+    for (dataset, kind, p), hub in sorted(res.ingest.items()):
+        orth = res.ingest.get((dataset, "orthanc", p))
+        if kind == "hub" and hub and orth and hub.inst_s < orth.inst_s:
+            short.append(f"{dataset} P={p} {hub.inst_s / orth.inst_s:.0%}")
+    if not short:
+        return "**Ingest**: the hub matches or beats Orthanc in every cell measured."
+    cpu = [
+        (d, hub.cpu_ms_per_inst, orth.cpu_ms_per_inst)
+        for (d, k, p), hub in res.ingest.items()
+        if k == "hub" and p == 4 and hub
+        for orth in [res.ingest.get((d, "orthanc", 4))]
+        if orth
+    ]
+    cpu_text = "; ".join(f"{d}: {h:.1f} vs {o:.1f} ms" for d, h, o in cpu)
+    return (
+        "**Ingest**: the hub falls short of Orthanc where it reaches "
+        + ", ".join(short)
+        + " of Orthanc's rate. On 2 cores shared by storescu and the server, every server is "
+        "CPU-bound, so server CPU per instance decides (hub vs Orthanc at 4 associations: "
+        f"{cpu_text}). The hub's cost is mostly pynetdicom's per-association reactor threads "
+        "(1 ms polling sleeps) and per-PDU handling, plus header parsing, an fsync per blob "
+        "and an SQLite commit per instance; Orthanc (C++, multi-threaded, no fsync) pays "
+        "less per instance and scales better with parallel associations. "
+        "The dcmtk storescp column is the receive-and-write ceiling without any index."
+    )
+
+
+def _find_paragraph(res: Results) -> str | None:
+    hub, orth = res.find.get("hub"), res.find.get("orthanc")
+    if not hub or not orth:
+        return "**C-FIND**: not measured on both archives in this run."
+    slower = [
+        f"{k} (p95 {hub[k].p95_ms:.0f} vs {orth[k].p95_ms:.0f} ms, {hub[k].matches:.0f} matches)"
+        for k in QUERY_TYPES
+        if k in hub and k in orth and hub[k].samples and hub[k].p95_ms > orth[k].p95_ms
+    ]
+    if not slower:
+        return (
+            "**C-FIND**: the hub's p95 is at or below Orthanc's for every query type at this "
+            "index size (SQLite B-tree lookups stay flat as the index grows, as the baseline "
+            "predicted; findscu's process start and association are a floor common to both)."
+        )
+    tail_only = all(hub[k].p50_ms <= orth[k].p50_ms for k in QUERY_TYPES if k in hub and k in orth)
+    cause = (
+        " The hub's p50 is below Orthanc's for every type, so this is tail latency, not the "
+        "typical query: occasional slow associations (pynetdicom association setup and thread "
+        "start in the gateway, or other load on this shared 2-core machine) rather than the "
+        "SQL lookup."
+        if tail_only
+        else " Exact-key lookups are index hits in both; where many studies match, the cost is "
+        "producing responses (pydicom encoding and pynetdicom's per-message sending are ~3x "
+        "slower per response than Orthanc's C++ in the baseline)."
+    )
+    return "**C-FIND**: the hub's p95 is above Orthanc's for " + "; ".join(slower) + "." + cause
+
+
+def _move_paragraph(res: Results) -> str | None:
+    if "hub" in res.move_errors:
+        return (
+            "**C-MOVE**: not available yet in the hub at the measured commit (the hub answered "
+            f"`{res.move_errors['hub'][:160]}`); only Orthanc's numbers are shown."
+        )
+    hub, orth = res.move.get(("hub", "files")), res.move.get(("orthanc", "files"))
+    if not hub or not orth:
+        return None
+    if hub.inst_s >= orth.inst_s:
+        return "**C-MOVE**: hub egress matches or beats Orthanc's."
+    return (
+        f"**C-MOVE**: hub egress is {hub.inst_s / orth.inst_s:.0%} of Orthanc's "
+        f"({hub.inst_s:.0f} vs {orth.inst_s:.0f} inst/s to storescp +B). Sending through a "
+        "pynetdicom C-STORE SCU costs Python time per PDU and per message (the baseline "
+        "measured ~190-250 inst/s for a plain pynetdicom sender), while Orthanc streams files "
+        "from C++."
+    )
+
+
+def reading(res: Results) -> list[str]:
+    paragraphs = [_ingest_paragraph(res), _find_paragraph(res), _move_paragraph(res)]
+    out: list[str] = []
+    for text in paragraphs:
+        if text:
+            out += [text, ""]
+    return out
