@@ -72,6 +72,46 @@ def serve(
     )
 
 
+def _check_label(value: str) -> str:
+    if len(value) > 16:
+        raise typer.BadParameter("at most 16 characters (the AE title column)")
+    return value
+
+
+@app.command("import")
+def import_(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(exists=True, metavar="PATH", help="Files, folders, zip archives, DICOMDIRs"),
+    ],
+    received_from: Annotated[
+        str,
+        typer.Option(
+            help="Label stored as the sender (at most 16 characters)", callback=_check_label
+        ),
+    ] = "",
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Ingest threads")] = 4,
+    data_dir: DataDir = None,
+) -> None:
+    """Import DICOM files through the same ingest path as C-STORE.
+
+    Folders are walked recursively, zip archives read member by member.
+    A DICOMDIR is followed to the files it references; it is not stored itself.
+    The report counts stored, duplicate (skipped) and rejected files,
+    and names each rejected file with the reason.
+
+    Exit status: 0 when nothing was rejected, 1 when a file was rejected, 2 on bad usage.
+    """
+    from pacs_hub.importer import run_import
+
+    settings = load_settings(data_dir=data_dir)
+    report = run_import(
+        settings, paths, received_from=received_from, workers=workers, console=console
+    )
+    if report.rejected:
+        raise typer.Exit(1)
+
+
 @nodes_app.command("add")
 def nodes_add(
     ae_title: Annotated[str, typer.Argument(help="The node's AE title (1-16 characters)")],

@@ -80,8 +80,9 @@ class Ingestor:
     @staticmethod
     def _conflict(header: InstanceHeader) -> DuplicateConflict:
         return DuplicateConflict(
-            f"SOP Instance {header.sop_instance_uid} already stored with other content; "
-            "kept the first"
+            # The reason first: the Error Comment (0000,0902) keeps only 64 characters.
+            "already stored with other content, kept the first: SOP Instance "
+            f"{header.sop_instance_uid}"
         )
 
     def _index(self, header: InstanceHeader, blob: StoredBlob, ae: str) -> Outcome:

@@ -147,7 +147,8 @@ def parse_header(data: bytes) -> InstanceHeader:
     announced = _text(ds.file_meta, "MediaStorageSOPInstanceUID")
     if announced and announced != record.sop_instance_uid:
         raise InvalidInstance(
-            f"SOP Instance UID {record.sop_instance_uid} differs from announced {announced}"
+            "SOP Instance UID differs from the announced one: "
+            f"{record.sop_instance_uid} in the dataset, {announced} announced"
         )
     return record
 

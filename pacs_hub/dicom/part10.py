@@ -9,7 +9,10 @@ gives the same blob, byte for byte, and so the same SHA-256.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import BinaryIO
+
+from pacs_hub.errors import InvalidInstance, MissingAttribute
 
 IMPLEMENTATION_CLASS_UID = "2.25.298258438119950931850391132769336458995"
 """Implementation Class UID (0002,0012) of PACS Hub (PS3.7 D.3.3.2), a UUID-derived
@@ -73,3 +76,76 @@ def dataset_offset(fp: BinaryIO) -> int:
         raise ValueError("File Meta Information has no (0002,0000) group length")
     (length,) = struct.unpack("<I", head[140:144])
     return 144 + int(length)
+
+
+_LONG_VRS = frozenset(
+    (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FileMeta:
+    """What the hub keeps of a file's own File Meta Information (PS3.10 7.1)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    dataset_offset: int
+
+
+def _meta_value(raw: bytes) -> str:
+    return raw.rstrip(b"\x00 ").decode("ascii", errors="replace")
+
+
+def read_file_meta(data: bytes) -> FileMeta:
+    """Walk the File Meta group of a Part 10 file held in memory.
+
+    The group is always explicit VR little endian (PS3.10 7.1); its end is found by
+    walking its elements, so a missing (0002,0000) group length is tolerated.
+    Raises :class:`InvalidInstance` for no 'DICM' prefix or a truncated group.
+    """
+    if len(data) < 132 or data[128:132] != b"DICM":
+        raise InvalidInstance("not a DICOM Part 10 file: no 'DICM' prefix at byte 128")
+    values: dict[int, str] = {}
+    pos = 132
+    while pos + 8 <= len(data):
+        group, elem = struct.unpack_from("<HH", data, pos)
+        if group != 0x0002:
+            break
+        vr = data[pos + 4 : pos + 6]
+        if vr in _LONG_VRS:
+            (length,) = struct.unpack_from("<I", data, pos + 8)
+            start = pos + 12
+        else:
+            (length,) = struct.unpack_from("<H", data, pos + 6)
+            start = pos + 8
+        if start > len(data) or start + length > len(data):
+            raise InvalidInstance(f"File Meta element (0002,{elem:04X}) is truncated")
+        values[elem] = _meta_value(data[start : start + length])
+        pos = start + length
+    return FileMeta(values.get(0x0002, ""), values.get(0x0003, ""), values.get(0x0010, ""), pos)
+
+
+def normalise_part10(data: bytes) -> bytes:
+    """Replace a file's own File Meta Information with the hub's (PS3.10 7.1).
+
+    The dataset bytes after the meta group are kept unchanged, so a file imported
+    from disk becomes the same blob, byte for byte, as the same instance received by
+    C-STORE (PS3.4 B.2.2) with the meta's SOP Class and Instance UIDs. Raises
+    :class:`InvalidInstance` for a file that is not Part 10 (no 'DICM' prefix) or
+    whose meta lacks one of these three Type 1 UIDs (PS3.10 Table 7.1-1).
+    """
+    meta = read_file_meta(data)
+    for value, name in (
+        (meta.transfer_syntax_uid, "TransferSyntaxUID (0002,0010)"),
+        (meta.sop_class_uid, "MediaStorageSOPClassUID (0002,0002)"),
+        (meta.sop_instance_uid, "MediaStorageSOPInstanceUID (0002,0003)"),
+    ):
+        if not value:
+            raise MissingAttribute(f"File Meta has no {name}")
+    return part10_bytes(
+        data[meta.dataset_offset :],
+        meta.sop_class_uid,
+        meta.sop_instance_uid,
+        meta.transfer_syntax_uid,
+    )

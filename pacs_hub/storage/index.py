@@ -143,10 +143,16 @@ def _new_study(conn: Connection, h: InstanceHeader, now: datetime) -> tuple[int,
 
 
 def _study(conn: Connection, h: InstanceHeader, now: datetime) -> tuple[int, int, str]:
+    """(study pk, patient pk, Modalities in Study) of the instance's study, created if new.
+
+    Called only for a new series; the row is locked (``FOR UPDATE``, a no-op on
+    SQLite, whose writers are serialised) so that two new series of the same study
+    do not both rewrite Modalities in Study from the same old value.
+    """
     row = conn.execute(
-        select(Study.id, Study.patient_pk, Study.modalities_in_study).where(
-            Study.study_instance_uid == h.study_instance_uid
-        )
+        select(Study.id, Study.patient_pk, Study.modalities_in_study)
+        .where(Study.study_instance_uid == h.study_instance_uid)
+        .with_for_update()
     ).first()
     if row is None:
         return _new_study(conn, h, now)

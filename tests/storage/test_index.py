@@ -1,0 +1,228 @@
+"""The index through the one ingest path, on SQLite and on a real PostgreSQL server.
+
+Counters are the computed attributes of PS3.4 C.6.1.1.3 / C.6.2.1.3 (Number of
+Patient/Study/Series Related ..., Modalities in Study): each test checks them against
+a GROUP BY over the rows, plus exact expected values.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import generate_uid
+from sqlalchemy import func, select
+
+from pacs_hub.config import DuplicatePolicy
+from pacs_hub.dicom.part10 import normalise_part10
+from pacs_hub.errors import DuplicateConflict, HubError
+from pacs_hub.ingest import Ingestor
+from pacs_hub.storage.blobs import BlobStore
+from pacs_hub.storage.database import Database
+from pacs_hub.storage.index import Outcome
+from pacs_hub.storage.models import Instance, Patient, Series, Study
+from tests.storage.conftest import as_part10, synthetic_dataset
+
+CT_VOLUME = Path("volumes") / "ct_philips_ingenuity_head_phantom_axial_5mm"
+# Charset samples and the Patient Name each must decode to (FileInfo.txt).
+CHARSET_NAMES = {
+    "chrFren.dcm": "Buc^Jérôme",
+    "chrGerm.dcm": "Äneas^Rüdiger",
+    "chrGreek.dcm": "Διονυσιος",
+    "chrRuss.dcm": "Люкceмбypг",  # noqa: RUF001 (Latin c, e, y, p as in the file)
+    "chrX1.dcm": "Wang^XiaoDong=王^小東",
+    "chrH31.dcm": "Yamada^Tarou=山田^太郎=やまだ^たろう",
+    "chrI2.dcm": "Hong^Gildong=洪^吉洞=홍^길동",
+}
+
+
+def blob_files(blobs: BlobStore) -> set[Path]:
+    return set(blobs.blobs.rglob("*.dcm"))
+
+
+def counts(db: Database) -> dict[str, int]:
+    with db.read_connection() as conn:
+        return {
+            model.__tablename__: int(
+                conn.execute(select(func.count()).select_from(model)).scalar_one()
+            )
+            for model in (Patient, Study, Series, Instance)
+        }
+
+
+def assert_counters_consistent(db: Database) -> None:
+    """Every stored counter equals what the rows below it say."""
+    with db.read_connection() as conn:
+        for series_pk, stored, actual in conn.execute(
+            select(Series.id, Series.num_instances, func.count(Instance.id))
+            .outerjoin(Instance, Instance.series_pk == Series.id)
+            .group_by(Series.id, Series.num_instances)
+        ):
+            assert stored == actual, f"series {series_pk}: {stored} != {actual} instances"
+        for study in conn.execute(select(Study)).mappings():
+            rows = conn.execute(
+                select(Series.modality, func.count(Instance.id), func.sum(Instance.size_bytes))
+                .join(Instance, Instance.series_pk == Series.id)
+                .where(Series.study_pk == study["id"])
+                .group_by(Series.id, Series.modality)
+            ).all()
+            assert study["num_series"] == len(rows)
+            assert study["num_instances"] == sum(r[1] for r in rows)
+            assert study["size_bytes"] == sum(r[2] for r in rows)
+            modalities = sorted({r[0] for r in rows if r[0]})
+            assert study["modalities_in_study"] == "\\".join(modalities)
+        for patient in conn.execute(select(Patient)).mappings():
+            studies = conn.execute(
+                select(Study.num_series, Study.num_instances).where(
+                    Study.patient_pk == patient["id"]
+                )
+            ).all()
+            assert patient["num_studies"] == len(studies)
+            assert patient["num_series"] == sum(s[0] for s in studies)
+            assert patient["num_instances"] == sum(s[1] for s in studies)
+
+
+@pytest.fixture
+def blobs(tmp_path: Path) -> BlobStore:
+    return BlobStore(tmp_path / "data")
+
+
+@pytest.fixture
+def ingestor(database: Database, blobs: BlobStore) -> Ingestor:
+    return Ingestor(database, blobs)
+
+
+def test_ct_volume_counters(
+    ingestor: Ingestor, database: Database, shared_data: Path, blobs: BlobStore
+) -> None:
+    files = sorted((shared_data / CT_VOLUME).iterdir())
+    results = [ingestor.ingest(normalise_part10(f.read_bytes()), "IMPORT") for f in files]
+    assert {r.outcome for r in results} == {Outcome.STORED}
+    assert counts(database) == {"patients": 1, "studies": 1, "series": 1, "instances": 28}
+    with database.read_connection() as conn:
+        study = conn.execute(select(Study)).mappings().one()
+        patient = conn.execute(select(Patient)).mappings().one()
+    assert (study["num_series"], study["num_instances"]) == (1, 28)
+    assert study["modalities_in_study"] == "CT"
+    assert study["size_bytes"] == sum(r.size for r in results)
+    assert (patient["num_studies"], patient["num_series"], patient["num_instances"]) == (1, 1, 28)
+    assert len(blob_files(blobs)) == 28
+    assert all(blobs.verify(blobs.key_for(r.sha256), r.sha256) for r in results)
+    assert_counters_consistent(database)
+
+
+def _ingest_charsets(ingestor: Ingestor, folder: Path) -> dict[str, Outcome | str]:
+    outcomes: dict[str, Outcome | str] = {}
+    for path in sorted(folder.glob("*.dcm")):
+        try:
+            outcomes[path.name] = ingestor.ingest(normalise_part10(path.read_bytes())).outcome
+        except HubError as exc:
+            outcomes[path.name] = type(exc).__name__
+    return outcomes
+
+
+def test_charsets_decoded_and_idempotent(
+    ingestor: Ingestor, database: Database, shared_data: Path, blobs: BlobStore
+) -> None:
+    folder = shared_data / "charsets" / "clunie"
+    first = _ingest_charsets(ingestor, folder)
+    # chrFrenMulti reuses chrFren's SOP Instance UID with other content: keep-first.
+    assert first["chrFrenMulti.dcm"] == "DuplicateConflict"
+    assert first["chrSQEncoding.dcm"] == "MissingAttribute"
+    assert first["chrX1.dcm"] == first["chrH32.dcm"] == Outcome.STORED
+    with database.read_connection() as conn:
+        names = {n for (n,) in conn.execute(select(Patient.patient_name))}
+    assert set(CHARSET_NAMES.values()) <= names
+    before, files = counts(database), blob_files(blobs)
+    second = _ingest_charsets(ingestor, folder)
+    assert second == {
+        name: Outcome.DUPLICATE if outcome is Outcome.STORED else outcome
+        for name, outcome in first.items()
+    }
+    assert counts(database) == before
+    assert blob_files(blobs) == files
+    assert_counters_consistent(database)
+
+
+def test_conflict_keep_first_then_replace(
+    database: Database, blobs: BlobStore, tmp_path: Path
+) -> None:
+    study = generate_uid()
+    original = synthetic_dataset(study, comment="first")
+    changed = synthetic_dataset(
+        study,
+        original.SeriesInstanceUID,
+        sop_instance_uid=original.SOPInstanceUID,
+        pixel_bytes=200,
+        comment="second",
+    )
+    keep = Ingestor(database, blobs, DuplicatePolicy.KEEP_FIRST)
+    stored = keep.ingest(as_part10(original))
+    before, files = counts(database), blob_files(blobs)
+    with pytest.raises(DuplicateConflict, match=r"already stored with other content") as caught:
+        keep.ingest(as_part10(changed))
+    assert caught.value.dicom_status == 0xA900
+    assert counts(database) == before
+    assert blob_files(blobs) == files  # refused before any blob was written
+    replaced = Ingestor(database, blobs, DuplicatePolicy.REPLACE).ingest(as_part10(changed))
+    assert replaced.outcome is Outcome.REPLACED
+    assert counts(database) == before
+    with database.read_connection() as conn:
+        row = conn.execute(select(Instance.sha256, Instance.size_bytes)).one()
+        size = conn.execute(select(Study.size_bytes)).scalar_one()
+    assert tuple(row) == (replaced.sha256, replaced.size) != (stored.sha256, stored.size)
+    assert size == replaced.size
+    assert_counters_consistent(database)
+
+
+def _run_threads(workers: list[Callable[[], Any]]) -> list[BaseException]:
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(workers))
+
+    def run(work: Callable[[], Any]) -> None:
+        barrier.wait()
+        try:
+            work()
+        except BaseException as exc:  # collected and asserted on below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "ingest threads hung"
+    return errors
+
+
+def test_concurrent_ingest_of_one_new_study(ingestor: Ingestor, database: Database) -> None:
+    """Eight threads race to create the same patient, study and series (PS3.4 C.6.1.1.3)."""
+    study = generate_uid()
+    modalities = ["CT", "MR", "PT", "OT"]
+    series = [(generate_uid(), m) for m in modalities for _ in range(2)]
+    per_thread = 6
+    payloads = [
+        [
+            as_part10(synthetic_dataset(study, uid, modality=modality, pixel_bytes=32 + n))
+            for n in range(per_thread)
+        ]
+        for uid, modality in series
+    ]
+    # Every thread also sends one instance that another thread sends too.
+    shared = as_part10(synthetic_dataset(study, series[0][0], modality="CT"))
+
+    def work(batch: list[bytes]) -> Callable[[], None]:
+        return lambda: [ingestor.ingest(data) for data in (shared, *batch)]
+
+    errors = _run_threads([work(batch) for batch in payloads])
+    assert errors == []
+    total = len(series) * per_thread + 1
+    assert counts(database) == {"patients": 1, "studies": 1, "series": 8, "instances": total}
+    with database.read_connection() as conn:
+        row = conn.execute(select(Study)).mappings().one()
+    assert (row["num_series"], row["num_instances"]) == (8, total)
+    assert row["modalities_in_study"] == "CT\\MR\\OT\\PT"
+    assert_counters_consistent(database)
