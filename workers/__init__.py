@@ -1,0 +1,1 @@
+"""Celery workers (post-processing, transfers): to come."""
