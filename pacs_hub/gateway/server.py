@@ -8,6 +8,14 @@ codec is needed), Patient Root and Study Root Query/Retrieve FIND, MOVE and GET
 Several gateway processes can listen on one port (``SO_REUSEPORT``), each with its
 own pynetdicom AE; every socket the hub opens or accepts has ``TCP_NODELAY`` set,
 else each DIMSE message waits on Nagle's algorithm (~40 ms).
+
+Of the transfer syntaxes a peer proposes for a presentation context, the hub accepts
+the first one it supports, in the *peer's* order (PS3.8 9.3.3.2: the acceptor picks
+one of those proposed; peers such as dcmtk list their preference first). pynetdicom
+would otherwise use
+the hub's order (Implicit VR Little Endian first); since instances go out exactly as
+stored, a C-GET (PS3.4 C.4.3) of an explicit-VR or compressed instance would then
+find no usable context.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import threading
 from typing import Any
 
 import pynetdicom
-from pynetdicom import AE, evt
+from pynetdicom import AE, acse, evt
 from pynetdicom import sop_class as sc
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
@@ -58,6 +66,32 @@ def enable_tcp_nodelay_on_requests() -> None:
 
     create._pacs_hub_nodelay = True  # type: ignore[attr-defined]
     AssociationSocket._create_socket = create  # type: ignore[method-assign]
+
+
+def accept_proposed_transfer_syntax_order() -> None:
+    """Accept, per presentation context, the first *proposed* transfer syntax we support.
+
+    pynetdicom negotiates in ``acse.negotiate_as_acceptor`` by the acceptor's order and
+    offers no option for it, so its result is re-ordered, once per process.
+    """
+    original = acse.negotiate_as_acceptor  # type: ignore[attr-defined]
+    if getattr(original, "_pacs_hub_order", False):
+        return
+
+    @functools.wraps(original)
+    def negotiate(rq_contexts: Any, ac_contexts: Any, roles: Any = None) -> Any:
+        result, ac_roles = original(rq_contexts, ac_contexts, roles)
+        ours = {cx.abstract_syntax: set(cx.transfer_syntax) for cx in ac_contexts}
+        proposed = {cx.context_id: cx.transfer_syntax for cx in rq_contexts}
+        for cx in result:
+            supported = ours.get(cx.abstract_syntax, set())
+            first = [ts for ts in proposed.get(cx.context_id, []) if ts in supported][:1]
+            if cx.result == 0x00 and first:
+                cx.transfer_syntax = first
+        return result, ac_roles
+
+    negotiate._pacs_hub_order = True  # type: ignore[attr-defined]
+    acse.negotiate_as_acceptor = negotiate  # type: ignore[attr-defined]
 
 
 class HubAssociationServer(ThreadedAssociationServer):
@@ -117,6 +151,7 @@ def serve_dicom(ctx: GatewayContext) -> ThreadedAssociationServer:
     Returns the server; ``server.shutdown()`` stops it.
     """
     enable_tcp_nodelay_on_requests()
+    accept_proposed_transfer_syntax_order()
     # Identifiers carry patient names and IDs: never log them, even at DEBUG.
     pynetdicom._config.LOG_REQUEST_IDENTIFIERS = False
     pynetdicom._config.LOG_RESPONSE_IDENTIFIERS = False
