@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from orthanc_api_client import OrthancApiClient
 from tests.conftest import free_port, wait_until
 
 ORTHANC = "/usr/sbin/Orthanc"
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass
@@ -26,23 +29,29 @@ class OrthancPeer:
     dicom_port: int
     http_port: int
     workdir: Path
+    api: OrthancApiClient = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.api = OrthancApiClient(self.url)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{LOOPBACK}:{self.http_port}"
 
     @property
-    def api(self) -> OrthancApiClient:
-        return OrthancApiClient(self.url)
+    def log(self) -> Path:
+        return self.workdir / "orthanc.log"
 
-    def stop(self) -> None:
+    def stop(self) -> int:
+        """SIGTERM, then SIGKILL after 30 s; return Orthanc's exit status."""
         if self.process.poll() is None:
-            self.process.terminate()
+            self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        return self.process.returncode
 
 
 def _alive(url: str) -> bool:
@@ -52,24 +61,23 @@ def _alive(url: str) -> bool:
         return False
 
 
-def start_orthanc(
+def orthanc_config(
     workdir: Path,
-    *,
-    aet: str = "ORTHANC",
-    dicom_port: int | None = None,
-    http_port: int | None = None,
-    modalities: dict[str, Any] | None = None,
-    extra_config: dict[str, Any] | None = None,
-) -> OrthancPeer:
-    """Start Orthanc on loopback; ``modalities`` maps a name to ``[AET, host, port]``.
+    aet: str,
+    dicom_port: int,
+    http_port: int,
+    modalities: Mapping[str, Sequence[str | int]],
+    extra_config: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Orthanc's JSON configuration: storage and index in ``workdir``, no plugins.
 
-    TCP_NODELAY=1 is set in its environment (Orthanc reads it; without it every DIMSE
-    message waits ~40 ms on Nagle's algorithm).
+    Orthanc 1.10 has no bind-address option (``Orthanc --config=FILE`` writes every
+    option it knows; none sets the listening address), so both ports listen on every
+    interface. ``RemoteAccessAllowed: false``
+    makes the HTTP server refuse any client that is not on loopback; the DICOM port
+    accepts anyone (``DicomAlwaysAllow*``), which is what a test peer needs.
     """
-    workdir.mkdir(parents=True, exist_ok=True)
-    dicom_port = dicom_port or free_port()
-    http_port = http_port or free_port()
-    config = {
+    return {
         "Name": aet,
         "DicomAet": aet,
         "DicomPort": dicom_port,
@@ -83,17 +91,50 @@ def start_orthanc(
         "DicomAlwaysAllowGet": True,
         "DicomAlwaysAllowMove": True,
         "DicomCheckModalityHost": False,
-        "DicomModalities": modalities or {},
+        "DicomModalities": {name: list(entry) for name, entry in modalities.items()},
         "Plugins": [],
-        **(extra_config or {}),
+        **extra_config,
     }
+
+
+def start_orthanc(
+    workdir: Path,
+    *,
+    aet: str = "ORTHANC",
+    dicom_port: int | None = None,
+    http_port: int | None = None,
+    modalities: Mapping[str, Sequence[str | int]] | None = None,
+    extra_config: Mapping[str, Any] | None = None,
+    timeout: float = 60.0,
+) -> OrthancPeer:
+    """Start Debian's Orthanc and wait until ``GET /system`` answers.
+
+    ``modalities`` maps Orthanc's name for a peer to ``(AET, host, port)``;
+    ``extra_config`` overrides or adds configuration keys (``"Plugins": [...]`` to
+    load plugins, none are by default). Free loopback ports are picked when none
+    are given. TCP_NODELAY=1 is set in its environment: Orthanc's DICOM layer
+    (dcmtk) reads it; without it every DIMSE message waits ~40 ms on Nagle's
+    algorithm (perf-baseline §1.3).
+    """
+    if not Path(ORTHANC).exists():
+        raise RuntimeError(f"{ORTHANC} is missing: run 'make test' (installs Debian's orthanc)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    dicom_port = dicom_port or free_port()
+    http_port = http_port or free_port()
+    config = orthanc_config(
+        workdir, aet, dicom_port, http_port, modalities or {}, extra_config or {}
+    )
     path = workdir / "orthanc.json"
     path.write_text(json.dumps(config, indent=2))
     env = {**os.environ, "TCP_NODELAY": "1"}
-    log = (workdir / "orthanc.log").open("wb")
-    process = subprocess.Popen([ORTHANC, str(path)], env=env, stdout=log, stderr=log)
+    with (workdir / "orthanc.log").open("wb") as log:
+        process = subprocess.Popen([ORTHANC, str(path)], env=env, stdout=log, stderr=log)
     peer = OrthancPeer(process, aet, dicom_port, http_port, workdir)
-    wait_until(lambda: _alive(peer.url) or process.poll() is not None, 60, what="Orthanc")
+    try:
+        wait_until(lambda: _alive(peer.url) or process.poll() is not None, timeout, what="Orthanc")
+    except AssertionError:
+        peer.stop()
+        raise
     if process.poll() is not None:
-        raise RuntimeError(f"Orthanc exited with {process.returncode}; see {workdir}/orthanc.log")
+        raise RuntimeError(f"Orthanc exited with {process.returncode}; see {peer.log}")
     return peer
