@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import data, find, ingest, move
-from bench.orthanc import uses_test_peer
 from bench.procs import run_parallel, storescu, sync
 from bench.reading import reading
 from bench.report import IndexBuild, Results, render
@@ -132,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config={"command": command.strip(), **{k: str(v) for k, v in vars(args).items()}},
         started=datetime.now(UTC),
         hub_processes=effective_hub_processes(args.hub_processes),
-        orthanc_launcher="tests.peers.start_orthanc" if uses_test_peer() else "bench.orthanc",
+        orthanc_launcher="tests.peers.start_orthanc",
         dd_mib=args.dd_mib,
     )
     t0 = time.monotonic()
