@@ -11,7 +11,14 @@ from sqlalchemy import text
 
 from pacs_hub import __version__
 from pacs_hub.config import Settings
+from pacs_hub.dicomweb import problems, qido, rendered, stow, wado
+from pacs_hub.dicomweb.state import HubState
+from pacs_hub.ingest import Ingestor
+from pacs_hub.storage.blobs import BlobStore
 from pacs_hub.storage.database import Database
+from pacs_hub.web.viewer import mount_viewer
+
+DICOMWEB_PREFIX = "/dicom-web"
 
 
 def _accepts(host: str, port: int) -> bool:
@@ -27,6 +34,13 @@ def create_app(
 ) -> FastAPI:
     """Build the HTTP application over an open index."""
     app = FastAPI(title="PACS Hub", version=__version__)
+    blobs = BlobStore(settings.data_dir)
+    app.state.hub = HubState(
+        settings, database, blobs, Ingestor(database, blobs, settings.duplicate_policy)
+    )
+    problems.install(app)
+    for module in (qido, wado, rendered, stow):
+        app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=["dicomweb"])
 
     @app.get("/health", tags=["operations"])
     def health() -> JSONResponse:
@@ -52,4 +66,5 @@ def create_app(
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
+    mount_viewer(app, settings)  # last: it serves "/" and every unknown path
     return app

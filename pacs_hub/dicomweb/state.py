@@ -1,0 +1,28 @@
+"""The services every DICOMweb route needs, held on ``app.state.hub``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+from fastapi import Request
+
+from pacs_hub.config import Settings
+from pacs_hub.ingest import Ingestor
+from pacs_hub.storage.blobs import BlobStore
+from pacs_hub.storage.database import Database
+
+
+@dataclass(frozen=True, slots=True)
+class HubState:
+    """Settings, index, blob store and the one ingest path (shared with C-STORE)."""
+
+    settings: Settings
+    database: Database
+    blobs: BlobStore
+    ingestor: Ingestor
+
+
+def hub_state(request: Request) -> HubState:
+    """FastAPI dependency: the hub's services for this request."""
+    return cast(HubState, request.app.state.hub)
