@@ -7,7 +7,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TEST_DEBS := dcmtk orthanc orthanc-dicomweb postgresql chromium
 export PACS_HUB_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: run test lint bench system-deps clean help
+.PHONY: run test lint bench system-deps clean help viewer
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/:/'
@@ -22,7 +22,11 @@ $(BIN)/.test: $(BIN)/.runtime pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-run: $(BIN)/.runtime  ## set up and run the hub on its embedded default (SQLite + ./data)
+viewer:  ## fetch the OHIF viewer from npm into viewers/ohif/dist (once; needs npm)
+	@viewers/ohif/fetch.sh
+
+run: $(BIN)/.runtime  ## set up and run the hub (and its viewer) on the embedded default (SQLite + ./data)
+	@viewers/ohif/fetch.sh || echo "make run: the web viewer is unavailable (reason above); starting the hub without it"
 	$(BIN)/pacs-hub serve
 
 system-deps:  ## install the Debian packages the tests start as real peers
@@ -37,7 +41,7 @@ lint: $(BIN)/.test  ## ruff and mypy
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: system-deps $(BIN)/.test lint  ## set up and run the whole test suite
+test: system-deps $(BIN)/.test lint viewer  ## set up and run the whole test suite
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench: system-deps $(BIN)/.test  ## hub vs Orthanc benchmarks, written to bench/RESULTS.md
