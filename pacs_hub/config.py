@@ -23,6 +23,12 @@ class DuplicatePolicy(StrEnum):
     """Index the new object in place of the old one (the old blob stays on disk)."""
 
 
+def bundled_viewer_dir() -> Path | None:
+    """The OHIF build fetched next to the package (``viewers/ohif/dist``), when present."""
+    candidate = Path(__file__).resolve().parents[1] / "viewers" / "ohif" / "dist"
+    return candidate if candidate.is_dir() else None
+
+
 class Settings(BaseSettings):
     """Every setting of the hub, with laptop defaults (embedded SQLite, local folder)."""
 
@@ -47,6 +53,10 @@ class Settings(BaseSettings):
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     log_level: str = "INFO"
+    viewer_dir: Path | None = Field(
+        default_factory=bundled_viewer_dir,
+        description="OHIF's static build served at /; default: viewers/ohif/dist when fetched",
+    )
 
     @property
     def index_url(self) -> str:

@@ -20,6 +20,7 @@ from pacs_hub.gateway.server import serve_dicom
 from pacs_hub.storage.blobs import BlobStore
 from pacs_hub.storage.database import Database
 from pacs_hub.web.app import create_app
+from pacs_hub.web.viewer import viewer_banner
 
 LOGGER = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
@@ -97,6 +98,7 @@ def serve(settings: Settings) -> None:
         f", data in {settings.data_dir.resolve()}",
         flush=True,
     )
+    print(viewer_banner(settings), flush=True)
     app = create_app(settings, database, lambda: sum(p.is_alive() for p in gateways))
     server = _Server(
         uvicorn.Config(app, host=settings.host, port=settings.http_port, log_level="warning")
