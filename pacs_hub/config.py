@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     network_timeout: float = 60.0
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
+    qido_max_limit: int = Field(
+        default=5000, ge=1, description="Most QIDO-RS results in one page; a larger limit is a 400"
+    )
+    stow_max_bytes: int = Field(
+        default=8 * 1024**3, ge=1, description="Largest STOW-RS request body accepted (413 above)"
+    )
     log_level: str = "INFO"
     viewer_dir: Path | None = Field(
         default_factory=bundled_viewer_dir,

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
+from pydicom.dataset import Dataset
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from pacs_hub.config import DuplicatePolicy
-from pacs_hub.dicom.header import InstanceHeader, parse_header
+from pacs_hub.dicom import dicomjson
+from pacs_hub.dicom.header import InstanceHeader, parse_instance
 from pacs_hub.errors import DuplicateConflict, IndexUnavailable
-from pacs_hub.storage.blobs import BlobStore, sha256_hex
+from pacs_hub.storage.blobs import BlobStore, sha256_file, sha256_hex
 from pacs_hub.storage.database import Database
 from pacs_hub.storage.index import (
     Outcome,
@@ -62,17 +66,44 @@ class Ingestor:
         Raises a :class:`~pacs_hub.errors.HubError` (invalid input, conflict, disk
         full, index down); in every such case nothing already stored changes.
         """
-        header = parse_header(part10)
+        header, dataset = parse_instance(part10)
         sha256 = sha256_hex(part10)
         blob = StoredBlob(self.blobs.key_for(sha256), sha256, len(part10))
+        return self._store(
+            header, dataset, blob, lambda: self.blobs.put(part10, sha256), received_from_ae
+        )
+
+    def ingest_file(self, path: Path, received_from_ae: str = "") -> IngestResult:
+        """Store one Part 10 file spooled to a temp file of the blob store (STOW-RS).
+
+        Same checks and guarantees as :meth:`ingest`, without holding the file in
+        memory: pixel data is neither read nor copied, the temp file is moved in.
+        The temp file is consumed when stored; the caller removes it otherwise.
+        """
+        header, dataset = parse_instance(path)
+        sha256 = sha256_file(path)
+        blob = StoredBlob(self.blobs.key_for(sha256), sha256, path.stat().st_size)
+        return self._store(
+            header, dataset, blob, lambda: self.blobs.put_file(path, sha256), received_from_ae
+        )
+
+    def _store(
+        self,
+        header: InstanceHeader,
+        dataset: Dataset,
+        blob: StoredBlob,
+        write_blob: Callable[[], str],
+        received_from_ae: str,
+    ) -> IngestResult:
         with self.database.read_connection() as conn:
             known = existing_instance(conn, header.sop_instance_uid)
-            if known is not None and known.sha256 == sha256:
+            if known is not None and known.sha256 == blob.sha256:
                 return self._result(Outcome.DUPLICATE, header, blob)
             if known is not None and self.duplicate_policy is DuplicatePolicy.KEEP_FIRST:
                 raise self._conflict(header)
-        self.blobs.put(part10, sha256)
-        outcome = self._index(header, blob, received_from_ae)
+        metadata = dicomjson.encode(dataset)  # before the blob moves: deferred values
+        write_blob()
+        outcome = self._index(header, blob, received_from_ae, metadata)
         if outcome is Outcome.CONFLICT:
             raise self._conflict(header)
         return self._result(outcome, header, blob)
@@ -85,11 +116,11 @@ class Ingestor:
             f"{header.sop_instance_uid}"
         )
 
-    def _index(self, header: InstanceHeader, blob: StoredBlob, ae: str) -> Outcome:
+    def _index(self, header: InstanceHeader, blob: StoredBlob, ae: str, metadata: bytes) -> Outcome:
         delay = 0.01
         for attempt in range(RETRIES):
             try:
-                return self._index_once(header, blob, ae)
+                return self._index_once(header, blob, ae, metadata)
             except IntegrityError:
                 # A concurrent ingest created the same patient/study/series: retry reads it.
                 if attempt == RETRIES - 1:
@@ -101,17 +132,19 @@ class Ingestor:
             delay *= 2
         raise AssertionError("unreachable")
 
-    def _index_once(self, header: InstanceHeader, blob: StoredBlob, ae: str) -> Outcome:
+    def _index_once(
+        self, header: InstanceHeader, blob: StoredBlob, ae: str, metadata: bytes
+    ) -> Outcome:
         now = datetime.now(UTC).replace(tzinfo=None)
         with self.database.engine.begin() as conn:
             known = existing_instance(conn, header.sop_instance_uid)
             if known is None:
-                add_instance(conn, header, blob, ae, now)
+                add_instance(conn, header, blob, ae, now, metadata)
                 return Outcome.STORED
             if known.sha256 == blob.sha256:
                 return Outcome.DUPLICATE
             if self.duplicate_policy is DuplicatePolicy.REPLACE:
-                replace_blob(conn, known, blob, ae, now)
+                replace_blob(conn, known, blob, ae, now, metadata)
                 return Outcome.REPLACED
             return Outcome.CONFLICT
 

@@ -13,6 +13,7 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -31,6 +32,8 @@ pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 UNDEFINED_LENGTH = 0xFFFFFFFF
+DEFER_SIZE = 1 << 20
+"""Values above this size, read from a file, stay on disk until used (PS3.10 file)."""
 
 
 def is_valid_uid(value: str) -> bool:
@@ -94,11 +97,19 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
-def _check_complete(ds: Dataset) -> None:
-    """Every top-level element with a defined length must have all its bytes."""
+def _check_complete(ds: Dataset, file_size: int | None = None) -> None:
+    """Every top-level element with a defined length must have all its bytes.
+
+    For a dataset read from a file with deferred values, a deferred element must
+    end within the file (``file_size``).
+    """
     for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset yields elements)
         raw = ds.get_item(tag)
         if not isinstance(raw, RawDataElement) or raw.length == UNDEFINED_LENGTH:
+            continue
+        if raw.value is None and file_size is not None:
+            if raw.value_tell + raw.length > file_size:
+                raise InvalidInstance(f"truncated element {tag}: the file ends before its end")
             continue
         if raw.value is not None and len(raw.value) != raw.length:
             raise InvalidInstance(
@@ -106,11 +117,13 @@ def _check_complete(ds: Dataset) -> None:
             )
 
 
-def _read(data: bytes) -> Dataset:
+def _read(data: bytes | Path) -> Dataset:
+    in_memory = isinstance(data, bytes)
+    source: Any = io.BytesIO(data) if isinstance(data, bytes) else data
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            ds = pydicom.dcmread(io.BytesIO(data), force=False)
+            ds = pydicom.dcmread(source, force=False, defer_size=None if in_memory else DEFER_SIZE)
         except InvalidDicomError as exc:
             raise InvalidInstance(f"not a DICOM Part 10 file: {exc}") from exc
         except Exception as exc:  # pydicom raises many types on corrupt input
@@ -132,12 +145,21 @@ def _uid(ds: Dataset, keyword: str) -> str:
 
 def parse_header(data: bytes) -> InstanceHeader:
     """Parse and validate a Part 10 file held in memory; raise a :class:`HubError`."""
+    return parse_instance(data)[0]
+
+
+def parse_instance(data: bytes | Path) -> tuple[InstanceHeader, Dataset]:
+    """Like :func:`parse_header`, also returning the parsed dataset (for metadata).
+
+    ``data`` is the Part 10 bytes, or a file holding them: then values larger than
+    :data:`DEFER_SIZE` (pixel data) are not read, only checked to be complete.
+    """
     ds = _read(data)
     transfer_syntax = _text(ds.file_meta, "TransferSyntaxUID")
     if not transfer_syntax:
         raise MissingAttribute("File Meta has no TransferSyntaxUID (0002,0010)")
     try:
-        _check_complete(ds)
+        _check_complete(ds, None if isinstance(data, bytes) else data.stat().st_size)
         sop_class = _uid(ds, "SOPClassUID")
         if not is_storage_sop_class(sop_class):
             raise UnsupportedSOPClass(f"SOP Class {sop_class} is not a storage SOP class")
@@ -150,7 +172,7 @@ def parse_header(data: bytes) -> InstanceHeader:
             "SOP Instance UID differs from the announced one: "
             f"{record.sop_instance_uid} in the dataset, {announced} announced"
         )
-    return record
+    return record, ds
 
 
 def _record(ds: Dataset, sop_class: str, transfer_syntax: str) -> InstanceHeader:

@@ -15,6 +15,7 @@ C.2.2.2.1 allows; every other VR matches case-sensitively.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -38,6 +39,17 @@ def normalise_name(name: str) -> str:
     received and answers always return it unchanged.
     """
     return " ".join(name.upper().split())
+
+
+def fuzzy_name(name: str) -> str:
+    """The form of a Person Name for QIDO-RS fuzzy matching (PS3.18 8.3.4.1).
+
+    Accents and case are ignored and the component separators (``^``, ``=``) become
+    spaces: "Dupont^Hélène" and "DUPONT HELENE" have the same fuzzy form.
+    """
+    decomposed = unicodedata.normalize("NFKD", name)
+    bare = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(bare.upper().replace("^", " ").replace("=", " ").split())
 
 
 class MatchKind(StrEnum):

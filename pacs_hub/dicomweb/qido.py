@@ -1,7 +1,142 @@
-"""Placeholder router, filled in by the qido work."""
+"""QIDO-RS search routes (PS3.18 10.6): studies, series and instances.
+
+Answers are ``application/dicom+json`` (PS3.18 F.2) built by
+:mod:`pacs_hub.dicomweb.search`; the matching is the C-FIND code. Paging: ``limit``
+and ``offset`` (PS3.18 8.3.4.4); ``X-Total-Count`` gives the number of matches and
+a ``Warning: 299`` header says when more results remain (8.3.4.4.1) or a matching
+key was ignored.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import json
+import zlib
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from pacs_hub.dicom.header import is_valid_uid
+from pacs_hub.dicomweb.problems import Problem
+from pacs_hub.dicomweb.search import Search, parse_search, row_json
+from pacs_hub.dicomweb.state import HubState, hub_state
+from pacs_hub.errors import InvalidQuery
+from pacs_hub.storage.metadata import representative
+from pacs_hub.storage.query import Level, Row, attribute_value, count_matches, find
 
 router = APIRouter()
+DICOM_JSON = "application/dicom+json"
+ACCEPTED = ("application/dicom+json", "application/json", "*/*", "application/*")
+Hub = Annotated[HubState, Depends(hub_state)]
+LEVEL_KEYS = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID"}
+
+
+def check_uid(keyword: str, value: str) -> str:
+    """A UID from a path segment; 400 when it is not a UID (traversal, garbage)."""
+    if not is_valid_uid(value):
+        raise InvalidQuery(f"{keyword} {value[:64]!r} in the path is not a valid UID")
+    return value
+
+
+def _check_accept(request: Request) -> None:
+    accept = request.headers.get("accept", "")
+    if not accept:
+        return
+    for item in accept.split(","):
+        media = item.split(";")[0].strip().lower()
+        if media in ACCEPTED:
+            return
+    raise Problem(
+        406, "Not acceptable", f"QIDO-RS answers {DICOM_JSON}; Accept was {accept[:120]!r}"
+    )
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/dicom-web"
+
+
+def _extra(hub: HubState, session: Any, search: Search, row: Row) -> dict[str, Any]:
+    """Included fields outside the index, from one instance's stored metadata."""
+    keyword = {Level.STUDY: "StudyInstanceUID", Level.SERIES: "SeriesInstanceUID"}.get(
+        search.level, "SOPInstanceUID"
+    )
+    level = {Level.STUDY: "study", Level.SERIES: "series"}.get(search.level, "instance")
+    stored = representative(session, hub.blobs, [str(attribute_value(row, keyword))], level)
+    if stored is None:
+        return {}
+    metadata = json.loads(zlib.decompress(stored))
+    out = {}
+    for tag in search.extra_tags:
+        key = f"{tag:08X}"
+        if key in metadata and "BulkDataURI" not in metadata[key]:
+            out[key] = metadata[key]
+    return out
+
+
+def _answer(request: Request, hub: HubState, level: Level, fixed: dict[str, str]) -> Response:
+    _check_accept(request)
+    search = parse_search(
+        level, list(request.query_params.multi_items()), fixed, hub.settings.qido_max_limit
+    )
+    base = _base(request)
+    with hub.database.reader() as session:
+        rows = find(session, level, search.query, limit=search.limit, offset=search.offset)
+        if len(rows) == search.limit or (search.offset and not rows):
+            total = count_matches(session, level, search.query)
+        else:
+            total = search.offset + len(rows)
+        answers = []
+        for row in rows:
+            answer = row_json(search, row, base)
+            if search.extra_tags:
+                answer = dict(sorted({**answer, **_extra(hub, session, search, row)}.items()))
+            answers.append(answer)
+    headers = {"X-Total-Count": str(total)}
+    warnings = []
+    if search.offset + len(rows) < total:
+        warnings.append("There are additional results that can be requested")
+    if search.ignored:
+        warnings.append("Matching keys not supported and ignored: " + ", ".join(search.ignored))
+    if warnings:
+        headers["Warning"] = ", ".join(f'299 pacs-hub "{w}"' for w in warnings)
+    body = json.dumps(answers, separators=(",", ":"), ensure_ascii=False)
+    return Response(body, media_type=DICOM_JSON, headers=headers)
+
+
+@router.get("/studies")
+def search_studies(request: Request, hub: Hub) -> Response:
+    """Search for studies (PS3.18 10.6.1, resource /studies)."""
+    return _answer(request, hub, Level.STUDY, {})
+
+
+@router.get("/studies/{study}/series")
+def search_study_series(request: Request, hub: Hub, study: str) -> Response:
+    """Search for the series of one study."""
+    return _answer(request, hub, Level.SERIES, {"StudyInstanceUID": check_uid("study", study)})
+
+
+@router.get("/series")
+def search_series(request: Request, hub: Hub) -> Response:
+    """Search for series in every study."""
+    return _answer(request, hub, Level.SERIES, {})
+
+
+@router.get("/studies/{study}/series/{series}/instances")
+def search_series_instances(request: Request, hub: Hub, study: str, series: str) -> Response:
+    """Search for the instances of one series."""
+    fixed = {
+        "StudyInstanceUID": check_uid("study", study),
+        "SeriesInstanceUID": check_uid("series", series),
+    }
+    return _answer(request, hub, Level.IMAGE, fixed)
+
+
+@router.get("/studies/{study}/instances")
+def search_study_instances(request: Request, hub: Hub, study: str) -> Response:
+    """Search for the instances of one study."""
+    return _answer(request, hub, Level.IMAGE, {"StudyInstanceUID": check_uid("study", study)})
+
+
+@router.get("/instances")
+def search_instances(request: Request, hub: Hub) -> Response:
+    """Search for instances in every study."""
+    return _answer(request, hub, Level.IMAGE, {})

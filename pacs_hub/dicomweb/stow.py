@@ -1,7 +1,209 @@
-"""Placeholder router, filled in by the stow work."""
+"""STOW-RS (PS3.18 10.5): POST /studies and /studies/{study}.
+
+The request is ``multipart/related; type="application/dicom"`` (PS3.18 8.6.1.2);
+each part is a Part 10 instance. The body is spooled part by part to temp files of
+the blob store (:mod:`pacs_hub.dicomweb.upload`), never held in memory; only once
+the whole body has arrived and parsed is each part stored through the one ingest
+path C-STORE uses (:meth:`~pacs_hub.ingest.Ingestor.ingest_file`). A malformed or
+interrupted body therefore stores nothing.
+
+The answer is the Store Instances Response Module (PS3.18 10.5.3, Table 10.5.3-3)
+in ``application/dicom+json``: Retrieve URL of the study, Referenced SOP Sequence
+(stored, and already-stored identical duplicates) and Failed SOP Sequence with a
+Failure Reason (the DICOM status of PS3.4 B.2.3 the same failure gives over
+C-STORE). HTTP status (10.5.3.1): 200 every instance stored; 202 some stored, some
+failed; 409 none stored. A part whose Study Instance UID differs from the one in
+the path fails with 0xA900 and is not stored.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import json
+import logging
+from dataclasses import dataclass
+from typing import Annotated, Any
 
+from fastapi import APIRouter, Depends, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from pacs_hub.dicom.header import parse_instance
+from pacs_hub.dicomweb.problems import Problem
+from pacs_hub.dicomweb.qido import DICOM_JSON, check_uid
+from pacs_hub.dicomweb.state import HubState, hub_state
+from pacs_hub.dicomweb.upload import MalformedMultipart, MultipartSpooler, Part, media_type
+from pacs_hub.errors import HubError, InvalidInstance
+from pacs_hub.ingest import IngestResult
+
+LOGGER = logging.getLogger(__name__)
 router = APIRouter()
+Hub = Annotated[HubState, Depends(hub_state)]
+DICOM = "application/dicom"
+CANNOT_UNDERSTAND = 0xC000
+MISMATCH = 0xA900
+PROCESSING_FAILURE = 0x0110
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One part that was not stored."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    reason: int
+    comment: str
+
+
+def _boundary(request: Request) -> str:
+    header = request.headers.get("content-type", "")
+    media, params = media_type(header)
+    if media != "multipart/related":
+        raise Problem(
+            415,
+            "Unsupported media type",
+            f'STOW-RS takes multipart/related; type="{DICOM}", not {header[:80]!r}',
+        )
+    kind = params.get("type", DICOM).lower()
+    if kind != DICOM:
+        raise Problem(
+            415,
+            "Unsupported media type",
+            f"multipart type {kind!r}: only {DICOM} parts are accepted (no JSON+bulk data)",
+        )
+    boundary = params.get("boundary", "")
+    if not boundary:
+        raise Problem(400, "Malformed multipart", "Content-Type has no boundary parameter")
+    return boundary
+
+
+async def _spool(request: Request, hub: HubState, boundary: str) -> MultipartSpooler:
+    limit = hub.settings.stow_max_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise Problem(413, "Content too large", f"request body over {limit} bytes")
+    try:
+        spooler = MultipartSpooler(boundary, hub.blobs.temp_path)
+    except MalformedMultipart as exc:
+        raise Problem(400, "Malformed multipart", str(exc)) from exc
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise Problem(413, "Content too large", f"request body over {limit} bytes")
+            await run_in_threadpool(spooler.feed, chunk)
+        spooler.finish()
+    except MalformedMultipart as exc:
+        spooler.discard()
+        raise Problem(400, "Malformed multipart", str(exc)) from exc
+    except BaseException:
+        spooler.discard()  # client gone, too large, disk full: leave nothing behind
+        raise
+    return spooler
+
+
+def _store_part(hub: HubState, part: Part, study: str | None, ae: str) -> IngestResult | Failure:
+    media, _params = media_type(part.content_type or DICOM)
+    if media != DICOM:
+        return Failure("", "", CANNOT_UNDERSTAND, f"part of type {media!r}, not {DICOM}")
+    try:
+        if study is not None:
+            header = parse_instance(part.path)[0]
+            if header.study_instance_uid != study:
+                return Failure(
+                    header.sop_class_uid,
+                    header.sop_instance_uid,
+                    MISMATCH,
+                    f"Study Instance UID {header.study_instance_uid} is not {study}",
+                )
+        return hub.ingestor.ingest_file(part.path, ae)
+    except HubError as exc:
+        uids = _uids(part)
+        return Failure(uids[0], uids[1], exc.dicom_status, exc.message)
+    except Exception as exc:
+        LOGGER.exception("STOW-RS part not stored")
+        return Failure("", "", PROCESSING_FAILURE, f"processing failure: {type(exc).__name__}")
+
+
+def _uids(part: Part) -> tuple[str, str]:
+    """SOP Class and Instance UID of a rejected part, when they can be read at all."""
+    try:
+        header = parse_instance(part.path)[0]
+        return header.sop_class_uid, header.sop_instance_uid
+    except (HubError, InvalidInstance, OSError):
+        return "", ""
+
+
+def _sequence_item(sop_class: str, sop_instance: str) -> dict[str, Any]:
+    item: dict[str, Any] = {}
+    if sop_class:
+        item["00081150"] = {"vr": "UI", "Value": [sop_class]}
+    if sop_instance:
+        item["00081155"] = {"vr": "UI", "Value": [sop_instance]}
+    return item
+
+
+def _response_body(
+    base: str, stored: list[IngestResult], failed: list[Failure], study: str | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    study_uid = study or (stored[0].study_instance_uid if stored else "")
+    if study_uid:
+        body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{study_uid}"]}
+    if failed:
+        items = []
+        for failure in failed:
+            item = _sequence_item(failure.sop_class_uid, failure.sop_instance_uid)
+            item["00081197"] = {"vr": "US", "Value": [failure.reason]}
+            items.append(item)
+        body["00081198"] = {"vr": "SQ", "Value": items}
+    if stored:
+        items = []
+        for result in stored:
+            item = _sequence_item(result.sop_class_uid, result.sop_instance_uid)
+            url = f"{base}/studies/{result.study_instance_uid}/instances/{result.sop_instance_uid}"
+            item["00081190"] = {"vr": "UR", "Value": [url]}
+            items.append(item)
+        body["00081199"] = {"vr": "SQ", "Value": items}
+    return body
+
+
+async def _store(request: Request, hub: HubState, study: str | None) -> Response:
+    boundary = _boundary(request)
+    spooler = await _spool(request, hub, boundary)
+    stored: list[IngestResult] = []
+    failed: list[Failure] = []
+    ae = "STOW-RS"
+    try:
+        for part in spooler.parts:
+            outcome = await run_in_threadpool(_store_part, hub, part, study, ae)
+            if isinstance(outcome, Failure):
+                LOGGER.info("STOW-RS part refused: 0x%04X %s", outcome.reason, outcome.comment)
+                failed.append(outcome)
+            else:
+                stored.append(outcome)
+    finally:
+        spooler.discard()
+    if not stored and not failed:
+        raise Problem(400, "Malformed multipart", "the request holds no part")
+    base = str(request.base_url).rstrip("/") + "/dicom-web"
+    status = 200 if not failed else 202 if stored else 409
+    headers = {}
+    if failed:
+        reasons = "; ".join(f"0x{f.reason:04X} {f.comment}" for f in failed[:5])
+        headers["Warning"] = f'299 pacs-hub "{len(failed)} instance(s) not stored: {reasons}"'[
+            :1000
+        ]
+    body = json.dumps(_response_body(base, stored, failed, study), separators=(",", ":"))
+    return Response(body, status_code=status, media_type=DICOM_JSON, headers=headers)
+
+
+@router.post("/studies")
+async def store_instances(request: Request, hub: Hub) -> Response:
+    """Store instances of any studies (PS3.18 10.5.1)."""
+    return await _store(request, hub, None)
+
+
+@router.post("/studies/{study}")
+async def store_study_instances(request: Request, hub: Hub, study: str) -> Response:
+    """Store instances of one study: others fail with 0xA900 (PS3.18 10.5.1)."""
+    return await _store(request, hub, check_uid("study", study))

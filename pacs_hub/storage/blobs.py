@@ -76,6 +76,35 @@ class BlobStore:
             raise
         return key
 
+    def temp_path(self) -> Path:
+        """A fresh temp file name on the blobs' file system (removed by :meth:`clean_temp`)."""
+        return self.tmp / f"{uuid.uuid4().hex}{TEMP_SUFFIX}"
+
+    def put_file(self, temp: Path, sha256: str) -> str:
+        """Move a complete temp file (from :meth:`temp_path`) in as a blob, durably.
+
+        Used for uploads spooled to disk (STOW-RS): the bytes are not copied again.
+        The temp file is consumed either way (moved in, or removed if the blob exists).
+        """
+        key = self.key_for(sha256)
+        final = self.path(key)
+        try:
+            if final.is_file():
+                temp.unlink()
+                return key
+            fd = os.open(temp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temp, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise OutOfResources(f"storage full: {os.strerror(exc.errno)}") from exc
+            raise
+        return key
+
     @staticmethod
     def _write_durably(temp: Path, data: bytes) -> None:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
@@ -110,6 +139,15 @@ class BlobStore:
         if removed:
             LOGGER.warning("removed %d orphan temp file(s) from an interrupted write", removed)
         return removed
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read a MiB at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fp:
+        while chunk := fp.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _fsync_dir(directory: Path) -> None:

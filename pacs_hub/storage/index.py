@@ -16,7 +16,7 @@ from enum import StrEnum
 from sqlalchemy import Connection, bindparam, insert, select, update
 
 from pacs_hub.dicom.header import InstanceHeader
-from pacs_hub.dicom.matching import normalise_name
+from pacs_hub.dicom.matching import fuzzy_name, normalise_name
 from pacs_hub.storage.models import Instance, Patient, Series, Study
 
 
@@ -102,6 +102,7 @@ def _patient_pk(conn: Connection, h: InstanceHeader) -> int:
                 issuer_of_patient_id=h.issuer_of_patient_id,
                 patient_name=h.patient_name,
                 patient_name_match=normalise_name(h.patient_name),
+                patient_name_fuzzy=fuzzy_name(h.patient_name),
                 patient_birth_date=h.patient_birth_date,
                 patient_sex=h.patient_sex,
                 num_studies=0,
@@ -127,6 +128,7 @@ def _new_study(conn: Connection, h: InstanceHeader, now: datetime) -> tuple[int,
             study_description=h.study_description,
             referring_physician_name=h.referring_physician_name,
             referring_physician_name_match=normalise_name(h.referring_physician_name),
+            referring_physician_name_fuzzy=fuzzy_name(h.referring_physician_name),
             modalities_in_study="",
             num_series=0,
             num_instances=0,
@@ -200,9 +202,17 @@ def _series(conn: Connection, h: InstanceHeader, now: datetime) -> tuple[int, in
 
 
 def add_instance(
-    conn: Connection, h: InstanceHeader, blob: StoredBlob, received_from_ae: str, now: datetime
+    conn: Connection,
+    h: InstanceHeader,
+    blob: StoredBlob,
+    received_from_ae: str,
+    now: datetime,
+    metadata: bytes | None = None,
 ) -> None:
-    """Index a new instance (its SOP Instance UID must not be indexed yet)."""
+    """Index a new instance (its SOP Instance UID must not be indexed yet).
+
+    ``metadata`` is the stored DICOM JSON of :mod:`pacs_hub.dicom.dicomjson`.
+    """
     series_pk, study_pk, patient_pk = _series(conn, h, now)
     conn.execute(
         _INSERT_INSTANCE,
@@ -221,6 +231,7 @@ def add_instance(
             "size_bytes": blob.size,
             "received_from_ae": received_from_ae,
             "received_at": now,
+            "metadata_json": metadata,
         },
     )
     conn.execute(_BUMP_SERIES, {"pk": series_pk})
@@ -229,7 +240,12 @@ def add_instance(
 
 
 def replace_blob(
-    conn: Connection, known: KnownInstance, blob: StoredBlob, received_from_ae: str, now: datetime
+    conn: Connection,
+    known: KnownInstance,
+    blob: StoredBlob,
+    received_from_ae: str,
+    now: datetime,
+    metadata: bytes | None = None,
 ) -> None:
     """Point an indexed instance at a new blob (duplicate policy ``replace``)."""
     study_pk = select(Series.study_pk).where(Series.id == known.series_pk).scalar_subquery()
@@ -247,5 +263,6 @@ def replace_blob(
             size_bytes=blob.size,
             received_from_ae=received_from_ae,
             received_at=now,
+            metadata_json=metadata,
         )
     )

@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     UniqueConstraint,
 )
@@ -38,6 +39,7 @@ class Patient(Base):
     issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
     patient_name: Mapped[str] = mapped_column(String(330), default="")
     patient_name_match: Mapped[str] = mapped_column(String(330), default="", index=True)
+    patient_name_fuzzy: Mapped[str] = mapped_column(String(330), default="")
     patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
     patient_sex: Mapped[str] = mapped_column(String(16), default="")
     num_studies: Mapped[int] = mapped_column(Integer, default=0)
@@ -62,6 +64,7 @@ class Study(Base):
     study_description: Mapped[str] = mapped_column(String(64), default="")
     referring_physician_name: Mapped[str] = mapped_column(String(330), default="")
     referring_physician_name_match: Mapped[str] = mapped_column(String(330), default="")
+    referring_physician_name_fuzzy: Mapped[str] = mapped_column(String(330), default="")
     modalities_in_study: Mapped[str] = mapped_column(String(160), default="")
     num_series: Mapped[int] = mapped_column(Integer, default=0)
     num_instances: Mapped[int] = mapped_column(Integer, default=0)
@@ -114,6 +117,8 @@ class Instance(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     received_from_ae: Mapped[str] = mapped_column(String(16), default="")
     received_at: Mapped[datetime] = mapped_column(DateTime)
+    # DICOM JSON (PS3.18 F.2) made at ingest, zlib-compressed; see pacs_hub.dicom.dicomjson.
+    metadata_json: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
 
     series: Mapped[Series] = relationship(back_populates="instances")
 

@@ -33,6 +33,7 @@ from pacs_hub.dicom.matching import (
     Condition,
     MatchKind,
     Term,
+    fuzzy_name,
     like_pattern,
     parse_condition,
 )
@@ -79,6 +80,11 @@ class Attribute:
     vr: str
     field: str
     match: str | None
+
+    @property
+    def fuzzy(self) -> str | None:
+        """The column of the fuzzy form (:func:`fuzzy_name`) of a Person Name."""
+        return f"{self.field}_fuzzy" if self.vr == "PN" else None
 
 
 def _attrs(level: Level, *specs: tuple[str, str, str, str | None]) -> list[Attribute]:
@@ -145,12 +151,29 @@ ATTRIBUTES: dict[str, Attribute] = {
 
 @dataclass(frozen=True, slots=True)
 class Query:
-    """Matching keys by DICOM keyword; keys without a condition match everything."""
+    """Matching keys by DICOM keyword; keys without a condition match everything.
+
+    With ``fuzzy``, Person Name conditions hold :func:`fuzzy_name` patterns and match
+    the ``*_fuzzy`` columns (QIDO-RS ``fuzzymatching=true``, PS3.18 8.3.4.1).
+    """
 
     conditions: Mapping[str, Condition]
+    fuzzy: bool = False
 
 
-def parse_query(keys: Mapping[str, str]) -> Query:
+def _fuzzy_condition(raw: str) -> Condition:
+    """Accent- and case-insensitive: a name word starts with the value (or its pattern)."""
+    terms: list[Term] = []
+    for part in raw.split("\\"):
+        value = fuzzy_name(part)
+        if not value or value == "*":
+            return Condition("PN")
+        value = value if value.endswith("*") else value + "*"
+        terms += [Term(MatchKind.WILDCARD, value), Term(MatchKind.WILDCARD, "* " + value)]
+    return Condition("PN", tuple(terms))
+
+
+def parse_query(keys: Mapping[str, str], *, fuzzy: bool = False) -> Query:
     """Parse ``keyword -> raw value`` pairs (PS3.4 C.2.2.2); raise InvalidQuery.
 
     Keys the index cannot match (unknown or return-only) are left out: an SCP
@@ -161,10 +184,13 @@ def parse_query(keys: Mapping[str, str]) -> Query:
         attribute = ATTRIBUTES.get(keyword)
         if attribute is None or attribute.match is None:
             continue
-        condition = parse_condition(keyword, attribute.vr, raw)
+        if fuzzy and attribute.fuzzy:
+            condition = _fuzzy_condition(raw)
+        else:
+            condition = parse_condition(keyword, attribute.vr, raw)
         if not condition.is_universal:
             conditions[keyword] = condition
-    return Query(conditions)
+    return Query(conditions, fuzzy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,10 +349,11 @@ def _where(query: Query, level: Level) -> list[ColumnElement[bool]]:
         attribute = ATTRIBUTES.get(keyword)
         if attribute is None or attribute.match is None or attribute.level.depth > level.depth:
             continue
+        column = attribute.fuzzy if query.fuzzy and attribute.fuzzy else attribute.match
         if keyword == "ModalitiesInStudy":
             clause = _modalities_clause(condition)
         else:
-            clause = condition_clause(getattr(MODELS[attribute.level], attribute.match), condition)
+            clause = condition_clause(getattr(MODELS[attribute.level], column), condition)
         if clause is not None:
             clauses.append(clause)
     return clauses

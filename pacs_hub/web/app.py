@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from pacs_hub import __version__
 from pacs_hub.config import Settings
-from pacs_hub.dicomweb import problems, qido, rendered, stow, wado
+from pacs_hub.dicomweb import metadata, problems, qido, rendered, stow, wado
 from pacs_hub.dicomweb.state import HubState
 from pacs_hub.ingest import Ingestor
 from pacs_hub.storage.blobs import BlobStore
@@ -39,7 +39,7 @@ def create_app(
         settings, database, blobs, Ingestor(database, blobs, settings.duplicate_policy)
     )
     problems.install(app)
-    for module in (qido, wado, rendered, stow):
+    for module in (qido, metadata, wado, rendered, stow):
         app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=["dicomweb"])
 
     @app.get("/health", tags=["operations"])
