@@ -164,3 +164,32 @@ def instances_by_uid(session: Session, blobs: BlobStore, uids: Sequence[str]) ->
     """The stored instances among ``uids`` (SOP Instance UIDs), in storage order."""
     base = select(Instance).order_by(Instance.id)
     return _select(session, blobs, base, Instance.sop_instance_uid, uids)
+
+
+def _number(text: str) -> float:
+    """An Instance or Series Number (IS) for sorting; unparsable ones sort last."""
+    try:
+        return float(text)
+    except ValueError:
+        return float("inf")
+
+
+def representative_instance(
+    session: Session, blobs: BlobStore, request: RetrieveRequest
+) -> RetrieveItem | None:
+    """The middle image of the study or series ``request`` names (PS3.18 10.4.1.1.3).
+
+    Images are the instances with Rows (pixel data), ordered by Series Number then
+    Instance Number (storage order on ties); ``None`` when there is no image.
+    """
+    stmt = _statement(request).add_columns(Series.series_number)
+    stmt = stmt.where(COLUMNS[request.level] == request.keys[request.level][0])
+    stmt = stmt.where(Instance.rows.is_not(None))
+    rows = session.execute(stmt).all()
+    if not rows:
+        return None
+    ordered = sorted(
+        rows,
+        key=lambda row: (_number(row[1]), _number(row[0].instance_number), row[0].id),
+    )
+    return _item(blobs, ordered[len(ordered) // 2][0])
