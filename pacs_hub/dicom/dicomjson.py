@@ -18,8 +18,10 @@ import zlib
 from collections.abc import Iterable
 from typing import Any
 
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 
 LOGGER = logging.getLogger(__name__)
 
@@ -51,13 +53,39 @@ def _element(elem: DataElement, path: str) -> dict[str, Any] | None:
         return None
 
 
+def _deferred_bulk(ds: Dataset, tag: BaseTag) -> dict[str, Any] | None:
+    """A BulkDataURI stub for pixel data or a deferred binary value, without reading it.
+
+    Accessing such an element through the dataset would read its value from disk.
+    """
+    raw = ds.get_item(tag, keep_deferred=True)
+    if not isinstance(raw, RawDataElement):
+        return None
+    deferred = raw.value is None and raw.length not in (0, 0xFFFFFFFF)
+    if int(tag) not in PIXEL_TAGS and not deferred:
+        return None
+    vr = str(raw.VR or "")
+    if not vr:
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            vr = "UN"
+    vr = "OW" if " or " in vr else vr
+    return {"vr": vr} if vr not in BINARY_VRS else {"vr": vr, "BulkDataURI": ""}
+
+
 def _dataset(ds: Dataset, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for elem in ds:
-        if elem.tag.element == 0:  # group lengths are not part of the JSON model (F.2.2)
+    for tag in list(ds.keys()):
+        if tag.element == 0:  # group lengths are not part of the JSON model (F.2.2)
             continue
-        key = f"{int(elem.tag):08X}"
-        value = _element(elem, f"{prefix}{key}")
+        key = f"{int(tag):08X}"
+        stub = _deferred_bulk(ds, tag)
+        if stub is not None and "BulkDataURI" in stub:
+            stub["BulkDataURI"] = f"{prefix}{key}"
+            out[key] = stub
+            continue
+        value = _element(ds[tag], f"{prefix}{key}")
         if value is not None:
             out[key] = value
     return out

@@ -104,7 +104,7 @@ def _check_complete(ds: Dataset, file_size: int | None = None) -> None:
     end within the file (``file_size``).
     """
     for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset yields elements)
-        raw = ds.get_item(tag)
+        raw = ds.get_item(tag, keep_deferred=True)
         if not isinstance(raw, RawDataElement) or raw.length == UNDEFINED_LENGTH:
             continue
         if raw.value is None and file_size is not None:

@@ -20,18 +20,21 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
+import pydicom
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from pacs_hub.dicom.header import parse_instance
+from pacs_hub.dicom.header import is_valid_uid, parse_instance
 from pacs_hub.dicomweb.problems import Problem
 from pacs_hub.dicomweb.qido import DICOM_JSON, check_uid
 from pacs_hub.dicomweb.state import HubState, hub_state
 from pacs_hub.dicomweb.upload import MalformedMultipart, MultipartSpooler, Part, media_type
-from pacs_hub.errors import HubError, InvalidInstance
+from pacs_hub.errors import HubError
 from pacs_hub.ingest import IngestResult
 
 LOGGER = logging.getLogger(__name__)
@@ -106,6 +109,7 @@ def _store_part(hub: HubState, part: Part, study: str | None, ae: str) -> Ingest
     if media != DICOM:
         return Failure("", "", CANNOT_UNDERSTAND, f"part of type {media!r}, not {DICOM}")
     try:
+        _add_missing_preamble(part.path)
         if study is not None:
             header = parse_instance(part.path)[0]
             if header.study_instance_uid != study:
@@ -124,13 +128,31 @@ def _store_part(hub: HubState, part: Part, study: str | None, ae: str) -> Ingest
         return Failure("", "", PROCESSING_FAILURE, f"processing failure: {type(exc).__name__}")
 
 
+def _add_missing_preamble(path: Path) -> None:
+    """Give a part that starts with its File Meta group the preamble and 'DICM' prefix.
+
+    PS3.18 8.6.1.2 wants PS3.10 files; pydicom (hence dicomweb-client) writes datasets
+    without the 128-byte preamble unless told otherwise. The rest stays as received.
+    """
+    with path.open("rb") as fp:
+        head = fp.read(132)
+    if head[128:132] == b"DICM" or not head.startswith(b"\x02\x00"):
+        return
+    fixed = path.with_name(path.name + ".fixed")
+    with path.open("rb") as source, fixed.open("xb") as target:
+        target.write(bytes(128) + b"DICM")
+        shutil.copyfileobj(source, target, 1 << 20)
+    fixed.replace(path)
+
+
 def _uids(part: Part) -> tuple[str, str]:
-    """SOP Class and Instance UID of a rejected part, when they can be read at all."""
+    """SOP Class and Instance UID of a rejected part, as far as they can be read."""
     try:
-        header = parse_instance(part.path)[0]
-        return header.sop_class_uid, header.sop_instance_uid
-    except (HubError, InvalidInstance, OSError):
+        ds = pydicom.dcmread(part.path, force=True, stop_before_pixels=True)
+        found = (str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")))
+    except Exception:  # unreadable: the failure item carries the reason only
         return "", ""
+    return tuple(u if is_valid_uid(u) else "" for u in found)  # type: ignore[return-value]
 
 
 def _sequence_item(sop_class: str, sop_instance: str) -> dict[str, Any]:
