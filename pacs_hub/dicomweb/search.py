@@ -28,6 +28,7 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
+from pacs_hub.dicom.header import is_valid_uid
 from pacs_hub.errors import InvalidQuery
 from pacs_hub.storage.query import (
     ATTRIBUTES,
@@ -156,6 +157,9 @@ def _matching(
             raise InvalidQuery(f"matching key {keyword} given twice")
         if dictionary_VR(keyword) == "UI":
             value = value.replace(",", "\\")
+            for uid in filter(None, (v.strip() for v in value.split("\\"))):
+                if uid != "*" and not is_valid_uid(uid):
+                    raise InvalidQuery(f"{keyword} {uid[:64]!r} is not a valid UID")
         keys[keyword] = value
     for keyword, value in fixed.items():
         if keys.get(keyword, value) != value:

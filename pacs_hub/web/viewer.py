@@ -156,7 +156,9 @@ class ViewerFiles(StaticFiles):
     """OHIF's files with the SPA fallback, API paths kept out, gzip and cache headers."""
 
     async def get_response(self, path: str, scope: Scope) -> Response:
-        if path.partition("/")[0] in RESERVED_PREFIXES:
+        # ``path`` is normalised ("/dicom-web/a/../../x" -> "x"): check the request's too.
+        requested = str(scope.get("path", "")).lstrip("/").partition("/")[0]
+        if path.partition("/")[0] in RESERVED_PREFIXES or requested in RESERVED_PREFIXES:
             raise HTTPException(status_code=404)
         try:
             return await super().get_response(path, scope)
