@@ -10,7 +10,8 @@ transcodes to:
   byte-swapped (PS3.5 7.3), then written little endian;
 * encapsulated (compressed) Pixel Data: decoded with pydicom's codecs, colour
   converted to RGB (Photometric Interpretation updated, PS3.5 8.2.1 notes), Planar
-  Configuration 0, written native.
+  Configuration 0, written native; the SOP Instance UID is kept (same instance, other
+  encoding: what a DIMSE transfer syntax conversion does).
 
 The result is a new Part 10 file in memory (one instance at a time); the stored
 blob is never modified.
@@ -58,7 +59,7 @@ def to_explicit_little_endian(path: Path, transfer_syntax_uid: str) -> bytes:
     if transfer_syntax_uid == EXPLICIT_VR_BIG_ENDIAN:
         _swap_binary_values(ds)
     elif not is_native(transfer_syntax_uid) and "PixelData" in ds:
-        ds.decompress()
+        ds.decompress(generate_instance_uid=False)  # same instance, other encoding
     ds.file_meta.TransferSyntaxUID = pydicom.uid.UID(EXPLICIT_VR_LITTLE_ENDIAN)
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, ds, implicit_vr=False, little_endian=True, enforce_file_format=True)
