@@ -186,7 +186,11 @@ class ViewerFiles(StaticFiles):
             headers["Content-Encoding"] = "gzip"
             media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
             response = FileResponse(
-                gzipped, status_code=status_code, headers=headers, media_type=media_type
+                gzipped,
+                status_code=status_code,
+                headers=headers,
+                media_type=media_type,
+                stat_result=os.stat(gzipped),  # sets ETag and Last-Modified now, for 304s
             )
         else:
             response = FileResponse(

@@ -110,6 +110,19 @@ def test_hashed_bundles_are_immutable_and_gzipped(client: TestClient, fake_dist:
     assert response.text == BUNDLE_JS  # httpx decoded the gzip body
 
 
+def test_gzipped_and_identity_answers_revalidate_separately(client: TestClient) -> None:
+    etags = set()
+    for accept in ("gzip", "identity"):
+        first = client.get(f"/{BUNDLE}", headers={"Accept-Encoding": accept})
+        etag = first.headers["etag"]
+        again = client.get(f"/{BUNDLE}", headers={"Accept-Encoding": accept, "If-None-Match": etag})
+        assert again.status_code == 304, accept
+        since = {"Accept-Encoding": accept, "If-Modified-Since": first.headers["last-modified"]}
+        assert client.get(f"/{BUNDLE}", headers=since).status_code == 304, accept
+        etags.add(etag)
+    assert len(etags) == 2  # a cache never mixes up the gzip and the identity body
+
+
 def test_identity_when_gzip_is_not_accepted(client: TestClient) -> None:
     for accept in ("identity", "gzip;q=0", "br"):
         response = client.get(f"/{BUNDLE}", headers={"Accept-Encoding": accept})
