@@ -7,6 +7,8 @@ Every DICOMweb route raises :class:`~pacs_hub.errors.HubError` (or
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -15,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pacs_hub.errors import HubError
 
 PROBLEM_JSON = "application/problem+json"
+LOGGER = logging.getLogger(__name__)
 
 
 class Problem(Exception):
@@ -29,6 +32,7 @@ class Problem(Exception):
 
 def problem_response(status: int, title: str, detail: str, instance: str = "") -> JSONResponse:
     """A problem+json response."""
+    LOGGER.info("HTTP %d %s: %s (%s)", status, title, detail, instance)
     body: dict[str, object] = {"type": "about:blank", "title": title, "status": status}
     if detail:
         body["detail"] = detail

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 MAX_HEADER_BYTES = 16384
+MAX_BOUNDARY = 256
 _TOKEN_PARAM = re.compile(r';\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
 
 
@@ -62,8 +63,9 @@ class MultipartSpooler:
     _file: BinaryIO | None = None
 
     def __post_init__(self) -> None:
-        if not 1 <= len(self.boundary) <= 70:
-            raise MalformedMultipart("boundary must be 1 to 70 characters (RFC 2046 5.1.1)")
+        # RFC 2046 5.1.1 says at most 70 characters; Orthanc's DICOMweb client sends more.
+        if not 1 <= len(self.boundary) <= MAX_BOUNDARY:
+            raise MalformedMultipart(f"boundary must be 1 to {MAX_BOUNDARY} characters")
         self._first = b"--" + self.boundary.encode("latin-1")
         self._delimiter = b"\r\n" + self._first
 
