@@ -26,7 +26,7 @@ viewer:  ## fetch the OHIF viewer from npm into viewers/ohif/dist (once; needs n
 	@viewers/ohif/fetch.sh
 
 run: $(BIN)/.runtime  ## set up and run the hub (and its viewer) on the embedded default (SQLite + ./data)
-	@viewers/ohif/fetch.sh || echo "make run: the web viewer is unavailable (reason above); starting the hub without it"
+	@viewers/ohif/fetch.sh || echo "make run: could not fetch the web viewer (reason above); starting the hub anyway"
 	$(BIN)/pacs-hub serve
 
 system-deps:  ## install the Debian packages the tests start as real peers
