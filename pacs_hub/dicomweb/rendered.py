@@ -87,8 +87,10 @@ def _render(item: RetrieveItem, index: int, options: RenderOptions) -> Response:
         )
     try:
         body = render_frame(pixels, index, options)
-    except (ValueError, RuntimeError, NotImplementedError, KeyError, AttributeError) as exc:
-        raise Problem(500, "Cannot render pixel data", f"{type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # pydicom and the codecs raise many types on bad data
+        raise Problem(
+            406, "Not Acceptable", f"pixel data cannot be decoded: {type(exc).__name__}"
+        ) from exc
     return Response(body, media_type=options.media_type)
 
 

@@ -38,6 +38,7 @@ only ``transfer-syntax=*`` returns a stored file in those syntaxes, unchanged.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -81,6 +82,7 @@ from pacs_hub.dicomweb.state import HubState, hub_state
 from pacs_hub.storage.query import Level
 from pacs_hub.storage.retrieval import RetrieveItem, RetrieveRequest, select_instances
 
+LOGGER = logging.getLogger(__name__)
 router = APIRouter()
 Hub = Annotated[HubState, Depends(hub_state)]
 
@@ -177,16 +179,33 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-def _transcoded_chunks(item: RetrieveItem) -> Iterator[bytes]:
-    data = to_explicit_little_endian(item.path, item.transfer_syntax_uid)
+def _transcoded(item: RetrieveItem) -> bytes:
+    """The instance in Explicit VR Little Endian; 406 when its pixel data cannot be decoded."""
+    try:
+        return to_explicit_little_endian(item.path, item.transfer_syntax_uid)
+    except Exception as exc:  # pydicom and the codecs raise many types on bad data
+        LOGGER.warning("transcoding %s failed: %s", item.sop_instance_uid, exc)
+        raise Problem(
+            406,
+            "Not Acceptable",
+            f"instance {item.sop_instance_uid} cannot be transcoded from "
+            f"{item.transfer_syntax_uid} to {EXPLICIT_VR_LITTLE_ENDIAN}: {type(exc).__name__}",
+        ) from exc
+
+
+def _chunked(data: bytes) -> Iterator[bytes]:
     for start in range(0, len(data), CHUNK):
         yield data[start : start + CHUNK]
 
 
 def _instance_parts(plans: Iterable[_InstancePlan]) -> Iterator[Part]:
+    """One part per instance; a transcoding that fails mid-stream ends the response
+    without its closing boundary, so the client sees it was cut short."""
     for plan in plans:
-        chunks = _transcoded_chunks(plan.item) if plan.transcode else _file_chunks(plan.item.path)
-        yield Part(DICOM, plan.transfer_syntax, chunks)
+        if plan.transcode:
+            yield Part(DICOM, plan.transfer_syntax, _chunked(_transcoded(plan.item)))
+        else:
+            yield Part(DICOM, plan.transfer_syntax, _file_chunks(plan.item.path))
 
 
 def _retrieve(request: Request, items: list[RetrieveItem]) -> Response:
@@ -203,6 +222,9 @@ def _retrieve(request: Request, items: list[RetrieveItem]) -> Response:
                 options,
             )
         plans.append(plan)
+    if len(plans) == 1 and plans[0].transcode:  # one instance: fail with a clean 406
+        data = _transcoded(plans[0].item)
+        return multipart_response([Part(DICOM, EXPLICIT_VR_LITTLE_ENDIAN, [data])], DICOM)
     return multipart_response(_instance_parts(plans), DICOM)
 
 
@@ -284,6 +306,20 @@ def _frame_parts(pixels: StoredPixels, plan: _PixelPlan, indexes: list[int]) -> 
         yield Part(plan.media_type, plan.transfer_syntax, (frame,))
 
 
+def _decoded_now(pixels: StoredPixels, plan: _PixelPlan, index: int) -> list[Part]:
+    """One frame decoded before the response starts, so a bad codestream is a clean 406."""
+    try:
+        [frame] = decoded_frames(pixels, [index])
+    except Exception as exc:  # pydicom and the codecs raise many types on bad data
+        raise Problem(
+            406,
+            "Not Acceptable",
+            f"frame {index + 1} cannot be decoded from {pixels.transfer_syntax_uid}: "
+            f"{type(exc).__name__}",
+        ) from exc
+    return [Part(plan.media_type, plan.transfer_syntax, (frame,))]
+
+
 @router.get(INSTANCE_PATH + "/frames/{frame_list}")
 def retrieve_frames(
     study: str,
@@ -303,8 +339,10 @@ def retrieve_frames(
         raise _not_acceptable(
             f"frames are stored as {pixels.media_type} in {pixels.transfer_syntax_uid}", options
         )
-    parts = _frame_parts(pixels, plan, [n - 1 for n in numbers])
-    return multipart_response(parts, plan.media_type)
+    indexes = [n - 1 for n in numbers]
+    if plan.decode and len(indexes) == 1:
+        return multipart_response(_decoded_now(pixels, plan, indexes[0]), plan.media_type)
+    return multipart_response(_frame_parts(pixels, plan, indexes), plan.media_type)
 
 
 def _steps(text: str) -> TagPath:
