@@ -27,7 +27,7 @@ viewer:  ## fetch the OHIF viewer from npm into viewers/ohif/dist (once; needs n
 
 run: $(BIN)/.runtime  ## set up and run the hub (and its viewer) on the embedded default (SQLite + ./data)
 	@viewers/ohif/fetch.sh || echo "make run: could not fetch the web viewer (reason above); starting the hub anyway"
-	$(BIN)/pacs-hub serve
+	PACS_HUB_UNKNOWN_CALLERS=$${PACS_HUB_UNKNOWN_CALLERS:-accept} $(BIN)/pacs-hub serve
 
 system-deps:  ## install the Debian packages the tests start as real peers
 	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -7,16 +7,16 @@ Every command reads the same settings (``PACS_HUB_*`` variables, see
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from pacs_hub.config import Settings
+from pacs_hub.cli_common import DataDir, load_settings, open_database
 from pacs_hub.errors import HubError
+from pacs_hub.regional import establishments_cli, federation_cli, identity_cli, routing_cli
 from pacs_hub.regional import nodes as node_registry
-from pacs_hub.storage.database import Database
 
 app = typer.Typer(
     help="PACS Hub: regional cloud PACS. Settings come from PACS_HUB_* environment variables.",
@@ -24,23 +24,11 @@ app = typer.Typer(
 )
 nodes_app = typer.Typer(help="Remote DICOM nodes (C-MOVE destinations, known peers).")
 app.add_typer(nodes_app, name="nodes")
+app.add_typer(establishments_cli.app, name="establishments")
+app.add_typer(identity_cli.app, name="patients")
+app.add_typer(federation_cli.app, name="federation")
+app.add_typer(routing_cli.app, name="routing")
 console = Console()
-
-DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="Data folder [env PACS_HUB_DATA_DIR]")
-]
-
-
-def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment, with the command-line options that were given."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    return Settings(**given)
-
-
-def open_database(settings: Settings) -> Database:
-    """The index of the archive, created or migrated if needed."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return Database(settings.index_url)
 
 
 @app.command()

@@ -58,6 +58,36 @@ class Settings(BaseSettings):
     stow_max_bytes: int = Field(
         default=8 * 1024**3, ge=1, description="Largest STOW-RS request body accepted (413 above)"
     )
+    # Regional interconnection (issue 5).
+    unknown_callers: str = Field(
+        default="refuse",
+        pattern="^(refuse|accept)$",
+        description="Associations from AE titles that are not registered nodes: refuse or"
+        " accept (accept for the embedded demo)",
+    )
+    health_check_interval: float = Field(
+        default=60.0, ge=0, description="Seconds between C-ECHOs to each PACS node; 0 = off"
+    )
+    federated_ae_title: str = Field(
+        default="PACS_HUB_FED", max_length=16, description="AE title answering federated C-FIND"
+    )
+    federated_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds a federated query waits for each remote PACS"
+    )
+    regional_issuer: str = Field(
+        default="PACS_HUB_REGION", max_length=64, description="Issuer of regional patient IDs"
+    )
+    routing_max_attempts: int = Field(default=8, ge=1, description="Tries before 'failed'")
+    routing_retry_base: float = Field(
+        default=5.0, gt=0, description="First retry delay in seconds (doubles each time)"
+    )
+    prefetch_enabled: bool = Field(default=True, description="Fetch priors on a new study")
+    prefetch_modalities: str = Field(
+        default="", description="Modalities of priors to fetch (comma list); '' = any"
+    )
+    prefetch_max_age_days: int = Field(
+        default=1825, ge=0, description="Fetch priors at most this old (days)"
+    )
     log_level: str = "INFO"
     viewer_dir: Path | None = Field(
         default_factory=bundled_viewer_dir,

@@ -17,6 +17,8 @@ import uvicorn
 from pacs_hub.config import Settings
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.gateway.server import serve_dicom
+from pacs_hub.regional import tasks  # noqa: F401 (registers the background tasks)
+from pacs_hub.regional.worker import RegionalWorker, WorkerContext
 from pacs_hub.storage.blobs import BlobStore
 from pacs_hub.storage.database import Database
 from pacs_hub.web.app import create_app
@@ -110,9 +112,14 @@ def serve(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    worker = RegionalWorker(
+        WorkerContext(settings, database, BlobStore(settings.data_dir), threading.Event())
+    )
+    worker.start()
     try:
         server.run()
     finally:
+        worker.stop()
         for proc in gateways:
             proc.terminate()
         for proc in gateways:

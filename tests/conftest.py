@@ -102,8 +102,10 @@ def start_hub(data_dir: Path, processes: int = 1, **extra_env: str) -> Hub:
         PACS_HUB_HTTP_PORT=str(http_port),
         PACS_HUB_HOST="127.0.0.1",
         PACS_HUB_GATEWAY_PROCESSES=str(processes),
-        **extra_env,
+        # Tests send from ad-hoc AE titles; the refusal of unknown callers has its own tests.
+        PACS_HUB_UNKNOWN_CALLERS="accept",
     )
+    env.update(extra_env)
     log = (data_dir.parent / f"hub-{http_port}.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "pacs_hub.cli", "serve"], env=env, stdout=log, stderr=log

@@ -13,12 +13,15 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -45,6 +48,19 @@ class Patient(Base):
     num_studies: Mapped[int] = mapped_column(Integer, default=0)
     num_series: Mapped[int] = mapped_column(Integer, default=0)
     num_instances: Mapped[int] = mapped_column(Integer, default=0)
+    # Identity traits and the regional cross-reference (revision 0003, see france.md 3-4).
+    ins: Mapped[str] = mapped_column(String(64), default="", index=True)
+    """INS matricule (NIR/NIA) when the instance carried a qualified one, else ''."""
+    ins_oid: Mapped[str] = mapped_column(String(64), default="")
+    """1.2.250.1.213.1.4.8 (NIR), .9 (NIA), .10 (test), .11 (demo)."""
+    birth_name: Mapped[str] = mapped_column(String(64), default="")
+    given_names: Mapped[str] = mapped_column(String(128), default="")
+    birth_place: Mapped[str] = mapped_column(String(16), default="")
+    regional_patient_pk: Mapped[int | None] = mapped_column(
+        ForeignKey("regional_patients.id"), nullable=True, index=True
+    )
+    link_method: Mapped[str] = mapped_column(String(16), default="")
+    """How the link was made: ins, traits, manual, new (a regional patient of its own)."""
 
     studies: Mapped[list[Study]] = relationship(back_populates="patient")
 
@@ -134,6 +150,147 @@ class Node(Base):
     port: Mapped[int] = mapped_column(Integer)
     establishment: Mapped[str] = mapped_column(String(128), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    # Regional interconnection (revision 0003): who owns the node and how it is doing.
+    establishment_pk: Mapped[int | None] = mapped_column(
+        ForeignKey("establishments.id"), nullable=True, index=True
+    )
+    role: Mapped[str] = mapped_column(String(16), default="pacs")
+    """pacs (query/retrieve peer), modality, workstation or destination."""
+    tls: Mapped[bool] = mapped_column(Boolean, default=False)
+    health_status: Mapped[str] = mapped_column(String(8), default="unknown")
+    """unknown, up or down (C-ECHO on a schedule)."""
+    health_checked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    down_since: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Establishment(Base):
+    """A hospital or clinic of the region: it owns nodes and issues local Patient IDs."""
+
+    __tablename__ = "establishments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    """FINESS-like identifier (9 characters in France)."""
+    name: Mapped[str] = mapped_column(String(128))
+    default_issuer: Mapped[str] = mapped_column(String(64), default="")
+    """Issuer of Patient ID given to instances of its nodes that carry none."""
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class EstablishmentIssuer(Base):
+    """An issuer of Patient ID (PS3.3 C.7.1.1) an establishment uses (one owner each)."""
+
+    __tablename__ = "establishment_issuers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    establishment_pk: Mapped[int] = mapped_column(ForeignKey("establishments.id"), index=True)
+    issuer: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class RegionalPatient(Base):
+    """One person of the region, to whom local identities (``patients`` rows) link."""
+
+    __tablename__ = "regional_patients"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    regional_id: Mapped[str] = mapped_column(String(64), unique=True)
+    ins: Mapped[str] = mapped_column(String(64), default="", index=True)
+    ins_oid: Mapped[str] = mapped_column(String(64), default="")
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    """False once merged into another regional patient."""
+    merged_into_pk: Mapped[int | None] = mapped_column(
+        ForeignKey("regional_patients.id"), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class IdentityEvent(Base):
+    """A recorded change of the cross-reference (link, unlink, merge, unmerge).
+
+    ``detail`` is JSON holding what is needed to reverse it exactly (for a merge:
+    every local identity moved and the regional patient it was linked to before).
+    """
+
+    __tablename__ = "identity_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[str] = mapped_column(Text, default="{}")
+    at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    reverted_by_pk: Mapped[int | None] = mapped_column(
+        ForeignKey("identity_events.id"), nullable=True
+    )
+
+
+class LinkCandidate(Base):
+    """A local identity that may be a regional patient (strict traits), for human review."""
+
+    __tablename__ = "link_candidates"
+    __table_args__ = (UniqueConstraint("patient_pk", "regional_pk"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_pk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    regional_pk: Mapped[int] = mapped_column(ForeignKey("regional_patients.id"), index=True)
+    reason: Mapped[str] = mapped_column(String(256), default="")
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    """pending, accepted or rejected."""
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class RetrieveJob(Base):
+    """Pulling a study from an establishment's PACS into the hub (on demand or prefetch)."""
+
+    __tablename__ = "retrieve_jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    source_node_pk: Mapped[int] = mapped_column(ForeignKey("nodes.id"))
+    kind: Mapped[str] = mapped_column(String(16), default="on-demand")
+    """on-demand or prefetch."""
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    """queued, running, done or failed."""
+    expected: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    received: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(String(256), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class RoutingRule(Base):
+    """Forward arriving studies that match ``conditions`` (JSON) to a destination node."""
+
+    __tablename__ = "routing_rules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    conditions: Mapped[str] = mapped_column(Text, default="{}")
+    """JSON object: establishment, modality, body_part, station (all optional, AND-ed)."""
+    destination_node_pk: Mapped[int] = mapped_column(ForeignKey("nodes.id"))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class RoutingItem(Base):
+    """One study to forward by one rule: the persistent routing queue."""
+
+    __tablename__ = "routing_queue"
+    __table_args__ = (UniqueConstraint("rule_pk", "study_instance_uid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rule_pk: Mapped[int] = mapped_column(ForeignKey("routing_rules.id"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64))
+    destination_node_pk: Mapped[int] = mapped_column(ForeignKey("nodes.id"))
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    """queued, sending, sent or failed (after the last retry)."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime)
+    last_error: Mapped[str] = mapped_column(String(256), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 Index("ix_studies_patient_date", Study.patient_pk, Study.study_date)

@@ -14,11 +14,13 @@ from pacs_hub.config import Settings
 from pacs_hub.dicomweb import metadata, problems, qido, rendered, stow, wado
 from pacs_hub.dicomweb.state import HubState
 from pacs_hub.ingest import Ingestor
+from pacs_hub.regional import establishments_api, federation_api, identity_api, routing_api
 from pacs_hub.storage.blobs import BlobStore
 from pacs_hub.storage.database import Database
 from pacs_hub.web.viewer import mount_viewer
 
 DICOMWEB_PREFIX = "/dicom-web"
+API_PREFIX = "/api"
 
 
 def _accepts(host: str, port: int) -> bool:
@@ -41,6 +43,8 @@ def create_app(
     problems.install(app)
     for module in (qido, metadata, wado, rendered, stow):
         app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=["dicomweb"])
+    for api in (establishments_api, identity_api, federation_api, routing_api):
+        app.include_router(api.router, prefix=API_PREFIX, tags=["regional"])
 
     @app.get("/health", tags=["operations"])
     def health() -> JSONResponse:

@@ -1,0 +1,1 @@
+"""Placeholder: the health background task (issue 5), filled in by its work."""

@@ -1,0 +1,5 @@
+"""Importing this module registers every background task of the region (see worker.py)."""
+
+from __future__ import annotations
+
+from pacs_hub.regional import health, prefetch, routing  # noqa: F401 (they register tasks)
