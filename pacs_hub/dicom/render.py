@@ -14,7 +14,8 @@ The grayscale pipeline is the one PS3.3 C.11 describes, on the stored values:
 
 Colour frames come from pydicom already RGB (YBR_FULL/YBR_FULL_422/YBR_ICT/YBR_RCT
 converted); PALETTE COLOR goes through its lookup tables (C.7.6.3.1.5). The image is
-then fitted into the ``viewport`` (PS3.18 8.3.5.1.3) keeping its aspect ratio, and
+then cropped to the viewport's source region, if any, and fitted into the ``viewport``
+(PS3.18 8.3.5.1.3) keeping its aspect ratio, and
 encoded by Pillow as JPEG (``quality``, PS3.18 8.3.5.1.2), PNG or GIF.
 """
 
@@ -53,7 +54,7 @@ class RenderOptions:
 
     media_type: str = "image/jpeg"
     window: Window | None = None
-    viewport: tuple[int, int] | None = None
+    viewport: Viewport | None = None
     quality: int = 90
 
 
@@ -73,15 +74,37 @@ def parse_window(text: str) -> Window:
     return Window(center, width, function)
 
 
-def parse_viewport(text: str) -> tuple[int, int]:
-    """``vw,vh`` in pixels (1..8192); raise ValueError when it is not."""
+@dataclass(frozen=True, slots=True)
+class Viewport:
+    """``vw,vh[,sx,sy,sw,sh]`` (PS3.18 8.3.5.1.3): output size and source region.
+
+    ``region`` is ``(sx, sy, sw, sh)`` with ``None`` for an omitted value (0 for the
+    origin, the rest of the image for the size); a negative ``sw``/``sh`` flips.
+    """
+
+    width: int
+    height: int
+    region: tuple[int | None, int | None, int | None, int | None] | None = None
+
+
+def _optional_int(text: str) -> int | None:
+    return int(text) if text.strip() else None
+
+
+def parse_viewport(text: str) -> Viewport:
+    """``vw,vh`` or ``vw,vh,sx,sy,sw,sh``; raise ValueError when it is neither."""
     values = [v.strip() for v in text.split(",")]
     if len(values) not in (2, 6):
-        raise ValueError(f"viewport {text[:40]!r}: expected vw,vh")
+        raise ValueError(f"viewport {text[:40]!r}: expected vw,vh[,sx,sy,sw,sh]")
     width, height = int(values[0]), int(values[1])
     if not (0 < width <= 8192 and 0 < height <= 8192):
         raise ValueError(f"viewport {width}x{height}: each side must be 1 to 8192")
-    return width, height
+    if len(values) == 2:
+        return Viewport(width, height)
+    sx, sy, sw, sh = (_optional_int(v) for v in values[2:])
+    if (sx is not None and sx < 0) or (sy is not None and sy < 0) or sw == 0 or sh == 0:
+        raise ValueError(f"viewport {text[:40]!r}: sx, sy >= 0 and sw, sh not 0")
+    return Viewport(width, height, (sx, sy, sw, sh))
 
 
 def _frame_item(ds: Dataset, index: int, sequence: str, keyword: str) -> Dataset | None:
@@ -196,9 +219,34 @@ def frame_image(pixels: StoredPixels, index: int, window: Window | None) -> Imag
     return Image.fromarray(_grayscale(arr, ds, index, window), mode="L")
 
 
-def fit(image: Image.Image, viewport: tuple[int, int]) -> Image.Image:
-    """Scale ``image`` to fit ``viewport``, aspect ratio kept (PS3.18 8.3.5.1.3)."""
-    scale = min(viewport[0] / image.width, viewport[1] / image.height)
+def _axis(image_size: int, start: int | None, size: int | None) -> tuple[int, int, bool]:
+    """(first, last exclusive, flipped) of one axis of the source region."""
+    first = min(start or 0, image_size - 1)
+    if size is None:
+        return first, image_size, False
+    if size > 0:
+        return first, min(image_size, first + size), False
+    last = min(start, image_size) if start is not None else image_size  # [sx + sw, sx)
+    return max(0, last + size), last, True
+
+
+def crop(image: Image.Image, region: tuple[int | None, ...]) -> Image.Image:
+    """The source region ``(sx, sy, sw, sh)`` of ``image``, flipped where sw/sh < 0."""
+    left, right, flip_x = _axis(image.width, region[0], region[2])
+    top, bottom, flip_y = _axis(image.height, region[1], region[3])
+    image = image.crop((left, top, max(right, left + 1), max(bottom, top + 1)))
+    if flip_x:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if flip_y:
+        image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    return image
+
+
+def fit(image: Image.Image, viewport: Viewport) -> Image.Image:
+    """Crop to the source region, then scale to fit the viewport, aspect ratio kept."""
+    if viewport.region is not None:
+        image = crop(image, viewport.region)
+    scale = min(viewport.width / image.width, viewport.height / image.height)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
 

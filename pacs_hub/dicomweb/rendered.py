@@ -9,7 +9,8 @@ with one consumer image: ``image/jpeg`` (the default, also for ``*/*`` and
   9.5.1.2.1 lets the origin server choose. Instance level renders the first frame;
   frame level the one frame named (a single 1-based number).
 * Query parameters (PS3.18 8.3.5.1): ``window=center,width[,linear|linear-exact|sigmoid]``,
-  ``viewport=vw,vh`` (fit, aspect ratio kept), ``quality=1..100`` (JPEG). Without a
+  ``viewport=vw,vh[,sx,sy,sw,sh]`` (source region cropped, then fitted, aspect
+  ratio kept), ``quality=1..100`` (JPEG). Without a
   window the stored one is used (:mod:`pacs_hub.dicom.render`). A bad value is 400.
 * ``/thumbnail`` is the same rendering fitted into 128x128 unless a viewport is given.
 """
@@ -25,6 +26,7 @@ from pacs_hub.dicom.frames import NoPixelData, StoredPixels, can_decode, stored_
 from pacs_hub.dicom.render import (
     PIL_FORMATS,
     RenderOptions,
+    Viewport,
     parse_viewport,
     parse_window,
     render_frame,
@@ -38,7 +40,7 @@ from pacs_hub.storage.retrieval import RetrieveItem, RetrieveRequest, representa
 
 router = APIRouter()
 Hub = Annotated[HubState, Depends(hub_state)]
-THUMBNAIL_VIEWPORT = (128, 128)
+THUMBNAIL_VIEWPORT = Viewport(128, 128)
 DEFAULT_MEDIA = "image/jpeg"
 
 

@@ -669,3 +669,19 @@ def test_every_bulkdata_uri_of_the_metadata_resolves(loaded: Loaded, name: str) 
                 and source.file_meta.TransferSyntaxUID != "1.2.840.10008.1.2.2"
             ):
                 assert data == value, uri
+
+
+def test_viewport_source_region_is_cropped_and_flipped(loaded: Loaded) -> None:
+    ct = loaded.by_name("I100")
+    png = {"Accept": "image/png"}
+    full = loaded.get(ct.instance_path + "/rendered", headers=png, params={"window": "40,400"})
+    whole = np.asarray(Image.open(io.BytesIO(full.content)))
+    region = {"window": "40,400", "viewport": "100,50,200,100,100,50"}
+    part = loaded.get(ct.instance_path + "/rendered", headers=png, params=region)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(part.content))), whole[100:150, 200:300])
+    flipped = {"window": "40,400", "viewport": "100,50,300,100,-100,50"}
+    part = loaded.get(ct.instance_path + "/rendered", headers=png, params=flipped)
+    got = np.asarray(Image.open(io.BytesIO(part.content)))
+    assert np.array_equal(got, whole[100:150, 200:300][:, ::-1])
+    bad = loaded.get(ct.instance_path + "/rendered", params={"viewport": "10,10,-1,0,5,5"})
+    assert bad.status_code == 400
