@@ -272,10 +272,3 @@ def decode_frame(pixels: StoredPixels, index: int) -> np.ndarray[Any, Any]:
     if pixels.value is None and pixels.transfer_syntax_uid != DEFLATED:
         return pixel_array(str(pixels.path), index=index)
     return pixel_array(pixels.dataset, index=index)
-
-
-def frame_chunks(data: bytes) -> Iterator[bytes]:
-    """``data`` in chunks (a frame already in memory, streamed as its own part)."""
-    view = memoryview(data)
-    for start in range(0, len(data), CHUNK):
-        yield bytes(view[start : start + CHUNK])

@@ -22,7 +22,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from pacs_hub.dicom.frames import NoPixelData, StoredPixels, can_decode, stored_pixels
+from pacs_hub.dicom.frames import StoredPixels, can_decode
 from pacs_hub.dicom.render import (
     PIL_FORMATS,
     RenderOptions,
@@ -34,7 +34,7 @@ from pacs_hub.dicom.render import (
 from pacs_hub.dicomweb.multipart import parse_accept
 from pacs_hub.dicomweb.problems import Problem
 from pacs_hub.dicomweb.state import HubState, hub_state
-from pacs_hub.dicomweb.wado import INSTANCE_PATH, find_instances
+from pacs_hub.dicomweb.wado import INSTANCE_PATH, find_instances, pixels_of
 from pacs_hub.storage.query import Level
 from pacs_hub.storage.retrieval import RetrieveItem, RetrieveRequest, representative_instance
 
@@ -73,12 +73,7 @@ def _options(request: Request, thumbnail: bool) -> RenderOptions:
 def _pixels(item: RetrieveItem) -> StoredPixels:
     if not can_decode(item.transfer_syntax_uid):
         raise Problem(406, "Not Acceptable", f"no decoder for {item.transfer_syntax_uid}")
-    try:
-        return stored_pixels(item.path, item.transfer_syntax_uid)
-    except NoPixelData:
-        raise Problem(
-            406, "Not Acceptable", f"instance {item.sop_instance_uid} has no pixel data to render"
-        ) from None
+    return pixels_of(item, 406, "Not Acceptable")
 
 
 def _render(item: RetrieveItem, index: int, options: RenderOptions) -> Response:

@@ -281,12 +281,13 @@ def _plan_pixels(pixels: StoredPixels, options: Sequence[Acceptable]) -> _PixelP
     return None
 
 
-def _pixels(item: RetrieveItem) -> StoredPixels:
+def pixels_of(item: RetrieveItem, status: int = 404, title: str = "Not found") -> StoredPixels:
+    """Where the instance's Pixel Data is; ``status`` (404: no frames) when it has none."""
     try:
         return stored_pixels(item.path, item.transfer_syntax_uid)
     except NoPixelData:
         raise Problem(
-            404, "Not found", f"instance {item.sop_instance_uid} has no pixel data"
+            status, title, f"instance {item.sop_instance_uid} has no pixel data"
         ) from None
 
 
@@ -332,7 +333,7 @@ def retrieve_frames(
     """Retrieve Frames (PS3.18 10.4.1.1.5): one part per frame, in the order asked."""
     item = find_instances(state, study, series, sop)[0]
     options = _accepted(request)
-    pixels = _pixels(item)
+    pixels = pixels_of(item)
     numbers = _frame_numbers(frame_list, pixels.number_of_frames)
     plan = _plan_pixels(pixels, options)
     if plan is None:
@@ -354,7 +355,7 @@ def _steps(text: str) -> TagPath:
 
 def _pixel_data_parts(item: RetrieveItem, options: Sequence[Acceptable]) -> Response:
     """Encapsulated Pixel Data as bulk data: one part per frame (PS3.18 8.7.3.3.2)."""
-    pixels = _pixels(item)
+    pixels = pixels_of(item)
     plan = _plan_pixels(pixels, options)
     if plan is None:
         raise _not_acceptable(f"pixel data is stored in {pixels.transfer_syntax_uid}", options)
