@@ -88,6 +88,8 @@ class HubTarget:
             "PACS_HUB_HTTP_PORT": str(self.http_port),
             "PACS_HUB_HOST": LOOPBACK,
             "PACS_HUB_GATEWAY_PROCESSES": str(self.processes),
+            # The benchmark's senders are ad-hoc AE titles, not registered nodes.
+            "PACS_HUB_UNKNOWN_CALLERS": "accept",
         }
 
     def cli(self, *args: str) -> None:
