@@ -81,6 +81,8 @@ def test_api_paths_are_never_shadowed(client: TestClient) -> None:
     health = client.get("/health")
     assert health.headers["content-type"] == "application/json"
     assert "version" in health.json()
+    assert client.get("/openapi.json").json()["info"]["title"] == "PACS Hub"
+    assert client.post("/dicom-web/no-such-route").status_code == 404
     for path in ("/dicom-web", "/dicom-web/", "/dicom-web/no-such-route", "/health/x"):
         response = client.get(path)
         assert response.status_code == 404, path
