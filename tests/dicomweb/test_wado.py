@@ -685,3 +685,13 @@ def test_viewport_source_region_is_cropped_and_flipped(loaded: Loaded) -> None:
     assert np.array_equal(got, whole[100:150, 200:300][:, ::-1])
     bad = loaded.get(ct.instance_path + "/rendered", params={"viewport": "10,10,-1,0,5,5"})
     assert bad.status_code == 400
+
+
+def test_a_series_in_nine_encodings_comes_back_in_the_default_syntax(loaded: Loaded) -> None:
+    reference = loaded.by_name("1.dcm")
+    series = loaded.client().retrieve_series(reference.study, reference.series)
+    assert len(series) == 9
+    expected = _pixels(pydicom.dcmread(MOSAIC / "1.dcm"))
+    for ds in series:
+        assert ds.file_meta.TransferSyntaxUID == EXPLICIT_LE
+        assert np.array_equal(_pixels(ds), expected), ds.SOPInstanceUID
