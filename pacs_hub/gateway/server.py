@@ -32,6 +32,7 @@ from pynetdicom import sop_class as sc
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 from pacs_hub.gateway import commitment, find, retrieve
+from pacs_hub.gateway.callers import CallerPolicy
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.gateway.status import SUCCESS
 from pacs_hub.gateway.store import handle_store
@@ -131,6 +132,7 @@ def build_ae(ctx: GatewayContext) -> AE:
 def handlers(ctx: GatewayContext) -> list[evt.EventHandlerType]:
     """Event handlers bound to the SCP, each receiving the gateway context."""
     return [
+        *CallerPolicy.for_gateway(ctx).handlers(),  # unknown callers: PS3.8 9.3.4
         (evt.EVT_C_ECHO, handle_echo, []),
         (evt.EVT_C_STORE, handle_store, [ctx]),
         (evt.EVT_C_FIND, find.handle_find, [ctx]),

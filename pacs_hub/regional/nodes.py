@@ -1,36 +1,71 @@
 """The registry of remote DICOM nodes (AE title, host, port), kept in the index.
 
-Nodes are data, not configuration: a node added with ``pacs-hub nodes add`` is
-seen by running gateways at their next lookup, with no restart.
+Nodes are data, not configuration: a node added with ``pacs-hub nodes add`` (or
+``POST /api/nodes``) is seen by running gateways at their next lookup, with no
+restart. A node may belong to an establishment (:mod:`pacs_hub.regional.establishments`),
+which its calls are attributed to, and has a role: ``pacs`` (a query/retrieve peer,
+C-ECHOed by :mod:`pacs_hub.regional.health`), ``modality``, ``workstation`` or
+``destination``.
+
+:class:`NodeDirectory` is the per-process view the hot paths use (association
+acceptance, ingest): a snapshot of every node and its establishment, reloaded at
+most every few seconds.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from pacs_hub.errors import HubError, UnknownNode
+from pacs_hub.regional.establishments import resolve_establishment
 from pacs_hub.storage.database import Database
-from pacs_hub.storage.models import Node
+from pacs_hub.storage.models import Establishment, Node
+
+LOGGER = logging.getLogger(__name__)
+ROLES = ("pacs", "modality", "workstation", "destination")
+DIRECTORY_TTL = 3.0
+"""Seconds a process keeps its snapshot of the registry (a new node is seen after this)."""
 
 
 class InvalidNode(HubError):
-    """An AE title, host or port that PS3.8 does not allow."""
+    """An AE title, host, port or role that PS3.8 or the registry does not allow."""
 
     http_status = 422
     title = "Invalid node"
 
 
+class NodeExists(HubError):
+    """``POST /api/nodes`` for an AE title already registered."""
+
+    http_status = 409
+    title = "Node already registered"
+
+
 @dataclass(frozen=True, slots=True)
 class RemoteNode:
-    """A registered remote application entity."""
+    """A registered remote application entity, its owner and its last known health."""
 
     ae_title: str
     host: str
     port: int
     establishment: str
+    """Code of the owning establishment ('' when none; free text for rows of old versions)."""
+    role: str = "pacs"
+    tls: bool = False
+    establishment_name: str = ""
+    health_status: str = "unknown"
+    """unknown, up or down (see :mod:`pacs_hub.regional.health`)."""
+    down_since: datetime | None = None
+    latency_ms: float | None = None
+    health_checked_at: datetime | None = None
+    pk: int = 0
 
 
 def validate_ae_title(ae_title: str) -> str:
@@ -43,39 +78,131 @@ def validate_ae_title(ae_title: str) -> str:
     return value
 
 
-def _record(node: Node) -> RemoteNode:
-    return RemoteNode(node.ae_title, node.host, node.port, node.establishment)
-
-
-def add_node(
-    db: Database, ae_title: str, host: str, port: int, establishment: str = ""
-) -> RemoteNode:
-    """Register (or update) a remote node."""
-    ae_title = validate_ae_title(ae_title)
+def _check_address(host: str, port: int) -> str:
     if not 0 < port < 65536:
         raise InvalidNode(f"port must be 1-65535, got {port}")
     if not host.strip():
         raise InvalidNode("host is empty")
+    return host.strip()
+
+
+def _check_role(role: str) -> str:
+    if role not in ROLES:
+        raise InvalidNode(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    return role
+
+
+def _record(node: Node, owner: Establishment | None) -> RemoteNode:
+    return RemoteNode(
+        ae_title=node.ae_title,
+        host=node.host,
+        port=node.port,
+        establishment=owner.code if owner else node.establishment,
+        role=node.role,
+        tls=node.tls,
+        establishment_name=owner.name if owner else "",
+        health_status=node.health_status,
+        down_since=node.down_since,
+        latency_ms=node.latency_ms,
+        health_checked_at=node.health_checked_at,
+        pk=node.id,
+    )
+
+
+def _owner(session: Session, node: Node) -> Establishment | None:
+    return session.get(Establishment, node.establishment_pk) if node.establishment_pk else None
+
+
+def _attach(session: Session, node: Node, establishment: str) -> Establishment | None:
+    """Point ``node`` at the establishment named by code or name ('' detaches)."""
+    owner = resolve_establishment(session, establishment) if establishment.strip() else None
+    node.establishment_pk = owner.id if owner else None
+    node.establishment = owner.code if owner else ""
+    return owner
+
+
+def add_node(
+    db: Database,
+    ae_title: str,
+    host: str,
+    port: int,
+    establishment: str = "",
+    *,
+    role: str = "pacs",
+    tls: bool = False,
+    replace: bool = True,
+) -> RemoteNode:
+    """Register a remote node, or update it when ``replace`` (the CLI's ``nodes add``).
+
+    ``establishment`` is the code or the name of a registered establishment
+    (:class:`~pacs_hub.regional.establishments.UnknownEstablishment` otherwise).
+    """
+    ae_title = validate_ae_title(ae_title)
+    host = _check_address(host, port)
+    role = _check_role(role)
     with db.session() as session:
         node = session.scalars(select(Node).where(Node.ae_title == ae_title)).one_or_none()
+        if node is not None and not replace:
+            raise NodeExists(f"a node with AE title {ae_title!r} is already registered")
         if node is None:
             node = Node(ae_title=ae_title, created_at=datetime.now(UTC).replace(tzinfo=None))
             session.add(node)
-        node.host, node.port, node.establishment = host.strip(), port, establishment
-        return _record(node)
+        node.host, node.port, node.role, node.tls = host, port, role, tls
+        owner = _attach(session, node, establishment)
+        session.flush()
+        return _record(node, owner)
 
 
-def list_nodes(db: Database) -> list[RemoteNode]:
-    """Every registered node, by AE title."""
+def update_node(
+    db: Database,
+    ae_title: str,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    establishment: str | None = None,
+    role: str | None = None,
+    tls: bool | None = None,
+) -> RemoteNode:
+    """Change the given fields of a registered node (``establishment=''`` detaches it)."""
+    with db.session() as session:
+        node = _find(session, ae_title)
+        new_port = node.port if port is None else port
+        node.host = _check_address(node.host if host is None else host, new_port)
+        node.port = new_port
+        if role is not None:
+            node.role = _check_role(role)
+        if tls is not None:
+            node.tls = tls
+        owner = _owner(session, node)
+        if establishment is not None:
+            owner = _attach(session, node, establishment)
+        return _record(node, owner)
+
+
+def _find(session: Session, ae_title: str) -> Node:
+    node = session.scalars(select(Node).where(Node.ae_title == ae_title.strip())).one_or_none()
+    if node is None:
+        raise UnknownNode(f"no node with AE title {ae_title!r}")
+    return node
+
+
+def list_nodes(db: Database, *, role: str | None = None) -> list[RemoteNode]:
+    """Every registered node (of ``role`` when given), by AE title."""
+    query = select(Node, Establishment).outerjoin(
+        Establishment, Establishment.id == Node.establishment_pk
+    )
+    if role is not None:
+        query = query.where(Node.role == role)
     with db.reader() as session:
-        return [_record(n) for n in session.scalars(select(Node).order_by(Node.ae_title))]
+        rows = session.execute(query.order_by(Node.ae_title)).all()
+        return [_record(node, owner) for node, owner in rows]
 
 
 def get_node(db: Database, ae_title: str) -> RemoteNode | None:
     """The node registered under ``ae_title``, or None."""
     with db.reader() as session:
         node = session.scalars(select(Node).where(Node.ae_title == ae_title.strip())).one_or_none()
-        return _record(node) if node else None
+        return _record(node, _owner(session, node)) if node else None
 
 
 def remove_node(db: Database, ae_title: str) -> None:
@@ -84,3 +211,60 @@ def remove_node(db: Database, ae_title: str) -> None:
         result = session.execute(delete(Node).where(Node.ae_title == ae_title.strip()))
         if result.rowcount == 0:  # type: ignore[attr-defined]
             raise UnknownNode(f"no node with AE title {ae_title!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeOwner:
+    """What the hot paths need to know about a calling or sending AE title."""
+
+    ae_title: str
+    establishment: str
+    """Code of the owning establishment, '' when none."""
+    default_issuer: str
+    """The establishment's default Issuer of Patient ID, '' when none."""
+
+
+class NodeDirectory:
+    """A per-process snapshot of the registry: AE title -> :class:`NodeOwner`.
+
+    Reloaded (one query) when older than ``ttl`` seconds, so a node registered
+    while the hub runs is seen within ``ttl``; safe to share between threads.
+    When a reload fails the previous snapshot is kept and the next lookup retries.
+    """
+
+    def __init__(self, database: Database, ttl: float = DIRECTORY_TTL) -> None:
+        self._database = database
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        self._owners: dict[str, NodeOwner] | None = None
+        self._loaded_at = 0.0
+
+    def lookup(self, ae_title: str) -> NodeOwner | None:
+        """The registered node with this AE title (spaces stripped), or None."""
+        return self._snapshot().get(ae_title.strip())
+
+    def _snapshot(self) -> dict[str, NodeOwner]:
+        owners = self._owners
+        if owners is not None and time.monotonic() - self._loaded_at < self._ttl:
+            return owners
+        with self._lock:
+            if self._owners is not None and time.monotonic() - self._loaded_at < self._ttl:
+                return self._owners
+            try:
+                self._owners = self._load()
+            except Exception:
+                if self._owners is None:
+                    raise
+                LOGGER.warning("node registry reload failed; keeping the previous snapshot")
+            self._loaded_at = time.monotonic()
+            return self._owners
+
+    def _load(self) -> dict[str, NodeOwner]:
+        query = select(Node.ae_title, Establishment.code, Establishment.default_issuer).outerjoin(
+            Establishment, Establishment.id == Node.establishment_pk
+        )
+        with self._database.read_connection() as conn:
+            return {
+                str(ae): NodeOwner(str(ae), str(code or ""), str(issuer or ""))
+                for ae, code, issuer in conn.execute(query)
+            }
