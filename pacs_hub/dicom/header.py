@@ -24,6 +24,7 @@ from pydicom.errors import InvalidDicomError
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
+from pacs_hub.dicom.ins import identity_traits
 from pacs_hub.errors import InvalidInstance, MissingAttribute, UnsupportedSOPClass
 
 # Archive input is whatever modalities send: read values leniently (no warning per
@@ -78,6 +79,13 @@ class InstanceHeader:
     rows: int | None
     columns: int | None
     number_of_frames: int | None
+    # Identity traits (france.md 3), read once here for the regional cross-reference.
+    ins: str = ""
+    """INS matricule when a qualified one is carried (see :func:`identity_traits`)."""
+    ins_oid: str = ""
+    birth_name: str = ""
+    given_names: str = ""
+    birth_place: str = ""
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -176,6 +184,7 @@ def parse_instance(data: bytes | Path) -> tuple[InstanceHeader, Dataset]:
 
 
 def _record(ds: Dataset, sop_class: str, transfer_syntax: str) -> InstanceHeader:
+    traits = identity_traits(ds)
     return InstanceHeader(
         sop_class_uid=sop_class,
         sop_instance_uid=_uid(ds, "SOPInstanceUID"),
@@ -205,4 +214,9 @@ def _record(ds: Dataset, sop_class: str, transfer_syntax: str) -> InstanceHeader
         rows=_int(ds, "Rows"),
         columns=_int(ds, "Columns"),
         number_of_frames=_int(ds, "NumberOfFrames"),
+        ins=traits.ins,
+        ins_oid=traits.ins_oid,
+        birth_name=traits.birth_name,
+        given_names=traits.given_names,
+        birth_place=traits.birth_place,
     )
