@@ -17,6 +17,7 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 
 from pacs_hub.dicom.header import InstanceHeader
 from pacs_hub.dicom.matching import fuzzy_name, normalise_name
+from pacs_hub.regional.identity import link_new_identity
 from pacs_hub.storage.models import Instance, Patient, Series, Study
 
 
@@ -94,7 +95,7 @@ def _patient_pk(conn: Connection, h: InstanceHeader) -> int:
     ).scalar()
     if pk is not None:
         return int(pk)
-    return int(
+    pk = int(
         conn.execute(
             insert(Patient)
             .values(
@@ -108,10 +109,17 @@ def _patient_pk(conn: Connection, h: InstanceHeader) -> int:
                 num_studies=0,
                 num_series=0,
                 num_instances=0,
+                ins=h.ins,
+                ins_oid=h.ins_oid,
+                birth_name=h.birth_name,
+                given_names=h.given_names,
+                birth_place=h.birth_place,
             )
             .returning(Patient.id)
         ).scalar_one()
     )
+    link_new_identity(conn, pk)  # same transaction: a local identity is never left unlinked
+    return pk
 
 
 def _new_study(conn: Connection, h: InstanceHeader, now: datetime) -> tuple[int, int, str]:
