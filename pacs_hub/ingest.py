@@ -7,6 +7,7 @@ renamed, then the index row is committed, and only then does ``ingest`` return.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from pacs_hub.config import DuplicatePolicy
 from pacs_hub.dicom import dicomjson
 from pacs_hub.dicom.header import InstanceHeader, parse_instance
 from pacs_hub.errors import DuplicateConflict, IndexUnavailable
+from pacs_hub.regional.nodes import NodeDirectory
 from pacs_hub.storage.blobs import BlobStore, sha256_file, sha256_hex
 from pacs_hub.storage.database import Database
 from pacs_hub.storage.index import (
@@ -59,6 +61,7 @@ class Ingestor:
         self.database = database
         self.blobs = blobs
         self.duplicate_policy = duplicate_policy
+        self.senders = NodeDirectory(database)
 
     def ingest(self, part10: bytes, received_from_ae: str = "") -> IngestResult:
         """Store one Part 10 file held in memory; return only once it is durable.
@@ -95,6 +98,8 @@ class Ingestor:
         write_blob: Callable[[], str],
         received_from_ae: str,
     ) -> IngestResult:
+        if received_from_ae and not header.issuer_of_patient_id:
+            header = self._default_issuer(header, received_from_ae)
         with self.database.read_connection() as conn:
             known = existing_instance(conn, header.sop_instance_uid)
             if known is not None and known.sha256 == blob.sha256:
@@ -107,6 +112,14 @@ class Ingestor:
         if outcome is Outcome.CONFLICT:
             raise self._conflict(header)
         return self._result(outcome, header, blob)
+
+    def _default_issuer(self, header: InstanceHeader, ae: str) -> InstanceHeader:
+        """No Issuer of Patient ID (0010,0021, PS3.3 C.7.1.1): index the patient under the
+        default issuer of the sending node's establishment (the stored bytes keep none)."""
+        owner = self.senders.lookup(ae)
+        if owner is None or not owner.default_issuer:
+            return header
+        return dataclasses.replace(header, issuer_of_patient_id=owner.default_issuer)
 
     @staticmethod
     def _conflict(header: InstanceHeader) -> DuplicateConflict:
