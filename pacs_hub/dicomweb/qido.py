@@ -75,7 +75,11 @@ def _extra(hub: HubState, session: Any, search: Search, row: Row) -> dict[str, A
 def _answer(request: Request, hub: HubState, level: Level, fixed: dict[str, str]) -> Response:
     _check_accept(request)
     search = parse_search(
-        level, list(request.query_params.multi_items()), fixed, hub.settings.qido_max_limit
+        level,
+        list(request.query_params.multi_items()),
+        fixed,
+        hub.settings.qido_max_limit,
+        hub.settings.regional_issuer,
     )
     base = _base(request)
     with hub.database.reader() as session:

@@ -173,8 +173,13 @@ def parse_search(
     params: Sequence[tuple[str, str]],
     fixed: Mapping[str, str],
     max_limit: int,
+    regional_issuer: str = "",
 ) -> Search:
-    """Read QIDO-RS query parameters; ``fixed`` are the UIDs given in the path."""
+    """Read QIDO-RS query parameters; ``fixed`` are the UIDs given in the path.
+
+    ``PatientID=<regional id or INS>&IssuerOfPatientID=<regional issuer or INS
+    issuer/OID>`` matches every linked local identity (:func:`parse_query`).
+    """
     for name, _value in params:
         if name.lower() in CONTROL_PARAMETERS and name not in CONTROL_PARAMETERS:
             raise InvalidQuery(f"parameter {name!r}: QIDO-RS parameters are lower case")
@@ -188,7 +193,7 @@ def parse_search(
     limit = _int("limit", control["limit"][-1], 1, max_limit) if "limit" in control else max_limit
     offset = _int("offset", control["offset"][-1], 0, 2**31) if "offset" in control else 0
     keys, ignored = _matching(params, fixed)
-    query = parse_query(keys, fuzzy=fuzzy_raw == "true")
+    query = parse_query(keys, fuzzy=fuzzy_raw == "true", regional_issuer=regional_issuer)
     ignored += [k for k in keys if ATTRIBUTES.get(k) is None or ATTRIBUTES[k].match is None]
     included, extra = _included(control.get("includefield", []), level)
     returned = list(_default_keys(level, fixed))

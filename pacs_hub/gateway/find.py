@@ -107,8 +107,12 @@ def _check_unique_keys(request: FindRequest) -> None:
             raise InvalidQuery(f"{request.level} query needs one {keyword} value (hierarchical)")
 
 
-def read_request(event: Event) -> FindRequest:
-    """Read the model, level, keys and character set of a C-FIND request."""
+def read_request(event: Event, regional_issuer: str = "") -> FindRequest:
+    """Read the model, level, keys and character set of a C-FIND request.
+
+    With IssuerOfPatientID = ``regional_issuer`` (or an INS issuer), PatientID is a
+    regional id (or an INS) and matches every linked local identity.
+    """
     request = cast(C_FIND, event.request)
     levels = MODEL_LEVELS.get(str(request.AffectedSOPClassUID))
     if levels is None:
@@ -124,7 +128,9 @@ def read_request(event: Event) -> FindRequest:
         if elem.keyword in ATTRIBUTES:
             values[elem.keyword] = _text(elem)
     charset = tuple(charset_terms(identifier.get("SpecificCharacterSet")))
-    found = FindRequest(levels, level, parse_query(values), tuple(keys), charset)
+    found = FindRequest(
+        levels, level, parse_query(values, regional_issuer=regional_issuer), tuple(keys), charset
+    )
     _check_unique_keys(found)
     return found
 
@@ -183,7 +189,7 @@ def handle_find(event: Event, ctx: GatewayContext) -> Iterator[tuple[int | Datas
     """EVT_C_FIND handler: yield (status, identifier) pairs (PS3.4 C.4.1.3)."""
     calling = event.assoc.requestor.ae_title
     try:
-        request = read_request(event)
+        request = read_request(event, ctx.settings.regional_issuer)
     except HubError as exc:
         LOGGER.info("C-FIND from %s refused: %s (0x%04X)", calling, exc.title, exc.dicom_status)
         yield error_status(exc), None

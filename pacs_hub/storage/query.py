@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import DeclarativeBase, Session, aliased
 
+from pacs_hub.dicom.ins import INS_ISSUERS
 from pacs_hub.dicom.matching import (
     LIKE_ESCAPE,
     Condition,
@@ -37,7 +38,7 @@ from pacs_hub.dicom.matching import (
     like_pattern,
     parse_condition,
 )
-from pacs_hub.storage.models import Instance, Patient, Series, Study
+from pacs_hub.storage.models import Instance, Patient, RegionalPatient, Series, Study
 
 
 class Level(StrEnum):
@@ -159,6 +160,56 @@ class Query:
 
     conditions: Mapping[str, Condition]
     fuzzy: bool = False
+    linked: LinkedPatients | None = None
+    """Set when PatientID names a regional patient or an INS (see :func:`parse_query`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedPatients:
+    """Every local identity linked to regional patients named by their regional id
+    or by their INS (matricule and OIDs): replaces PatientID / IssuerOfPatientID
+    matching (france.md 3-4; :mod:`pacs_hub.regional.identity`)."""
+
+    regional_ids: tuple[str, ...] = ()
+    ins: tuple[str, ...] = ()
+    ins_oids: tuple[str, ...] = ()
+
+
+def _linked(conditions: Mapping[str, Condition], regional_issuer: str) -> LinkedPatients | None:
+    """IssuerOfPatientID = the regional issuer or an INS issuer, with single PatientIDs."""
+    issuer = conditions.get("IssuerOfPatientID")
+    patient = conditions.get("PatientID")
+    if issuer is None or patient is None or not issuer.is_single_value:
+        return None
+    if any(t.kind is not MatchKind.SINGLE for t in patient.terms):
+        return None
+    values = tuple(t.value for t in patient.terms)
+    name = issuer.terms[0].value
+    if regional_issuer and name == regional_issuer:
+        return LinkedPatients(regional_ids=values)
+    if name in INS_ISSUERS:
+        return LinkedPatients(
+            ins=tuple(v.upper() for v in values), ins_oids=tuple(sorted(INS_ISSUERS[name]))
+        )
+    return None
+
+
+def _linked_clause(linked: LinkedPatients) -> ColumnElement[bool]:
+    """Patients linked to the named regional patients (or to the one they were merged into)."""
+    regional = RegionalPatient
+    if linked.regional_ids:
+        named = regional.regional_id.in_(linked.regional_ids)
+        merged_into = select(regional.merged_into_pk).where(named)
+        return Patient.regional_patient_pk.in_(
+            select(regional.id).where(or_(named, regional.id.in_(merged_into)))
+        )
+    holders = select(regional.id).where(
+        regional.ins.in_(linked.ins), regional.ins_oid.in_(linked.ins_oids), regional.active
+    )
+    return or_(
+        Patient.regional_patient_pk.in_(holders),
+        and_(Patient.ins.in_(linked.ins), Patient.ins_oid.in_(linked.ins_oids)),
+    )
 
 
 def _fuzzy_condition(raw: str) -> Condition:
@@ -173,11 +224,16 @@ def _fuzzy_condition(raw: str) -> Condition:
     return Condition("PN", tuple(terms))
 
 
-def parse_query(keys: Mapping[str, str], *, fuzzy: bool = False) -> Query:
+def parse_query(
+    keys: Mapping[str, str], *, fuzzy: bool = False, regional_issuer: str = ""
+) -> Query:
     """Parse ``keyword -> raw value`` pairs (PS3.4 C.2.2.2); raise InvalidQuery.
 
     Keys the index cannot match (unknown or return-only) are left out: an SCP
-    ignores the optional keys it does not support (PS3.4 C.2.2.1).
+    ignores the optional keys it does not support (PS3.4 C.2.2.1). When
+    IssuerOfPatientID is ``regional_issuer`` (or an INS issuer: ``ASIP-SANTE-INS-NIR``,
+    an INS OID) the PatientIDs are regional ids (or INS) and every linked local
+    identity matches (:class:`LinkedPatients`).
     """
     conditions = {}
     for keyword, raw in keys.items():
@@ -190,7 +246,7 @@ def parse_query(keys: Mapping[str, str], *, fuzzy: bool = False) -> Query:
             condition = parse_condition(keyword, attribute.vr, raw)
         if not condition.is_universal:
             conditions[keyword] = condition
-    return Query(conditions, fuzzy)
+    return Query(conditions, fuzzy, _linked(conditions, regional_issuer))
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +405,8 @@ def _where(query: Query, level: Level) -> list[ColumnElement[bool]]:
         attribute = ATTRIBUTES.get(keyword)
         if attribute is None or attribute.match is None or attribute.level.depth > level.depth:
             continue
+        if query.linked and keyword in ("PatientID", "IssuerOfPatientID"):
+            continue
         column = attribute.fuzzy if query.fuzzy and attribute.fuzzy else attribute.match
         if keyword == "ModalitiesInStudy":
             clause = _modalities_clause(condition)
@@ -356,6 +414,8 @@ def _where(query: Query, level: Level) -> list[ColumnElement[bool]]:
             clause = condition_clause(getattr(MODELS[attribute.level], column), condition)
         if clause is not None:
             clauses.append(clause)
+    if query.linked:
+        clauses.append(_linked_clause(query.linked))
     return clauses
 
 
