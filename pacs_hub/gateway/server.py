@@ -31,7 +31,7 @@ from pynetdicom import AE, acse, evt
 from pynetdicom import sop_class as sc
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
-from pacs_hub.gateway import commitment, find, retrieve
+from pacs_hub.gateway import commitment, federated_find, retrieve
 from pacs_hub.gateway.callers import CallerPolicy
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.gateway.status import SUCCESS
@@ -135,7 +135,7 @@ def handlers(ctx: GatewayContext) -> list[evt.EventHandlerType]:
         *CallerPolicy.for_gateway(ctx).handlers(),  # unknown callers: PS3.8 9.3.4
         (evt.EVT_C_ECHO, handle_echo, []),
         (evt.EVT_C_STORE, handle_store, [ctx]),
-        (evt.EVT_C_FIND, find.handle_find, [ctx]),
+        (evt.EVT_C_FIND, federated_find.handle_find, [ctx]),  # local or federated
         (evt.EVT_C_MOVE, retrieve.handle_move, [ctx]),
         (evt.EVT_C_GET, retrieve.handle_get, [ctx]),
         (evt.EVT_N_ACTION, commitment.handle_n_action, [ctx]),
