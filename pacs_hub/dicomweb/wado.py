@@ -307,11 +307,18 @@ def _frame_parts(pixels: StoredPixels, plan: _PixelPlan, indexes: list[int]) -> 
         yield Part(plan.media_type, plan.transfer_syntax, (frame,))
 
 
-def _decoded_now(pixels: StoredPixels, plan: _PixelPlan, index: int) -> list[Part]:
-    """One frame decoded before the response starts, so a bad codestream is a clean 406."""
+def _frame_now(pixels: StoredPixels, plan: _PixelPlan, index: int) -> list[Part]:
+    """One frame read (and decoded) before the response starts, so bad data is a clean
+    problem: 406 when a codestream cannot be decoded, 500 when the stored frame is missing."""
     try:
-        [frame] = decoded_frames(pixels, [index])
+        frames = decoded_frames if plan.decode else stored_frames
+        [frame] = frames(pixels, [index])
     except Exception as exc:  # pydicom and the codecs raise many types on bad data
+        LOGGER.warning("frame %d of %s: %s", index + 1, pixels.path.name, exc)
+        if not plan.decode:
+            raise Problem(
+                500, "Unreadable pixel data", f"frame {index + 1} cannot be read: {exc}"
+            ) from exc
         raise Problem(
             406,
             "Not Acceptable",
@@ -341,8 +348,8 @@ def retrieve_frames(
             f"frames are stored as {pixels.media_type} in {pixels.transfer_syntax_uid}", options
         )
     indexes = [n - 1 for n in numbers]
-    if plan.decode and len(indexes) == 1:
-        return multipart_response(_decoded_now(pixels, plan, indexes[0]), plan.media_type)
+    if len(indexes) == 1:  # what viewers ask for: read before answering
+        return multipart_response(_frame_now(pixels, plan, indexes[0]), plan.media_type)
     return multipart_response(_frame_parts(pixels, plan, indexes), plan.media_type)
 
 
