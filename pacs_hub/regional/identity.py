@@ -35,6 +35,7 @@ from sqlalchemy import Connection, func, insert, select, text, update
 
 from pacs_hub.dicom.ins import trait_key
 from pacs_hub.errors import HubError
+from pacs_hub.regional.worker import PeriodicTask, WorkerContext, register
 from pacs_hub.storage.database import Database
 from pacs_hub.storage.models import IdentityEvent, LinkCandidate, Patient, RegionalPatient
 
@@ -273,3 +274,15 @@ def count_unlinked(database: Database) -> int:
                 .where(Patient.regional_patient_pk.is_(None))
             ).scalar_one()
         )
+
+
+BACKFILL_INTERVAL = 300.0
+"""Seconds between two passes of the backfill task (identities left unlinked)."""
+
+
+def _backfill(ctx: WorkerContext) -> None:
+    while not ctx.stop.is_set() and link_unlinked(ctx.database) > 0:
+        pass
+
+
+register(PeriodicTask("identity-backfill", interval=lambda _s: BACKFILL_INTERVAL, run=_backfill))
