@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from pacs_hub.regional import health, prefetch, routing  # noqa: F401 (they register tasks)
+from pacs_hub.regional import health, identity, prefetch, routing  # noqa: F401 (they register tasks)
