@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from bench.find import QUERY_TYPES
 from bench.report import Results
+from bench.web_reading import web_paragraph
 
 
 def _ingest_paragraph(res: Results) -> str | None:
@@ -92,7 +93,12 @@ def _move_paragraph(res: Results) -> str | None:
 
 
 def reading(res: Results) -> list[str]:
-    paragraphs = [_ingest_paragraph(res), _find_paragraph(res), _move_paragraph(res)]
+    paragraphs = [
+        _ingest_paragraph(res),
+        _find_paragraph(res),
+        _move_paragraph(res),
+        web_paragraph(res),
+    ]
     out: list[str] = []
     for text in paragraphs:
         if text:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import subprocess
@@ -12,12 +11,16 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
+from bench.dicomweb import WebResults
 from bench.find import QUERY_TYPES, Latency
+from bench.fmt import NA, latency_table, le_p95
+from bench.fmt import fmt as _fmt
+from bench.fmt import ratio as _ratio
 from bench.ingest import Summary
 from bench.move import MoveSummary
 from bench.procs import command_output
+from bench.web_report import web_checks, web_method, web_section
 
-NA = "not available yet"
 PYTHON_PACKAGES = ("pydicom", "pynetdicom", "numpy")
 
 
@@ -53,6 +56,9 @@ class Results:
     move: dict[tuple[str, str], MoveSummary | None] = field(default_factory=dict)
     move_errors: dict[str, str] = field(default_factory=dict)
     move_instances: int = 0
+    dicomweb: dict[str, WebResults] = field(default_factory=dict)
+    web_series: int = 0
+    web_index: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -97,6 +103,7 @@ def machine_section(res: Results) -> list[str]:
         ("OS / kernel", f"{_os_name()} / {platform.release()}"),
         ("Python", platform.python_version()),
         ("Orthanc (Debian)", f"{_deb('orthanc')}, default SQLite index"),
+        ("Orthanc DICOMweb plugin (Debian)", f"{_deb('orthanc-dicomweb')}, default settings"),
         ("dcmtk (Debian)", _deb("dcmtk")),
         (
             "pydicom / pynetdicom / numpy",
@@ -147,22 +154,11 @@ def method_section(res: Results) -> list[str]:
         "`movescu` to a dcmtk `storescp` (`+B` writing files, and `--ignore` discarding them), "
         f"registered as move destination in both; {cfg['move_reps']} rep(s) per mode, median. "
         "Timed window: the movescu process.",
+        *web_method(res),
         "* **Ceilings**: dcmtk `storescp +B` (C++ receive and write, no index) in the ingest "
         f"matrix; `dd` {res.dd_mib} MiB `bs=1M conv=fdatasync`.",
         "",
     ]
-
-
-def _fmt(value: float, digits: int = 0) -> str:
-    if math.isnan(value):
-        return "-"
-    return f"{value:,.{digits}f}"
-
-
-def _ratio(a: float | None, b: float | None) -> str:
-    if a is None or b is None or b == 0 or math.isnan(a) or math.isnan(b):
-        return "-"
-    return f"{a / b:.2f}"
 
 
 def _rate(s: Summary | MoveSummary | None) -> float | None:
@@ -222,34 +218,12 @@ def find_section(res: Results) -> list[str]:
         "",
         "Index size (instances): " + ", ".join(f"{k} {v:,}" for k, v in total.items()) + ".",
         "",
-        "| query | matches (median) | hub p50 | hub p95 | Orthanc p50 | Orthanc p95 "
-        "| **p95 hub/Orthanc** |",
-        "|---|---|---|---|---|---|---|",
     ]
-    hub, orth = res.find.get("hub", {}), res.find.get("orthanc", {})
-    for kind in QUERY_TYPES:
-        h, o = hub.get(kind), orth.get(kind)
-        matches = h.matches if h and h.samples else (o.matches if o else math.nan)
-        lines.append(
-            f"| {kind} | {_fmt(matches)} | {_lat(h, 'p50')} | {_lat(h, 'p95')} "
-            f"| {_lat(o, 'p50')} | {_lat(o, 'p95')} "
-            f"| **{_ratio(h.p95_ms, o.p95_ms if o else None) if h and h.samples else '-'}** |"
-        )
-    mismatch = [
-        k for k in QUERY_TYPES if k in hub and k in orth and hub[k].matches != orth[k].matches
-    ]
-    if mismatch:
-        lines += ["", "Median match counts differ between the two for: " + ", ".join(mismatch)]
+    lines += latency_table(res.find.get("hub", {}), res.find.get("orthanc", {}))
     failed = [f"{t} {k}: {v.failed}" for t, d in res.find.items() for k, v in d.items() if v.failed]
     if failed:
         lines += ["", "Failed queries (excluded): " + "; ".join(failed)]
     return [*lines, ""]
-
-
-def _lat(lat: Latency | None, which: str) -> str:
-    if lat is None or not lat.samples:
-        return NA if lat is None else "failed"
-    return _fmt(lat.p50_ms if which == "p50" else lat.p95_ms, 1)
 
 
 def move_section(res: Results) -> list[str]:
@@ -280,7 +254,7 @@ def _move_cell(s: MoveSummary | None, res: Results, name: str) -> str:
 
 
 def ceilings_section(res: Results) -> list[str]:
-    lines = ["## 5. Machine ceilings", ""]
+    lines = ["## 6. Machine ceilings", ""]
     if res.dd:
         med, lo, hi = res.dd
         lines.append(
@@ -307,9 +281,7 @@ def targets_section(res: Results) -> list[str]:
             checks.append((f"ingest {dataset} P={p}: hub >= Orthanc", _ge(h, o)))
     hub, orth = res.find.get("hub", {}), res.find.get("orthanc", {})
     for kind in QUERY_TYPES:
-        hl, ol = hub.get(kind), orth.get(kind)
-        ok = None if not (hl and ol and hl.samples and ol.samples) else hl.p95_ms <= ol.p95_ms
-        checks.append((f"C-FIND p95 {kind}: hub <= Orthanc", ok))
+        checks.append((f"C-FIND p95 {kind}: hub <= Orthanc", le_p95(hub.get(kind), orth.get(kind))))
     for mode in ("files", "ignore"):
         checks.append(
             (
@@ -317,6 +289,7 @@ def targets_section(res: Results) -> list[str]:
                 _ge(res.move.get(("hub", mode)), res.move.get(("orthanc", mode))),
             )
         )
+    checks += web_checks(res)
     lines = ["## Targets (reported, not asserted)", "", "| target | met |", "|---|---|"]
     word = {True: "yes", False: "**no**", None: NA}
     lines += [f"| {name} | {word[ok]} |" for name, ok in checks]
@@ -344,6 +317,7 @@ def render(res: Results, reading: Sequence[str]) -> str:
         index_section,
         find_section,
         move_section,
+        web_section,
         ceilings_section,
     ):
         lines += section(res)

@@ -1,4 +1,4 @@
-"""``python -m bench.run``: PACS Hub vs Orthanc (ingest, C-FIND, C-MOVE, ceilings).
+"""``python -m bench.run``: PACS Hub vs Orthanc (ingest, C-FIND, C-MOVE, DICOMweb, ceilings).
 
 Writes bench/RESULTS.md (``--quick``: bench/out/RESULTS.quick.md) and the raw
 numbers to bench/out/results.json. It reports; it asserts nothing.
@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import data, find, ingest, move
+from bench import data, dicomweb, find, ingest, move, stow
 from bench.procs import run_parallel, storescu, sync
 from bench.reading import reading
 from bench.report import IndexBuild, Results, render
-from bench.targets import Destination, Target, start_target
+from bench.targets import Destination, Target, WebTarget, start_target, start_web_target
 
 HERE = Path(__file__).resolve().parent
 TARGETS = ("hub", "orthanc", "storescp")
@@ -39,9 +39,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--queries", type=int, default=50, help="timed C-FIND queries per type")
     parser.add_argument("--move-reps", type=int, default=3, help="C-MOVE repetitions per mode")
     parser.add_argument("--dd-mib", type=int, default=1024, help="dd test size")
+    parser.add_argument("--web-reps", type=int, default=3, help="DICOMweb retrieve/STOW reps")
     parser.add_argument("--hub-processes", type=int, default=0, help="0 = hub default (per core)")
     parser.add_argument(
-        "--skip", action="append", default=[], choices=("ingest", "index"), help="skip a section"
+        "--skip",
+        action="append",
+        default=[],
+        choices=("ingest", "index", "dicomweb"),
+        help="skip a section (index: C-FIND and C-MOVE; dicomweb: QIDO/WADO/STOW-RS)",
     )
     parser.add_argument("--out", type=Path, default=HERE / "out", help="cache and work folder")
     parser.add_argument("--results", type=Path, default=None, help="markdown output")
@@ -49,6 +54,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.quick:
         args.reps, args.ct512_slices, args.ct64_studies = 1, 20, 12
         args.index_studies, args.queries, args.move_reps, args.dd_mib = 2000, 5, 1, 128
+        args.web_reps = 1
     if args.results is None:
         args.results = args.out / "RESULTS.quick.md" if args.quick else HERE / "RESULTS.md"
     return args
@@ -97,29 +103,71 @@ def run_index_phase(
     corpora: tuple[data.Corpus, data.Corpus],
     dest: Destination,
 ) -> None:
-    """Fresh target: build the index, time C-FIND, time C-MOVE, stop."""
+    """Fresh target: build the index, time C-FIND and C-MOVE; then restart it on the
+    same folder with DICOMweb on and time the DICOMweb reads; stop and delete it."""
     idx, ct512 = corpora
     workdir = args.out / "work" / f"{kind}-index"
     target = start_target(kind, workdir, args.hub_processes, [dest])
     try:
         log(f"{kind}: building the C-FIND index ({idx.count:,} + {ct512.count} instances)")
-        res.index[kind] = build = build_index(target, idx, ct512)
+        build = build_index(target, idx, ct512)
         log(f"{kind}: index {build.stored:,} instances, {build.inst_s:.0f} inst/s")
-        queries = find.build_queries(args.index_studies, args.queries)
-        res.find[kind] = find.run_queries(target, queries)
-        for name, lat in res.find[kind].items():
-            log(f"{kind}: C-FIND {name}: p50 {lat.p50_ms:.1f} ms p95 {lat.p95_ms:.1f} ms")
-        uid = data.study_uid("ct512", 0)
-        runs = move.run_moves(
-            target, dest, uid, ct512.count // 2, args.move_reps, args.out / "work" / "move", log
-        )
-        for mode in ("files", "ignore"):
-            res.move[(kind, mode)] = move.summarize(runs, mode, ct512.mean_bytes)
-        if not any(r.ok for r in runs):
-            res.move_errors[kind] = runs[0].error or f"{runs[0].received} instances received"
+        if "index" not in args.skip:
+            res.index[kind] = build
+            run_find_and_move(args, res, target, ct512, dest)
+        if "dicomweb" not in args.skip:
+            res.web_index[kind] = build.stored
+            target.stop()
+            target = start_web_target(kind, workdir, args.hub_processes, fresh=False)
+            run_web_reads(args, res, target, ct512)
     finally:
         target.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_find_and_move(
+    args: argparse.Namespace, res: Results, target: Target, ct512: data.Corpus, dest: Destination
+) -> None:
+    kind = target.name
+    queries = find.build_queries(args.index_studies, args.queries)
+    res.find[kind] = find.run_queries(target, queries)
+    for name, lat in res.find[kind].items():
+        log(f"{kind}: C-FIND {name}: p50 {lat.p50_ms:.1f} ms p95 {lat.p95_ms:.1f} ms")
+    uid = data.study_uid("ct512", 0)
+    runs = move.run_moves(
+        target, dest, uid, ct512.count // 2, args.move_reps, args.out / "work" / "move", log
+    )
+    for mode in ("files", "ignore"):
+        res.move[(kind, mode)] = move.summarize(runs, mode, ct512.mean_bytes)
+    if not any(r.ok for r in runs):
+        res.move_errors[kind] = runs[0].error or f"{runs[0].received} instances received"
+
+
+def run_web_reads(
+    args: argparse.Namespace, res: Results, target: WebTarget, ct512: data.Corpus
+) -> None:
+    """QIDO-RS with the C-FIND queries, then metadata, WADO-RS and frames of ct512 study 1."""
+    queries = find.build_queries(args.index_studies, args.queries)
+    series = dicomweb.Series.ct512(ct512.count // 2)
+    samples = max(3, args.queries // 2)
+    try:
+        web = dicomweb.measure_reads(target, queries, series, samples, args.web_reps, log)
+    except Exception as exc:  # a broken answer costs this section, not the whole run
+        log(f"{target.name}: DICOMweb reads failed: {exc!r}")
+        web = dicomweb.WebResults(errors=[f"reads: {type(exc).__name__}: {str(exc)[:200]}"])
+    res.dicomweb[target.name] = web
+
+
+def run_stow(args: argparse.Namespace, res: Results, ct512: data.Corpus) -> None:
+    files = stow.study_files(ct512, ct512.count // 2)
+    runs = stow.run_stow(
+        files, ("hub", "orthanc"), args.web_reps, args.out / "work", args.hub_processes, log
+    )
+    for kind in ("hub", "orthanc"):
+        web = res.dicomweb.setdefault(kind, dicomweb.WebResults())
+        for mode in stow.MODES:
+            web.stow[mode.label] = stow.summarize(runs, kind, mode)
+        web.errors += [f"STOW-RS {r.mode}: {r.error}" for r in runs if r.target == kind and r.error]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -146,10 +194,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "ingest" not in args.skip:
         run_ingest(args, res, [ct512, ct64])
     if "index" not in args.skip:
-        dest = move.destination()
         res.move_instances = ct512.count // 2
+    if "index" not in args.skip or "dicomweb" not in args.skip:
+        dest = move.destination()
         for kind in ("hub", "orthanc"):
             run_index_phase(args, res, kind, (idx, ct512), dest)
+    if "dicomweb" not in args.skip:
+        res.web_series = ct512.count // 2
+        run_stow(args, res, ct512)
     res.finished = datetime.now(UTC)
     res.notes.append(f"Total bench runtime: {(time.monotonic() - t0) / 60:.1f} min.")
     args.results.write_text(render(res, reading(res)))

@@ -1,7 +1,9 @@
 """The systems under test: a fresh PACS Hub, a fresh Orthanc, a dcmtk storescp.
 
 Each target is started on an empty work folder, counts what it holds, and stops;
-the benchmark makes a new one for every timed ingest run.
+the benchmark makes a new one for every timed ingest run. The DICOMweb section
+restarts the C-FIND target on the folder it filled (:func:`restart_target`), Orthanc
+then with its DICOMweb plugin loaded (Debian ``orthanc-dicomweb``, plugin defaults).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from bench.procs import LOOPBACK, StoreScp, free_port, wait_for
 HUB_AE = "PACS_HUB"
 ORTHANC_AE = "ORTHANC"
 STORESCP_AE = "STORESCP"
+ORTHANC_DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 
 class Target(Protocol):
@@ -37,6 +40,13 @@ class Target(Protocol):
     def server_pids(self) -> list[int]: ...
 
     def stop(self) -> None: ...
+
+
+class WebTarget(Target, Protocol):
+    """A target that serves DICOMweb (PS3.18) under ``dicomweb_url``."""
+
+    @property
+    def dicomweb_url(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +88,10 @@ class HubTarget:
     @property
     def data_dir(self) -> Path:
         return self.workdir / "data"
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.http_port}/dicom-web"
 
     def env(self) -> dict[str, str]:
         return {
@@ -136,9 +150,11 @@ class HubTarget:
 
 @dataclass
 class OrthancTarget:
-    """Debian's Orthanc with its default SQLite index (see :mod:`bench.orthanc`)."""
+    """Debian's Orthanc with its default SQLite index (see :mod:`bench.orthanc`);
+    ``dicomweb``: with the DICOMweb plugin at ``/dicom-web/`` (its other settings default)."""
 
     workdir: Path
+    dicomweb: bool = False
     name: str = "orthanc"
     ae_title: str = ORTHANC_AE
     dicom_port: int = field(default_factory=free_port)
@@ -160,9 +176,24 @@ class OrthancTarget:
                 "DicomAlwaysAllowMove": True,
                 "DicomAlwaysAllowGet": True,
                 "DicomCheckModalityHost": False,
+                **(self.web_config() if self.dicomweb else {}),
             },
         )
         return self
+
+    @staticmethod
+    def web_config() -> dict[str, Any]:
+        if not Path(ORTHANC_DICOMWEB_PLUGIN).exists():
+            missing = f"{ORTHANC_DICOMWEB_PLUGIN} is missing"
+            raise RuntimeError(f"{missing} (apt-get install orthanc-dicomweb)")
+        return {
+            "Plugins": [ORTHANC_DICOMWEB_PLUGIN],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        }
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.peer.url}/dicom-web"
 
     def _get(self, path: str) -> Any:
         with urllib.request.urlopen(f"{self.peer.url}{path}", timeout=30) as response:
@@ -215,3 +246,15 @@ def start_target(kind: str, workdir: Path, hub_processes: int, dests: list[Desti
     if kind == "orthanc":
         return OrthancTarget(workdir).start(dests)
     return StoreScpTarget(workdir).start(dests)
+
+
+def start_web_target(kind: str, workdir: Path, hub_processes: int, *, fresh: bool) -> WebTarget:
+    """The hub, or Orthanc with its DICOMweb plugin, on ``workdir``: emptied first when
+    ``fresh``, else restarted on what a previous target of ``kind`` stored there."""
+    if fresh:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if kind == "hub":
+        return HubTarget(workdir, processes=hub_processes).start([])
+    if kind == "orthanc":
+        return OrthancTarget(workdir, dicomweb=True).start([])
+    raise ValueError(f"{kind} serves no DICOMweb")
