@@ -1,7 +1,264 @@
-"""Placeholder: the `pacs-hub` identity commands (issue 5), filled in by its work."""
+"""``pacs-hub patients ...``: the regional patient identity (france.md 3-4).
+
+Read (show, find, candidates list, events) and change (link, merge, unmerge,
+candidates accept/reject) the cross-reference of local identities. Every change is
+recorded with its actor (``--actor``, default the login name) and can be reverted
+with ``unmerge EVENT_ID``. Exit status 0 on success, 2 when refused (unknown id,
+two different INS under one regional patient, already decided or reverted).
+"""
 
 from __future__ import annotations
 
-import typer
+import getpass
+import json
+from dataclasses import asdict
+from typing import Annotated
 
-app = typer.Typer(help="(not available yet)", no_args_is_help=True)
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from pacs_hub.cli_common import DataDir, load_settings, open_database
+from pacs_hub.errors import HubError
+from pacs_hub.regional import identity_changes as changes
+from pacs_hub.regional import identity_views as views
+from pacs_hub.regional.identity import link_unlinked
+from pacs_hub.storage.database import Database
+
+app = typer.Typer(
+    help="Regional patients: local identities linked by INS, traits or hand; merge, unmerge.",
+    no_args_is_help=True,
+)
+candidates_app = typer.Typer(
+    help="Links proposed by strict traits (birth name, first given name, sex, birth date).",
+    no_args_is_help=True,
+)
+app.add_typer(candidates_app, name="candidates")
+console = Console()
+RegionalId = Annotated[str, typer.Argument(help="A regional id, e.g. RP00000042")]
+ActorOption = Annotated[
+    str | None, typer.Option("--actor", help="Who decides, recorded (default: login name)")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
+
+
+def _database(data_dir: DataDir) -> Database:
+    return open_database(load_settings(data_dir=data_dir))
+
+
+def _actor(actor: str | None) -> str:
+    if actor:
+        return actor
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name in some containers
+        return "cli"
+
+
+def _fail(exc: HubError) -> typer.Exit:
+    console.print(f"[red]error:[/red] {escape(exc.message)}")
+    return typer.Exit(2)
+
+
+def _print_regional(view: views.RegionalView) -> None:
+    state = "active" if view.active else f"inactive, merged into {view.merged_into}"
+    console.print(f"[bold]{view.regional_id}[/bold] ({state})")
+    if view.ins:
+        console.print(f"INS {view.ins} ({view.ins_oid})")
+    table = Table("Patient ID", "Issuer", "INS", "Link", "Name", "Sex", "Birth date", "Studies")
+    for i in view.identities:
+        table.add_row(
+            escape(i.patient_id),
+            escape(i.issuer_of_patient_id),
+            i.ins or "-",
+            i.link_method,
+            escape(i.patient_name),
+            i.patient_sex,
+            i.patient_birth_date,
+            str(len(i.studies)),
+        )
+    console.print(table)
+
+
+@app.command("show")
+def show(regional_id: RegionalId, as_json: JsonOption = False, data_dir: DataDir = None) -> None:
+    """Show a regional patient and its local identities.
+
+    Each identity: Patient ID, issuer, INS, link method, traits and its number of
+    studies (--json: with the studies).
+    """
+    try:
+        view = views.regional_patient(_database(data_dir), regional_id)
+    except HubError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        typer.echo(json.dumps(asdict(view), ensure_ascii=False, indent=2))
+    else:
+        _print_regional(view)
+
+
+@app.command("find")
+def find(
+    ins: Annotated[str, typer.Option("--ins", help="INS matricule (15 characters)")],
+    as_json: JsonOption = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Find the regional patients holding an INS (exit 1 when none)."""
+    found = views.find_by_ins(_database(data_dir), ins)
+    if as_json:
+        typer.echo(json.dumps([asdict(v) for v in found], ensure_ascii=False, indent=2))
+    for view in found if not as_json else []:
+        _print_regional(view)
+    if not found:
+        if not as_json:
+            console.print("no regional patient holds this INS")
+        raise typer.Exit(1)
+
+
+@app.command("link")
+def link(
+    regional_id: RegionalId,
+    patient_id: Annotated[str, typer.Argument(help="The local Patient ID to link")],
+    issuer: Annotated[str, typer.Option(help="Its Issuer of Patient ID")] = "",
+    actor: ActorOption = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Link a local identity (PATIENT_ID within --issuer) to a regional patient.
+
+    Refused when the regional patient holds another INS. Revert with unmerge EVENT_ID.
+    """
+    try:
+        change = changes.link(_database(data_dir), patient_id, issuer, regional_id, _actor(actor))
+    except HubError as exc:
+        raise _fail(exc) from exc
+    console.print(f"linked to {change.regional_id} (event {change.event_id})")
+
+
+@app.command("merge")
+def merge(
+    source: Annotated[str, typer.Argument(help="Regional id merged (becomes inactive)")],
+    target: Annotated[str, typer.Argument(help="Regional id that survives")],
+    actor: ActorOption = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Merge regional patient SOURCE into TARGET: every identity of SOURCE moves.
+
+    Refused when they hold different INS. Revert with unmerge EVENT_ID.
+    """
+    try:
+        change = changes.merge(_database(data_dir), source, target, _actor(actor))
+    except HubError as exc:
+        raise _fail(exc) from exc
+    console.print(f"{source} merged into {change.regional_id} (event {change.event_id})")
+
+
+@app.command("unmerge")
+def unmerge(
+    event_id: Annotated[int, typer.Argument(help="The event of a merge, link or accept")],
+    actor: ActorOption = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Revert a merge, a manual link or an accepted candidate exactly.
+
+    Every identity goes back where it was; refused if one changed since (revert the
+    later change first).
+    """
+    try:
+        new = changes.revert(_database(data_dir), event_id, _actor(actor))
+    except HubError as exc:
+        raise _fail(exc) from exc
+    console.print(f"event {event_id} reverted (event {new})")
+
+
+@app.command("events")
+def events(
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many")] = 20,
+    as_json: JsonOption = False,
+    data_dir: DataDir = None,
+) -> None:
+    """The latest changes of the cross-reference, newest first."""
+    found = views.list_events(_database(data_dir), limit)
+    if as_json:
+        typer.echo(json.dumps([asdict(e) for e in found], indent=2))
+        return
+    table = Table("Event", "Kind", "Actor", "At (UTC)", "Reverted by", "Identities moved")
+    for e in found:
+        moved = len(e.detail.get("moves", []))
+        table.add_row(
+            str(e.id), e.kind, escape(e.actor), e.at, str(e.reverted_by or "-"), str(moved)
+        )
+    console.print(table)
+
+
+@app.command("backfill")
+def backfill(data_dir: DataDir = None) -> None:
+    """Link every local identity that has no regional patient yet.
+
+    The running hub also does it every few minutes.
+    """
+    database = _database(data_dir)
+    total = 0
+    while (done := link_unlinked(database)) > 0:
+        total += done
+    console.print(f"{total} local identities linked")
+
+
+@candidates_app.command("list")
+def list_candidates(
+    status: Annotated[str, typer.Option(help="pending, accepted, rejected or all")] = "pending",
+    as_json: JsonOption = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Candidates: a local identity that may be the proposed regional patient."""
+    if status not in ("pending", "accepted", "rejected", "all"):
+        raise typer.BadParameter(
+            "expected pending, accepted, rejected or all", param_hint="--status"
+        )
+    found = views.list_candidates(_database(data_dir), None if status == "all" else status)
+    if as_json:
+        typer.echo(json.dumps([asdict(c) for c in found], ensure_ascii=False, indent=2))
+        return
+    table = Table("Candidate", "Status", "Patient ID", "Issuer", "Now in", "Proposed", "Reason")
+    for c in found:
+        table.add_row(
+            str(c.id),
+            c.status,
+            escape(c.patient_id),
+            escape(c.issuer_of_patient_id),
+            c.current_regional_id or "-",
+            c.regional_id,
+            c.reason,
+        )
+    console.print(table)
+
+
+@candidates_app.command("accept")
+def accept(
+    candidate_id: Annotated[int, typer.Argument(help="The candidate's number")],
+    actor: ActorOption = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Accept a candidate: its identity joins the proposed regional patient.
+
+    Revert with unmerge EVENT_ID.
+    """
+    try:
+        change = changes.accept_candidate(_database(data_dir), candidate_id, _actor(actor))
+    except HubError as exc:
+        raise _fail(exc) from exc
+    console.print(f"linked to {change.regional_id} (event {change.event_id})")
+
+
+@candidates_app.command("reject")
+def reject(
+    candidate_id: Annotated[int, typer.Argument(help="The candidate's number")],
+    actor: ActorOption = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Reject a candidate: the identities stay apart (recorded)."""
+    try:
+        event = changes.reject_candidate(_database(data_dir), candidate_id, _actor(actor))
+    except HubError as exc:
+        raise _fail(exc) from exc
+    console.print(f"candidate {candidate_id} rejected (event {event})")
