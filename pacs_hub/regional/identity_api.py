@@ -1,6 +1,7 @@
 """Admin API of the regional patient identity (``/api/patients``), france.md 3-4.
 
 * ``GET /api/patients?ins=<matricule>``: regional patients holding that INS;
+  ``?patient_id=<local id>&issuer=<issuer>``: the one a local identity is linked to;
 * ``GET /api/patients/{regional_id}``: its local identities (Patient ID, issuer, INS,
   link method, traits) with their studies; an inactive (merged) one names its
   survivor in ``merged_into``;
@@ -69,9 +70,22 @@ def _change(change: changes.Change) -> dict[str, Any]:
 
 
 @router.get("/patients")
-def find_patients(hub: Hub, ins: Annotated[str, Query(min_length=1, max_length=64)]) -> Any:
-    """Regional patients holding the INS matricule ``ins``."""
-    return [asdict(v) for v in views.find_by_ins(hub.database, ins)]
+def find_patients(
+    hub: Hub,
+    ins: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    patient_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    issuer: Annotated[str, Query(max_length=64)] = "",
+) -> Any:
+    """Regional patients holding the INS ``ins``, or the one a local identity
+    (``patient_id`` within ``issuer``) is linked to."""
+    if (ins is None) == (patient_id is None):
+        raise Problem(400, "Invalid query", "give either ins or patient_id (with issuer)")
+    if ins is not None:
+        return [asdict(v) for v in views.find_by_ins(hub.database, ins)]
+    regional_id = views.regional_of(hub.database, str(patient_id), issuer)
+    if regional_id is None:
+        return []
+    return [asdict(views.regional_patient(hub.database, regional_id))]
 
 
 @router.get("/patients/candidates")

@@ -100,19 +100,34 @@ def show(regional_id: RegionalId, as_json: JsonOption = False, data_dir: DataDir
 
 @app.command("find")
 def find(
-    ins: Annotated[str, typer.Option("--ins", help="INS matricule (15 characters)")],
+    ins: Annotated[str | None, typer.Option("--ins", help="INS matricule (15 characters)")] = None,
+    patient_id: Annotated[
+        str | None, typer.Option("--patient-id", help="A local Patient ID (with --issuer)")
+    ] = None,
+    issuer: Annotated[str, typer.Option(help="The local Patient ID's issuer")] = "",
     as_json: JsonOption = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Find the regional patients holding an INS (exit 1 when none)."""
-    found = views.find_by_ins(_database(data_dir), ins)
+    """Find the regional patients holding an INS, or the one of a local identity.
+
+    Exit status 1 when none is found.
+    """
+    if (ins is None) == (patient_id is None):
+        raise typer.BadParameter("give either --ins or --patient-id", param_hint="--ins")
+    database = _database(data_dir)
+    if ins is not None:
+        found = views.find_by_ins(database, ins)
+    else:
+        regional_id = views.regional_of(database, str(patient_id), issuer)
+        found = [views.regional_patient(database, regional_id)] if regional_id else []
     if as_json:
         typer.echo(json.dumps([asdict(v) for v in found], ensure_ascii=False, indent=2))
-    for view in found if not as_json else []:
-        _print_regional(view)
+    else:
+        for view in found:
+            _print_regional(view)
     if not found:
         if not as_json:
-            console.print("no regional patient holds this INS")
+            console.print("no regional patient found")
         raise typer.Exit(1)
 
 
