@@ -1,0 +1,451 @@
+"""One regional patient identity (issue 5): INS links, trait candidates, merge/unmerge.
+
+One hub for the module; instances are made with pydicom (test INS OID
+1.2.250.1.213.1.4.10, NIR key 97 - (N mod 97)) and sent with dcmtk's storescu;
+queries go through dcmtk's findscu and QIDO-RS, changes through the admin API and
+the ``pacs-hub patients`` CLI. Each test uses its own patients (names, birth dates
+and INS), so the tests do not depend on one another.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from pacs_hub.dicom.ins import INS_TEST, nir_key, trait_key, valid_matricule
+from tests.conftest import Hub, dcmtk, start_hub
+
+REGIONAL_ISSUER = "PACS_HUB_REGION"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+_serial = count(1)
+
+
+def make_ins(sex: str, birth: str) -> str:
+    """A valid test NIR: sex digit, YYMM of ``birth`` (YYYYMMDD), Paris, a serial."""
+    body = f"{1 if sex == 'M' else 2}{birth[2:4]}{birth[4:6]}75056{next(_serial):03d}"
+    return body + nir_key(body)
+
+
+def _qualified(patient_id: str, issuer: str, oid: str) -> Dataset:
+    item = Dataset()
+    item.PatientID = patient_id
+    item.IssuerOfPatientID = issuer
+    qualifier = Dataset()
+    qualifier.UniversalEntityID = oid
+    qualifier.UniversalEntityIDType = "ISO"
+    item.IssuerOfPatientIDQualifiersSequence = [qualifier]
+    return item
+
+
+def make_instance(
+    folder: Path,
+    *,
+    patient_id: str,
+    issuer: str,
+    name: str,
+    sex: str,
+    birth: str,
+    ins: str = "",
+    ins_as_patient_id: bool = False,
+    birth_name: str = "",
+) -> tuple[Path, str]:
+    """One Secondary Capture instance of a new study; return (file, Study UID).
+
+    The INS goes in the Other Patient IDs Sequence (0010,1002), or, with
+    ``ins_as_patient_id``, is the Patient ID itself (issuer ASIP-SANTE-INS-NIR with
+    its qualifiers, the local ID then in the Other Patient IDs Sequence).
+    """
+    ds = Dataset()
+    ds.SOPClassUID = SECONDARY_CAPTURE
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName = name
+    ds.PatientSex = sex
+    ds.PatientBirthDate = birth
+    if birth_name:
+        ds.PatientBirthName = birth_name
+    ds.StudyDate = "20260315"
+    ds.StudyTime = "101010"
+    ds.Modality = "OT"
+    ds.PatientID = patient_id
+    ds.IssuerOfPatientID = issuer
+    if ins and ins_as_patient_id:
+        qualified = _qualified(ins, "ASIP-SANTE-INS-NIR", INS_TEST)
+        ds.PatientID = ins
+        ds.IssuerOfPatientID = "ASIP-SANTE-INS-NIR"
+        ds.IssuerOfPatientIDQualifiersSequence = qualified.IssuerOfPatientIDQualifiersSequence
+        local = Dataset()
+        local.PatientID = patient_id
+        local.IssuerOfPatientID = issuer
+        ds.OtherPatientIDsSequence = [local]
+    elif ins:
+        ds.OtherPatientIDsSequence = [_qualified(ins, "ASIP-SANTE-INS-NIR", INS_TEST)]
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path, str(ds.StudyInstanceUID)
+
+
+def storescu(hub: Hub, *files: Path) -> None:
+    args = [dcmtk("storescu"), "-aet", "IDENTITY_SCU", "-aec", hub.ae_title, "127.0.0.1"]
+    result = subprocess.run(
+        [*args, str(hub.dicom_port), *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def findscu_studies(hub: Hub, out: Path, *keys: str, root: str = "-S") -> set[str]:
+    """Study Instance UIDs answered by dcmtk's findscu at STUDY level."""
+    out.mkdir(parents=True, exist_ok=True)
+    args = [dcmtk("findscu"), root, "-aet", "IDENTITY_SCU", "-aec", hub.ae_title, "-X"]
+    args += ["-od", str(out), "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID"]
+    for key in keys:
+        args += ["-k", key]
+    result = subprocess.run(
+        [*args, "127.0.0.1", str(hub.dicom_port)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return {str(pydicom.dcmread(p).StudyInstanceUID) for p in out.glob("rsp*.dcm")}
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    running = start_hub(tmp_path_factory.mktemp("identity") / "data")
+    yield running
+    running.stop()
+
+
+def api(hub: Hub, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    return httpx.request(method, f"{hub.url}/api{path}", timeout=30, **kwargs)
+
+
+def regional_of(hub: Hub, patient_id: str, issuer: str) -> dict[str, Any]:
+    answer = api(hub, "GET", "/patients", params={"patient_id": patient_id, "issuer": issuer})
+    assert answer.status_code == 200, answer.text
+    (regional,) = answer.json()
+    return dict(regional)
+
+
+def said(result: subprocess.CompletedProcess[str]) -> str:
+    """A command's output with the console's line wrapping undone."""
+    return " ".join(result.stdout.split())
+
+
+def links(view: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {
+        (i["patient_id"], i["issuer_of_patient_id"], i["link_method"]) for i in view["identities"]
+    }
+
+
+def test_nir_key_and_traits_normalisation() -> None:
+    body = "2800175056123"
+    assert valid_matricule(body + nir_key(body))
+    assert not valid_matricule(body + f"{(int(nir_key(body)) + 1) % 100:02d}")
+    corsica = "180012A012345"
+    assert valid_matricule(corsica + nir_key(corsica))
+    assert not valid_matricule("28001750561")  # too short
+    same = trait_key("Dupont", "Marie-Hélène Claire", "F", "19800101")
+    assert same == trait_key("DUPONT", "MARIE-HELENE", "F", "19800101")
+    assert same != trait_key("DUPONT", "MARIE", "F", "19800101")
+    assert trait_key("DUPONT", "", "F", "19800101") == ""  # a missing trait never matches
+
+
+def test_same_ins_under_local_ids_is_one_regional_patient(hub: Hub, tmp_path: Path) -> None:
+    ins = make_ins("F", "19800101")
+    files = [
+        make_instance(
+            tmp_path,
+            patient_id="A100",
+            issuer="HOSP-A",
+            name="Dupont^Hélène",
+            sex="F",
+            birth="19800101",
+            ins=ins,
+        )[0],
+        make_instance(
+            tmp_path,
+            patient_id="B200",
+            issuer="HOSP-B",
+            name="DUPONT^HELENE",
+            sex="F",
+            birth="19800101",
+            ins=ins,
+        )[0],
+        make_instance(
+            tmp_path,
+            patient_id="C300",
+            issuer="HOSP-C",
+            name="Dupont^Hélène",
+            sex="F",
+            birth="19800101",
+            ins=ins,
+            ins_as_patient_id=True,
+        )[0],
+    ]
+    bad_key = ins[:13] + f"{(int(ins[13:]) + 1) % 100:02d}"
+    wrong, _ = make_instance(
+        tmp_path,
+        patient_id="D400",
+        issuer="HOSP-D",
+        name="Dupont^Hélène",
+        sex="F",
+        birth="19800101",
+        ins=bad_key,
+    )
+    storescu(hub, *files, wrong)
+
+    answer = api(hub, "GET", "/patients", params={"ins": ins})
+    assert answer.status_code == 200, answer.text
+    (regional,) = answer.json()
+    assert regional["regional_id"].startswith("RP") and regional["ins"] == ins
+    assert regional["ins_oid"] == INS_TEST
+    assert links(regional) == {
+        ("A100", "HOSP-A", "ins"),
+        ("B200", "HOSP-B", "ins"),
+        (ins, "ASIP-SANTE-INS-NIR", "ins"),
+    }
+    assert all(len(i["studies"]) == 1 for i in regional["identities"])
+    # Traits are stored as received, never normalised.
+    names = {i["patient_id"]: (i["birth_name"], i["given_names"]) for i in regional["identities"]}
+    assert names["A100"] == ("Dupont", "Hélène") and names["B200"] == ("DUPONT", "HELENE")
+    # An INS with a wrong key is no INS: a regional patient of its own.
+    other = regional_of(hub, "D400", "HOSP-D")
+    assert other["regional_id"] != regional["regional_id"] and other["ins"] == ""
+    assert links(other) == {("D400", "HOSP-D", "new")}
+    # The CLI finds the same regional patient.
+    shown = hub.cli("patients", "find", "--ins", ins, "--json")
+    assert [v["regional_id"] for v in json.loads(shown.stdout)] == [regional["regional_id"]]
+
+
+def test_traits_make_a_candidate_and_accepting_links(hub: Hub, tmp_path: Path) -> None:
+    ins = make_ins("F", "19750612")
+    a, _ = make_instance(
+        tmp_path,
+        patient_id="E100",
+        issuer="HOSP-A",
+        sex="F",
+        birth="19750612",
+        name="Lefèvre-Martin^Marie-Hélène",
+        ins=ins,
+    )
+    c, _ = make_instance(
+        tmp_path,
+        patient_id="E300",
+        issuer="HOSP-C",
+        sex="F",
+        birth="19750612",
+        name="Durand^MARIE-HELENE",
+        birth_name="LEFEVRE MARTIN",
+    )
+    d, _ = make_instance(
+        tmp_path,
+        patient_id="E400",
+        issuer="HOSP-D",
+        sex="F",
+        birth="19750613",
+        name="LEFEVRE-MARTIN^MARIE-HELENE",
+    )
+    storescu(hub, a, c, d)
+    target = regional_of(hub, "E100", "HOSP-A")
+
+    pending = api(hub, "GET", "/patients/candidates").json()
+    mine = [p for p in pending if p["regional_id"] == target["regional_id"]]
+    assert [(p["patient_id"], p["issuer_of_patient_id"]) for p in mine] == [("E300", "HOSP-C")]
+    assert not any(p["patient_id"] == "E400" for p in pending)  # birth date differs
+    assert mine[0]["current_regional_id"] == regional_of(hub, "E300", "HOSP-C")["regional_id"]
+
+    accepted = api(
+        hub, "POST", f"/patients/candidates/{mine[0]['id']}/accept", json={"actor": "dr-identito"}
+    )
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["regional_id"] == target["regional_id"]
+    view = api(hub, "GET", f"/patients/{target['regional_id']}").json()
+    assert links(view) == {("E100", "HOSP-A", "ins"), ("E300", "HOSP-C", "traits")}
+    again = api(hub, "POST", f"/patients/candidates/{mine[0]['id']}/accept")
+    assert again.status_code == 409
+    assert again.headers["content-type"].startswith("application/problem+json")
+    decided = api(hub, "GET", "/patients/candidates", params={"status": "accepted"}).json()
+    assert mine[0]["id"] in {c["id"] for c in decided}
+    event = api(hub, "GET", "/patients/events").json()[0]
+    assert (event["kind"], event["actor"]) == ("accept", "dr-identito")
+
+
+def test_queries_by_regional_id_and_ins_return_every_linked_study(hub: Hub, tmp_path: Path) -> None:
+    ins = make_ins("M", "19620304")
+    a, study_a = make_instance(
+        tmp_path,
+        patient_id="Q100",
+        issuer="HOSP-A",
+        name="Moreau^Luc",
+        sex="M",
+        birth="19620304",
+        ins=ins,
+    )
+    b, study_b = make_instance(
+        tmp_path,
+        patient_id="Q200",
+        issuer="HOSP-B",
+        name="MOREAU^LUC",
+        sex="M",
+        birth="19620304",
+        ins=ins,
+    )
+    x, study_x = make_instance(
+        tmp_path, patient_id="Q100", issuer="HOSP-B", name="Autre^Paul", sex="M", birth="19620304"
+    )
+    storescu(hub, a, b, x)
+    regional_id = regional_of(hub, "Q100", "HOSP-A")["regional_id"]
+
+    by_regional = findscu_studies(
+        hub, tmp_path / "s", f"PatientID={regional_id}", f"IssuerOfPatientID={REGIONAL_ISSUER}"
+    )
+    assert by_regional == {study_a, study_b}
+    patient_root = findscu_studies(
+        hub,
+        tmp_path / "p",
+        f"PatientID={regional_id}",
+        f"IssuerOfPatientID={REGIONAL_ISSUER}",
+        root="-P",
+    )
+    assert patient_root == {study_a, study_b}
+    local = findscu_studies(hub, tmp_path / "l", "PatientID=Q100", "IssuerOfPatientID=HOSP-B")
+    assert local == {study_x}  # a local issuer still means the local identity only
+
+    for issuer in (INS_TEST, "ASIP-SANTE-INS-NIR"):
+        answer = httpx.get(
+            f"{hub.url}/dicom-web/studies",
+            timeout=30,
+            params={"PatientID": ins, "IssuerOfPatientID": issuer},
+        )
+        assert answer.status_code == 200, answer.text
+        assert {s["0020000D"]["Value"][0] for s in answer.json()} == {study_a, study_b}
+    production = httpx.get(
+        f"{hub.url}/dicom-web/studies",
+        timeout=30,
+        params={"PatientID": ins, "IssuerOfPatientID": "1.2.250.1.213.1.4.8"},
+    )
+    assert production.json() == []  # a test INS is not a production one
+
+
+def _snapshot(hub: Hub, *regional_ids: str) -> list[dict[str, Any]]:
+    return [api(hub, "GET", f"/patients/{r}").json() for r in regional_ids]
+
+
+def test_merge_then_unmerge_restores_the_links(hub: Hub, tmp_path: Path) -> None:
+    ins = make_ins("M", "19900101")
+    files = [
+        make_instance(
+            tmp_path,
+            patient_id="M100",
+            issuer="HOSP-A",
+            name="Petit^Jean",
+            sex="M",
+            birth="19900101",
+            ins=ins,
+        )[0],
+        make_instance(
+            tmp_path,
+            patient_id="M200",
+            issuer="HOSP-B",
+            name="Petit^Jean",
+            sex="M",
+            birth="19900101",
+            ins=ins,
+        )[0],
+        make_instance(
+            tmp_path,
+            patient_id="M300",
+            issuer="HOSP-C",
+            name="Petit^Jeannot",
+            sex="M",
+            birth="19900101",
+        )[0],
+    ]
+    storescu(hub, *files)
+    target = regional_of(hub, "M100", "HOSP-A")["regional_id"]
+    source = regional_of(hub, "M300", "HOSP-C")["regional_id"]
+    before = _snapshot(hub, source, target)
+
+    merged = hub.cli("patients", "merge", source, target, "--actor", "dr-merge")
+    assert "merged into" in said(merged)
+    after = _snapshot(hub, source, target)
+    assert after[0]["active"] is False and after[0]["merged_into"] == target
+    assert after[0]["identities"] == []
+    assert links(after[1]) == {
+        ("M100", "HOSP-A", "ins"),
+        ("M200", "HOSP-B", "ins"),
+        ("M300", "HOSP-C", "new"),
+    }
+    studies = findscu_studies(
+        hub, tmp_path / "f", f"PatientID={source}", f"IssuerOfPatientID={REGIONAL_ISSUER}"
+    )
+    assert len(studies) == 3  # the merged id answers for its survivor
+
+    event = api(hub, "GET", "/patients/events").json()[0]
+    assert (event["kind"], event["actor"]) == ("merge", "dr-merge")
+    unmerged = hub.cli("patients", "unmerge", str(event["id"]), "--actor", "dr-merge")
+    assert "reverted" in said(unmerged)
+    assert _snapshot(hub, source, target) == before
+    twice = hub.cli("patients", "unmerge", str(event["id"]), check=False)
+    assert twice.returncode == 2 and "reverted" in said(twice)
+    assert _snapshot(hub, source, target) == before
+
+
+def test_two_different_ins_are_never_one_patient(hub: Hub, tmp_path: Path) -> None:
+    first, second = make_ins("F", "19851120"), make_ins("F", "19851120")
+    a, _ = make_instance(
+        tmp_path,
+        patient_id="T100",
+        issuer="HOSP-A",
+        name="Roux^Anne",
+        sex="F",
+        birth="19851120",
+        ins=first,
+    )
+    b, _ = make_instance(
+        tmp_path,
+        patient_id="T200",
+        issuer="HOSP-B",
+        name="Roux^Anne",
+        sex="F",
+        birth="19851120",
+        ins=second,
+    )
+    storescu(hub, a, b)
+    one = regional_of(hub, "T100", "HOSP-A")["regional_id"]
+    two = regional_of(hub, "T200", "HOSP-B")["regional_id"]
+    assert one != two
+    before = _snapshot(hub, one, two)
+    events_before = api(hub, "GET", "/patients/events").json()[0]["id"]
+    # Identical traits but both carry an INS: no candidate either.
+    candidates = api(hub, "GET", "/patients/candidates", params={"status": "all"}).json()
+    assert not {c["patient_id"] for c in candidates} & {"T100", "T200"}
+
+    merged = api(hub, "POST", "/patients/merge", json={"source": one, "target": two})
+    assert merged.status_code == 409
+    assert "different INS" in merged.json()["detail"]
+    linked = hub.cli("patients", "link", two, "T100", "--issuer", "HOSP-A", check=False)
+    assert linked.returncode == 2 and "different INS" in said(linked)
+    unknown = api(hub, "POST", "/patients/merge", json={"source": one, "target": "RP99999999"})
+    assert unknown.status_code == 404
+    assert _snapshot(hub, one, two) == before
+    assert api(hub, "GET", "/patients/events").json()[0]["id"] == events_before
