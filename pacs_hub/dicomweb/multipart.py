@@ -18,16 +18,17 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import anyio
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from pacs_hub.dicomweb.problems import Problem
 
 ANY = "*/*"
 MULTIPART = "multipart/related"
+COALESCE = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +151,25 @@ def _body(parts: Iterable[Part], boundary: bytes) -> Iterator[bytes]:
     yield b"--" + boundary + b"--\r\n"
 
 
+def _coalesced(chunks: Iterator[bytes], at_least: int = COALESCE) -> Iterator[bytes]:
+    """Small pieces (part headers, small files) joined, so each thread hop moves enough."""
+    pending: list[bytes] = []
+    size = 0
+    try:
+        for chunk in chunks:
+            pending.append(chunk)
+            size += len(chunk)
+            if size >= at_least:
+                yield b"".join(pending)
+                pending, size = [], 0
+        if pending:
+            yield b"".join(pending)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
 async def _in_threads(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
     """Pull each chunk in a worker thread; close the producer however the stream ends."""
     try:
@@ -165,11 +185,19 @@ async def _in_threads(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
             close()
 
 
-def multipart_response(
-    parts: Iterable[Part], media_type: str, headers: dict[str, str] | None = None
-) -> StreamingResponse:
+def _content_type(media_type: str, boundary: bytes) -> str:
+    return f'{MULTIPART}; type="{media_type}"; boundary={boundary.decode()}'
+
+
+def multipart_response(parts: Iterable[Part], media_type: str) -> StreamingResponse:
     """A streamed ``multipart/related; type="<media_type>"`` response (PS3.18 8.6.1.2)."""
     boundary = uuid.uuid4().hex.encode("ascii")
-    content_type = f'{MULTIPART}; type="{media_type}"; boundary={boundary.decode()}'
-    body = _in_threads(_body(parts, boundary))
-    return StreamingResponse(body, media_type=content_type, headers=headers)
+    body = _in_threads(_coalesced(_body(parts, boundary)))
+    return StreamingResponse(body, media_type=_content_type(media_type, boundary))
+
+
+def multipart_bytes_response(parts: Sequence[Part], media_type: str) -> Response:
+    """The same body for parts already in memory (one frame): no thread per chunk."""
+    boundary = uuid.uuid4().hex.encode("ascii")
+    body = b"".join(_body(parts, boundary))
+    return Response(body, media_type=_content_type(media_type, boundary))

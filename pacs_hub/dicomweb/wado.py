@@ -74,6 +74,7 @@ from pacs_hub.dicomweb.multipart import (
     Part,
     acceptable,
     matches,
+    multipart_bytes_response,
     multipart_response,
     parse_accept,
 )
@@ -224,7 +225,7 @@ def _retrieve(request: Request, items: list[RetrieveItem]) -> Response:
         plans.append(plan)
     if len(plans) == 1 and plans[0].transcode:  # one instance: fail with a clean 406
         data = _transcoded(plans[0].item)
-        return multipart_response([Part(DICOM, EXPLICIT_VR_LITTLE_ENDIAN, [data])], DICOM)
+        return multipart_bytes_response([Part(DICOM, EXPLICIT_VR_LITTLE_ENDIAN, [data])], DICOM)
     return multipart_response(_instance_parts(plans), DICOM)
 
 
@@ -349,7 +350,7 @@ def retrieve_frames(
         )
     indexes = [n - 1 for n in numbers]
     if len(indexes) == 1:  # what viewers ask for: read before answering
-        return multipart_response(_frame_now(pixels, plan, indexes[0]), plan.media_type)
+        return multipart_bytes_response(_frame_now(pixels, plan, indexes[0]), plan.media_type)
     return multipart_response(_frame_parts(pixels, plan, indexes), plan.media_type)
 
 
