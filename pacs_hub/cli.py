@@ -6,11 +6,13 @@ Every command reads the same settings (``PACS_HUB_*`` variables, see
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pacs_hub.cli_common import DataDir, load_settings, open_database
@@ -22,7 +24,10 @@ app = typer.Typer(
     help="PACS Hub: regional cloud PACS. Settings come from PACS_HUB_* environment variables.",
     no_args_is_help=True,
 )
-nodes_app = typer.Typer(help="Remote DICOM nodes (C-MOVE destinations, known peers).")
+nodes_app = typer.Typer(
+    help="Remote DICOM nodes: establishment PACS, modalities, workstations, destinations.",
+    no_args_is_help=True,
+)
 app.add_typer(nodes_app, name="nodes")
 app.add_typer(establishments_cli.app, name="establishments")
 app.add_typer(identity_cli.app, name="patients")
@@ -100,31 +105,93 @@ def import_(
         raise typer.Exit(1)
 
 
+Role = Annotated[
+    str,
+    typer.Option(
+        help="pacs (query/retrieve peer, C-ECHOed for health), modality, workstation or destination"
+    ),
+]
+
+
 @nodes_app.command("add")
 def nodes_add(
     ae_title: Annotated[str, typer.Argument(help="The node's AE title (1-16 characters)")],
     host: Annotated[str, typer.Argument(help="Host name or IP address")],
     port: Annotated[int, typer.Argument(help="DICOM port")],
-    establishment: Annotated[str, typer.Option(help="Establishment owning the node")] = "",
+    establishment: Annotated[
+        str, typer.Option(help="Code or name of the registered establishment owning the node")
+    ] = "",
+    role: Role = "pacs",
+    tls: Annotated[bool, typer.Option("--tls", help="The node speaks DICOM over TLS")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Register a remote node (or update it); running gateways see it at once."""
+    """Register a remote node (or update it); running gateways see it within seconds.
+
+    Its calls are attributed to its establishment; instances it sends without an
+    Issuer of Patient ID are indexed under the establishment's default issuer.
+    """
     db = open_database(load_settings(data_dir=data_dir))
     try:
-        node = node_registry.add_node(db, ae_title, host, port, establishment)
+        node = node_registry.add_node(db, ae_title, host, port, establishment, role=role, tls=tls)
     except HubError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
+        console.print(f"[red]error:[/red] {escape(exc.message)}")
         raise typer.Exit(2) from exc
-    console.print(f"node {node.ae_title} -> {node.host}:{node.port} registered")
+    owner = f" ({node.establishment})" if node.establishment else ""
+    console.print(f"node {node.ae_title} -> {node.host}:{node.port} registered{owner}")
+
+
+def _since(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else ""
 
 
 @nodes_app.command("list")
 def nodes_list(data_dir: DataDir = None) -> None:
-    """List the registered nodes."""
+    """List the registered nodes with their establishment, role and health."""
     db = open_database(load_settings(data_dir=data_dir))
-    table = Table("AE title", "host", "port", "establishment")
+    table = Table("AE title", "host", "port", "establishment", "role", "TLS", "health")
     for node in node_registry.list_nodes(db):
-        table.add_row(node.ae_title, node.host, str(node.port), node.establishment)
+        tls = "yes" if node.tls else ""
+        table.add_row(
+            node.ae_title,
+            node.host,
+            str(node.port),
+            node.establishment,
+            node.role,
+            tls,
+            node.health_status,
+        )
+    console.print(table)
+
+
+@nodes_app.command("health")
+def nodes_health(
+    check: Annotated[
+        bool, typer.Option("--check", help="C-ECHO every pacs node now, then show")
+    ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Health of the PACS nodes: up/down, down since, C-ECHO latency, last check.
+
+    The running hub C-ECHOes every node of role pacs each
+    PACS_HUB_HEALTH_CHECK_INTERVAL seconds; --check runs one round from here.
+    """
+    settings = load_settings(data_dir=data_dir)
+    db = open_database(settings)
+    if check:
+        from pacs_hub.regional.health import check_nodes
+
+        check_nodes(db, settings)
+    table = Table("AE title", "establishment", "status", "down since", "latency ms", "checked")
+    for node in node_registry.list_nodes(db, role="pacs"):
+        latency = f"{node.latency_ms:.1f}" if node.latency_ms is not None else ""
+        table.add_row(
+            node.ae_title,
+            node.establishment,
+            node.health_status,
+            _since(node.down_since),
+            latency,
+            _since(node.health_checked_at),
+        )
     console.print(table)
 
 
@@ -133,12 +200,12 @@ def nodes_remove(
     ae_title: Annotated[str, typer.Argument(help="AE title of the node to forget")],
     data_dir: DataDir = None,
 ) -> None:
-    """Forget a registered node."""
+    """Forget a registered node (it can no longer call the hub when unknown callers are refused)."""
     db = open_database(load_settings(data_dir=data_dir))
     try:
         node_registry.remove_node(db, ae_title)
     except HubError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
+        console.print(f"[red]error:[/red] {escape(exc.message)}")
         raise typer.Exit(2) from exc
     console.print(f"node {ae_title} removed")
 

@@ -39,8 +39,12 @@ class CallerPolicy:
 
     @classmethod
     def for_gateway(cls, ctx: GatewayContext) -> CallerPolicy:
-        """The policy of ``ctx.settings.unknown_callers`` over ``ctx``'s index."""
-        return cls(NodeDirectory(ctx.database), ctx.settings.unknown_callers == "refuse")
+        """The policy of ``ctx.settings.unknown_callers``, sharing the ingest's directory.
+
+        One snapshot per process: once a caller is accepted as a registered node,
+        the ingest of what it sends sees that node (and its default issuer) too.
+        """
+        return cls(ctx.ingestor.senders, ctx.settings.unknown_callers == "refuse")
 
     def on_requested(self, event: evt.Event) -> None:
         """EVT_REQUESTED handler (acceptor side): reject or attribute the caller."""
