@@ -10,6 +10,7 @@ and INS), so the tests do not depend on one another.
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from itertools import count
@@ -19,6 +20,8 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -169,6 +172,15 @@ def test_nir_key_and_traits_normalisation() -> None:
     assert trait_key("DUPONT", "", "F", "19800101") == ""  # a missing trait never matches
 
 
+@given(st.from_regex(r"[12][0-9]{4}(?:[0-9]{2}|2A|2B)[0-9]{6}", fullmatch=True))
+def test_only_the_right_key_makes_a_matricule(body: str) -> None:
+    key = nir_key(body)
+    assert valid_matricule(body + key)
+    assert valid_matricule((body + key).lower())  # 2a/2b are read as 2A/2B
+    wrong = [f"{k:02d}" for k in (int(key) + 1, int(key) + 50) if f"{k:02d}" != key]
+    assert not any(valid_matricule(body + w[-2:]) for w in wrong)
+
+
 def test_same_ins_under_local_ids_is_one_regional_patient(hub: Hub, tmp_path: Path) -> None:
     ins = make_ins("F", "19800101")
     files = [
@@ -231,9 +243,11 @@ def test_same_ins_under_local_ids_is_one_regional_patient(hub: Hub, tmp_path: Pa
     other = regional_of(hub, "D400", "HOSP-D")
     assert other["regional_id"] != regional["regional_id"] and other["ins"] == ""
     assert links(other) == {("D400", "HOSP-D", "new")}
-    # The CLI finds the same regional patient.
+    # The CLI finds the same regional patient; the same instance again changes nothing.
     shown = hub.cli("patients", "find", "--ins", ins, "--json")
     assert [v["regional_id"] for v in json.loads(shown.stdout)] == [regional["regional_id"]]
+    storescu(hub, files[0])
+    assert api(hub, "GET", "/patients", params={"ins": ins}).json() == [regional]
 
 
 def test_traits_make_a_candidate_and_accepting_links(hub: Hub, tmp_path: Path) -> None:
@@ -449,3 +463,64 @@ def test_two_different_ins_are_never_one_patient(hub: Hub, tmp_path: Path) -> No
     assert unknown.status_code == 404
     assert _snapshot(hub, one, two) == before
     assert api(hub, "GET", "/patients/events").json()[0]["id"] == events_before
+
+
+def test_reject_then_manual_link_and_its_revert(hub: Hub, tmp_path: Path) -> None:
+    first, _ = make_instance(
+        tmp_path, patient_id="L100", issuer="HOSP-A", name="Blanc^Lucie", sex="F", birth="20010203"
+    )
+    second, _ = make_instance(
+        tmp_path, patient_id="L200", issuer="HOSP-B", name="BLANC^LUCIE", sex="F", birth="20010203"
+    )
+    storescu(hub, first)
+    storescu(hub, second)
+    one = regional_of(hub, "L100", "HOSP-A")["regional_id"]
+    two = regional_of(hub, "L200", "HOSP-B")["regional_id"]
+    (candidate,) = [
+        c for c in api(hub, "GET", "/patients/candidates").json() if c["patient_id"] == "L200"
+    ]
+    assert (candidate["regional_id"], candidate["current_regional_id"]) == (one, two)
+    rejected = hub.cli("patients", "candidates", "reject", str(candidate["id"]))
+    assert "rejected" in said(rejected)
+    pending = api(hub, "GET", "/patients/candidates").json()
+    assert candidate["id"] not in {c["id"] for c in pending}
+    before = _snapshot(hub, one, two)
+
+    linked = api(
+        hub,
+        "POST",
+        f"/patients/{one}/link",
+        json={"patient_id": "L200", "issuer_of_patient_id": "HOSP-B", "actor": "dr-l"},
+    )
+    assert linked.status_code == 200, linked.text
+    after = _snapshot(hub, one, two)
+    assert links(after[0]) == {("L100", "HOSP-A", "new"), ("L200", "HOSP-B", "manual")}
+    assert (after[1]["active"], after[1]["merged_into"]) == (False, one)
+
+    reverted = api(
+        hub, "POST", f"/patients/unmerge/{linked.json()['event_id']}", json={"actor": "dr-l"}
+    )
+    assert reverted.status_code == 200, reverted.text
+    assert _snapshot(hub, one, two) == before
+    missing = api(hub, "POST", "/patients/unmerge/999999")
+    assert missing.status_code == 404
+
+
+def test_backfill_links_identities_left_unlinked(hub: Hub, tmp_path: Path) -> None:
+    path, _ = make_instance(
+        tmp_path, patient_id="K100", issuer="HOSP-K", name="Noir^Karl", sex="M", birth="19551010"
+    )
+    storescu(hub, path)
+    # As a row indexed before revision 0003 (or by a crash between two transactions).
+    with sqlite3.connect(hub.data_dir / "index.sqlite3", timeout=60) as db:
+        changed = db.execute(
+            "UPDATE patients SET regional_patient_pk = NULL, link_method = ''"
+            " WHERE patient_id = 'K100' AND issuer_of_patient_id = 'HOSP-K'"
+        ).rowcount
+    assert changed == 1
+    unlinked = api(hub, "GET", "/patients", params={"patient_id": "K100", "issuer": "HOSP-K"})
+    assert unlinked.json() == []
+
+    assert "1 local identities linked" in said(hub.cli("patients", "backfill"))
+    assert links(regional_of(hub, "K100", "HOSP-K")) == {("K100", "HOSP-K", "new")}
+    assert "0 local identities linked" in said(hub.cli("patients", "backfill"))
