@@ -33,6 +33,7 @@ def make_study(
     series_uid: str | None = None,
     body_part: str = "HEAD",
     station: str = "SCANNER1",
+    ins: str = "",
 ) -> tuple[str, list[Path]]:
     """Write ``count`` images of one series of one study; return (Study UID, files)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -49,6 +50,11 @@ def make_study(
         ds.PatientID = patient_id
         if issuer:
             ds.IssuerOfPatientID = issuer
+        if ins:  # an INS of a test patient (france.md 3): OID 1.2.250.1.213.1.4.10
+            other = Dataset()
+            other.PatientID = ins
+            other.IssuerOfPatientID = "1.2.250.1.213.1.4.10"
+            ds.OtherPatientIDsSequence = [other]
         ds.PatientName = "ROUTING^TEST"
         ds.PatientBirthDate = "19700101"
         ds.PatientSex = "O"

@@ -7,6 +7,7 @@ import io
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import httpx
 import pydicom
 import pytest
 
+from pacs_hub.regional import routing
 from pacs_hub.regional.establishments import create_establishment
 from pacs_hub.regional.nodes import add_node
 from pacs_hub.storage.database import Database
@@ -23,6 +25,7 @@ from tests.regional.study_factory import dataset_digest, make_study, storescu
 
 pytestmark = pytest.mark.orthanc
 MAX_ATTEMPTS = 6
+SCAN_INTERVAL = timedelta(seconds=routing.SCAN_INTERVAL)
 HUB_ENV = {
     "PACS_HUB_ROUTING_RETRY_BASE": "0.4",
     "PACS_HUB_ROUTING_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
@@ -63,6 +66,19 @@ class Region:
         found = self.item(study)
         assert found is not None
         return found
+
+    def wait_for_scan(self) -> None:
+        """Wait until the routing scan ran twice after now (its marker moved)."""
+        marker = self.hub.data_dir / "regional" / "routing-scan.marker"
+        start = datetime.now(UTC).replace(tzinfo=None)
+
+        def scanned_after() -> bool:
+            try:
+                return datetime.fromisoformat(marker.read_text()) > start + SCAN_INTERVAL
+            except (OSError, ValueError):
+                return False
+
+        wait_until(scanned_after, 30, interval=0.2, what="a routing scan")
 
     def send(self, calling_ae: str, files: list[Path]) -> None:
         storescu(calling_ae, self.hub.ae_title, self.hub.dicom_port, files)
@@ -162,6 +178,7 @@ def test_new_instances_after_sent_requeue_the_study_duplicates_do_not(
     before = region.wait_state(ct_uid, "sent")
 
     region.send("A_CT", first)  # the same instances again: duplicates, nothing new
+    region.wait_for_scan()
     assert region.item(ct_uid) == before
 
     _, more = make_study(
