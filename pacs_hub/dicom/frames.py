@@ -10,10 +10,11 @@ without reading it. Then
   that it is always what PS3.18 8.7.3.3.1 asks for: uncompressed little endian
   octets, labelled Explicit VR Little Endian (Implicit VR and Big Endian "shall not
   be used with Web Services", PS3.18 8.7.3);
-* an **encapsulated** frame is read fragment by fragment from the file with
-  :func:`pydicom.encaps.generate_frames` (PS3.5 A.4, Basic or Extended Offset
-  Table), without the item delimiters (PS3.18 8.7.3.3.2), and keeps its transfer
-  syntax and its media type (:data:`MEDIA_TYPES`);
+* an **encapsulated** frame is read fragment by fragment from the file, found by a
+  cached index of the items (:mod:`pacs_hub.dicom.fragments`) or, when frames and
+  fragments cannot be matched that way, by :func:`pydicom.encaps.generate_frames`
+  (PS3.5 A.4, Basic or Extended Offset Table), without the item delimiters (PS3.18
+  8.7.3.3.2), and keeps its transfer syntax and its media type (:data:`MEDIA_TYPES`);
 * a **decoded** frame is pydicom's pixel array for that frame (pylibjpeg codecs),
   colour converted to RGB (PS3.3 C.7.6.3.1.2: YBR_FULL/YBR_FULL_422 become RGB),
   as native little endian octets.
@@ -37,6 +38,8 @@ from pydicom.encaps import generate_frames
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
+
+from pacs_hub.dicom.fragments import frame_fragments, read_frame
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
@@ -228,6 +231,12 @@ def _extended_offsets(pixels: StoredPixels) -> tuple[bytes, bytes] | None:
 
 def _encapsulated_frames(pixels: StoredPixels, indexes: Sequence[int]) -> Iterator[bytes]:
     """The compressed frames at ``indexes`` (0-based), in the order asked."""
+    if pixels.value is None and _extended_offsets(pixels) is None:
+        located = frame_fragments(pixels.path, pixels.value_offset, pixels.number_of_frames)
+        if located is not None:
+            for position in indexes:
+                yield read_frame(pixels.path, located[position])
+            return
     wanted = set(indexes)
     found: dict[int, bytes] = {}
     last = max(indexes)
