@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pacs_hub.errors import HubError, UnknownNode
@@ -39,6 +40,13 @@ class InvalidNode(HubError):
 
     http_status = 422
     title = "Invalid node"
+
+
+class NodeInUse(HubError):
+    """A node that other records (routing rules, jobs) still refer to."""
+
+    http_status = 409
+    title = "Node in use"
 
 
 class NodeExists(HubError):
@@ -147,7 +155,8 @@ def add_node(
         if node is None:
             node = Node(ae_title=ae_title, created_at=datetime.now(UTC).replace(tzinfo=None))
             session.add(node)
-        node.host, node.port, node.role, node.tls = host, port, role, tls
+        _readdress(node, host, port)
+        node.role, node.tls = role, tls
         owner = _attach(session, node, establishment)
         session.flush()
         return _record(node, owner)
@@ -167,8 +176,7 @@ def update_node(
     with db.session() as session:
         node = _find(session, ae_title)
         new_port = node.port if port is None else port
-        node.host = _check_address(node.host if host is None else host, new_port)
-        node.port = new_port
+        _readdress(node, _check_address(node.host if host is None else host, new_port), new_port)
         if role is not None:
             node.role = _check_role(role)
         if tls is not None:
@@ -177,6 +185,14 @@ def update_node(
         if establishment is not None:
             owner = _attach(session, node, establishment)
         return _record(node, owner)
+
+
+def _readdress(node: Node, host: str, port: int) -> None:
+    """Set the address; a new address makes the last health check meaningless."""
+    if node.id is not None and (node.host, node.port) != (host, port):
+        node.health_status, node.down_since, node.latency_ms = "unknown", None, None
+        node.health_checked_at = None
+    node.host, node.port = host, port
 
 
 def _find(session: Session, ae_title: str) -> Node:
@@ -206,11 +222,18 @@ def get_node(db: Database, ae_title: str) -> RemoteNode | None:
 
 
 def remove_node(db: Database, ae_title: str) -> None:
-    """Forget a node; :class:`UnknownNode` if it was not registered."""
-    with db.session() as session:
-        result = session.execute(delete(Node).where(Node.ae_title == ae_title.strip()))
-        if result.rowcount == 0:  # type: ignore[attr-defined]
-            raise UnknownNode(f"no node with AE title {ae_title!r}")
+    """Forget a node; :class:`UnknownNode` if it was not registered, :class:`NodeInUse`
+    while routing rules, queued forwards or retrieve jobs refer to it."""
+    try:
+        with db.session() as session:
+            result = session.execute(delete(Node).where(Node.ae_title == ae_title.strip()))
+            if result.rowcount == 0:  # type: ignore[attr-defined]
+                raise UnknownNode(f"no node with AE title {ae_title!r}")
+    except IntegrityError as exc:
+        raise NodeInUse(
+            f"node {ae_title.strip()!r} is used by routing rules, the routing queue or"
+            " retrieve jobs: remove those first"
+        ) from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -186,6 +186,18 @@ def test_establishments_and_nodes_api(hub: Hub) -> None:
     )
     assert api(hub, "DELETE", "/establishments/API1").status_code == 204
     assert api(hub, "GET", "/establishments/API1").status_code == 404
+    # A node that a routing rule forwards to cannot go away under it.
+    with sqlite3.connect(hub.data_dir / "index.sqlite3", timeout=30) as db:
+        db.execute(
+            "INSERT INTO routing_rules (name, conditions, destination_node_pk, enabled, created_at)"
+            " SELECT 'api-test-rule', '{}', id, 1, '2026-01-01 00:00:00' FROM nodes"
+            " WHERE ae_title = 'API_WS'"
+        )
+    in_use = api(hub, "DELETE", "/nodes/API_WS")
+    assert in_use.status_code == 409 and "routing" in in_use.json()["detail"]
+    assert api(hub, "GET", "/nodes/API_WS").status_code == 200
+    with sqlite3.connect(hub.data_dir / "index.sqlite3", timeout=30) as db:
+        db.execute("DELETE FROM routing_rules WHERE name = 'api-test-rule'")
     assert api(hub, "DELETE", "/nodes/API_WS").status_code == 204
     assert api(hub, "GET", "/nodes/API_WS").status_code == 404
 
