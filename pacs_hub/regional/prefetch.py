@@ -8,7 +8,8 @@ other studies may live, under which local Patient IDs:
 * the patient's own identity (Patient ID + Issuer of Patient ID, PS3.3 C.7.1.1), and
   every local identity linked to the same regional patient (``regional_patient_pk``);
 * for each identity, the ``pacs`` nodes of the establishment owning its issuer
-  (``establishment_issuers`` or an establishment's default issuer). For the arriving
+  (``establishment_issuers`` or an establishment's default issuer), except those the
+  health check (:mod:`~.health`) found down. For the arriving
   identity itself, when its issuer is owned by nobody, the establishments of the
   nodes that sent the study; when none is known either (a hub without
   establishments), every ``pacs`` node.
@@ -96,12 +97,19 @@ def _pacs_of(session: Session, establishment_pks: Iterable[int]) -> list[PacsNod
     pks = sorted(set(establishment_pks))
     if not pks:
         return []
-    stmt = (
-        select(Node)
-        .where(Node.role == "pacs", Node.establishment_pk.in_(pks))
-        .order_by(Node.ae_title)
-    )
-    return [PacsNode(n.id, n.ae_title, n.host, n.port) for n in session.scalars(stmt)]
+    stmt = select(Node).where(Node.role == "pacs", Node.establishment_pk.in_(pks))
+    return _reachable(session.scalars(stmt.order_by(Node.ae_title)))
+
+
+def _reachable(nodes: Iterable[Node]) -> list[PacsNode]:
+    """The nodes not known to be down (the health check's last C-ECHO failed)."""
+    found = []
+    for node in nodes:
+        if node.health_status == "down":
+            LOGGER.info("prefetch: %s is down, not asked", node.ae_title)
+            continue
+        found.append(PacsNode(node.id, node.ae_title, node.host, node.port))
+    return found
 
 
 def _issuer_owner(session: Session, issuer: str) -> int | None:
@@ -165,8 +173,9 @@ def plan_lookups(session: Session, study: Study) -> list[Lookup]:
 
 
 def _all_pacs(session: Session) -> list[PacsNode]:
-    stmt = select(Node).where(Node.role == "pacs").order_by(Node.ae_title)
-    return [PacsNode(n.id, n.ae_title, n.host, n.port) for n in session.scalars(stmt)]
+    return _reachable(
+        session.scalars(select(Node).where(Node.role == "pacs").order_by(Node.ae_title))
+    )
 
 
 # -- what they hold ------------------------------------------------------------------
