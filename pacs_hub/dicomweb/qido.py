@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 
 from pacs_hub.dicom.header import is_valid_uid
+from pacs_hub.dicomweb import federated
 from pacs_hub.dicomweb.problems import Problem
 from pacs_hub.dicomweb.search import Search, parse_search, row_json
 from pacs_hub.dicomweb.state import HubState, hub_state
@@ -74,6 +75,8 @@ def _extra(hub: HubState, session: Any, search: Search, row: Row) -> dict[str, A
 
 def _answer(request: Request, hub: HubState, level: Level, fixed: dict[str, str]) -> Response:
     _check_accept(request)
+    if federated.wants_remote(request):  # includeremote=true: every PACS too
+        return federated.answer(request, hub, level, fixed)
     search = parse_search(
         level,
         list(request.query_params.multi_items()),

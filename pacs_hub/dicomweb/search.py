@@ -40,7 +40,10 @@ from pacs_hub.storage.query import (
     parse_query,
 )
 
-CONTROL_PARAMETERS = frozenset({"includefield", "fuzzymatching", "limit", "offset"})
+# includeremote: the hub's own parameter (federated search, pacs_hub.dicomweb.federated).
+CONTROL_PARAMETERS = frozenset(
+    {"includefield", "fuzzymatching", "limit", "offset", "includeremote"}
+)
 UTF8 = "ISO_IR 192"
 # PS3.18 Table 10.6.3-3 (study), -4 (series), -5 (instance): default return attributes.
 DEFAULT_KEYS: dict[Level, tuple[str, ...]] = {

@@ -25,6 +25,9 @@ the way out: an odd-length (deflated) dataset gets the trailing NUL of PS3.5 A.5
 * C-GET (C.4.3.2): the sub-operations go back on the same association, in the
   presentation contexts the requestor proposed with the SCP role (PS3.7 D.3.3.4);
   a match with no accepted context fails as a sub-operation.
+* Retrieve on demand (:mod:`pacs_hub.gateway.on_demand`): studies the Identifier
+  names but the hub does not hold are first pulled from the establishment PACS that
+  has them (Pending responses meanwhile), then served like any other.
 * C-CANCEL is honoured between sub-operations (Cancel 0xFE00, C.4.2.3.2).
 * A bad Identifier gets Failure 0xA900 (Identifier does not match SOP class) with
   an Error Comment; anything unexpected 0xC000 (Unable to process).
@@ -53,6 +56,7 @@ from pynetdicom.presentation import PresentationContext
 
 from pacs_hub.dicom.part10 import dataset_offset
 from pacs_hub.errors import HubError, InvalidQuery
+from pacs_hub.gateway import on_demand
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.gateway.status import CANCEL, PENDING, error_status, status
 from pacs_hub.regional.nodes import RemoteNode, get_node
@@ -224,6 +228,7 @@ def handle_move(event: Event, ctx: GatewayContext) -> Iterator[Any]:
         yield None, None
         return
     matches = _matches_or_failure(event, ctx)
+    matches = on_demand.complete(event, ctx, matches, lambda: _matches_or_failure(event, ctx))
     if isinstance(matches, Dataset):
         yield node.host, node.port, {"contexts": [build_context(VERIFICATION)]}
         yield 1
@@ -239,6 +244,7 @@ def handle_get(event: Event, ctx: GatewayContext) -> Iterator[Any]:
     """EVT_C_GET handler: number of matches, then (status, dataset) pairs (C.4.3.2)."""
     enable_stored_file_sends()
     matches = _matches_or_failure(event, ctx)
+    matches = on_demand.complete(event, ctx, matches, lambda: _matches_or_failure(event, ctx))
     if isinstance(matches, Dataset):
         yield 1
         yield matches, None
