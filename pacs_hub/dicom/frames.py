@@ -25,8 +25,10 @@ in memory, which is fine for what deflate is used for (small non-image objects).
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +130,7 @@ class StoredPixels:
 
     path: Path
     transfer_syntax_uid: str
-    dataset: Dataset
+    dataset: Dataset | None  # None in the cached layouts of frame_source
     tag: int
     rows: int
     columns: int
@@ -138,6 +140,14 @@ class StoredPixels:
     value: bytes | None  # the value when in memory (small, deflated)
     value_offset: int  # its offset in the file when deferred
     little_endian: bool
+    extended_offsets: tuple[bytes, bytes] | None = None
+
+    @property
+    def header(self) -> Dataset:
+        """The stored dataset (pixel values deferred), read again if this is a cached layout."""
+        if self.dataset is not None:
+            return self.dataset
+        return read_header(self.path, self.transfer_syntax_uid)
 
     @property
     def encapsulated(self) -> bool:
@@ -187,6 +197,7 @@ def stored_pixels(path: Path, transfer_syntax_uid: str) -> StoredPixels:
         value=value,
         value_offset=offset,
         little_endian=transfer_syntax_uid != EXPLICIT_VR_BIG_ENDIAN,
+        extended_offsets=_extended_offsets(ds),
     )
 
 
@@ -221,9 +232,10 @@ def _native_frame(pixels: StoredPixels, index: int) -> bytes:
     return data
 
 
-def _extended_offsets(pixels: StoredPixels) -> tuple[bytes, bytes] | None:
-    offsets = pixels.dataset.get(EXTENDED_OFFSET_TABLE)
-    lengths = pixels.dataset.get(EXTENDED_OFFSET_TABLE_LENGTHS)
+def _extended_offsets(ds: Dataset) -> tuple[bytes, bytes] | None:
+    """The Extended Offset Table and its lengths (PS3.5 A.4, 7FE0,0001/0002), if any."""
+    offsets = ds.get(EXTENDED_OFFSET_TABLE)
+    lengths = ds.get(EXTENDED_OFFSET_TABLE_LENGTHS)
     if offsets is None or lengths is None:
         return None
     return bytes(offsets.value), bytes(lengths.value)
@@ -231,7 +243,7 @@ def _extended_offsets(pixels: StoredPixels) -> tuple[bytes, bytes] | None:
 
 def _encapsulated_frames(pixels: StoredPixels, indexes: Sequence[int]) -> Iterator[bytes]:
     """The compressed frames at ``indexes`` (0-based), in the order asked."""
-    if pixels.value is None and _extended_offsets(pixels) is None:
+    if pixels.value is None and pixels.extended_offsets is None:
         located = frame_fragments(pixels.path, pixels.value_offset, pixels.number_of_frames)
         if located is not None:
             for position in indexes:
@@ -240,7 +252,7 @@ def _encapsulated_frames(pixels: StoredPixels, indexes: Sequence[int]) -> Iterat
     wanted = set(indexes)
     found: dict[int, bytes] = {}
     last = max(indexes)
-    extended = _extended_offsets(pixels)
+    extended = pixels.extended_offsets
     with pixels.path.open("rb") as fp:
         buffer: Any = pixels.value if pixels.value is not None else fp
         if pixels.value is None:
@@ -280,4 +292,43 @@ def decode_frame(pixels: StoredPixels, index: int) -> np.ndarray[Any, Any]:
     """One frame as pydicom decodes it (colour as RGB)."""
     if pixels.value is None and pixels.transfer_syntax_uid != DEFLATED:
         return pixel_array(str(pixels.path), index=index)
-    return pixel_array(pixels.dataset, index=index)
+    return pixel_array(pixels.header, index=index)
+
+
+_LAYOUTS: OrderedDict[tuple[str, str], StoredPixels] = OrderedDict()
+_LAYOUTS_LOCK = threading.Lock()
+_LOADING: dict[tuple[str, str], threading.Lock] = {}
+LAYOUTS_KEPT = 256
+
+
+def frame_source(path: Path, transfer_syntax_uid: str) -> StoredPixels:
+    """:func:`stored_pixels` without its dataset, cached by path (blobs never change).
+
+    A viewer asks for every frame of a multi-frame object at once, and parsing an
+    enhanced header (per-frame functional groups) can take a tenth of a second: the
+    layout is parsed once, by one thread, and kept for the next requests.
+    """
+    key = (str(path), transfer_syntax_uid)
+    with _LAYOUTS_LOCK:
+        if (known := _LAYOUTS.get(key)) is not None:
+            _LAYOUTS.move_to_end(key)
+            return known
+        loading = _LOADING.setdefault(key, threading.Lock())
+    with loading:
+        with _LAYOUTS_LOCK:
+            if (known := _LAYOUTS.get(key)) is not None:
+                return known
+        try:
+            pixels = stored_pixels(path, transfer_syntax_uid)
+        except BaseException:
+            with _LAYOUTS_LOCK:
+                _LOADING.pop(key, None)
+            raise
+        if pixels.value is None:  # the values stay in the file: keep only the layout
+            pixels = replace(pixels, dataset=None)
+        with _LAYOUTS_LOCK:
+            _LAYOUTS[key] = pixels
+            while len(_LAYOUTS) > LAYOUTS_KEPT:
+                _LAYOUTS.popitem(last=False)
+            _LOADING.pop(key, None)
+    return pixels

@@ -211,7 +211,7 @@ def _colour(arr: Array, ds: Dataset) -> Array:
 
 def frame_image(pixels: StoredPixels, index: int, window: Window | None) -> Image.Image:
     """Frame ``index`` (0-based) rendered to an 8-bit grayscale or RGB Pillow image."""
-    ds = pixels.dataset
+    ds = pixels.header
     arr = decode_frame(pixels, index)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     if photometric == "PALETTE COLOR" or arr.ndim == 3:

@@ -63,9 +63,9 @@ from pacs_hub.dicom.frames import (
     StoredPixels,
     can_decode,
     decoded_frames,
+    frame_source,
     is_native,
     stored_frames,
-    stored_pixels,
 )
 from pacs_hub.dicom.header import is_valid_uid
 from pacs_hub.dicom.transcode import can_transcode, to_explicit_little_endian
@@ -285,7 +285,7 @@ def _plan_pixels(pixels: StoredPixels, options: Sequence[Acceptable]) -> _PixelP
 def pixels_of(item: RetrieveItem, status: int = 404, title: str = "Not found") -> StoredPixels:
     """Where the instance's Pixel Data is; ``status`` (404: no frames) when it has none."""
     try:
-        return stored_pixels(item.path, item.transfer_syntax_uid)
+        return frame_source(item.path, item.transfer_syntax_uid)
     except NoPixelData:
         raise Problem(
             status, title, f"instance {item.sop_instance_uid} has no pixel data"
