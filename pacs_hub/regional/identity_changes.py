@@ -81,13 +81,12 @@ def _active(conn: Connection, regional_id: str) -> Any:
 
 def _ins_set(conn: Connection, regional_pk: int) -> set[tuple[str, str]]:
     """Every INS (matricule, OID) held by a regional patient or its identities."""
-    found = set(
-        conn.execute(
-            select(Patient.ins, Patient.ins_oid).where(
-                Patient.regional_patient_pk == regional_pk, Patient.ins != ""
-            )
-        ).tuples()
+    rows = conn.execute(
+        select(Patient.ins, Patient.ins_oid).where(
+            Patient.regional_patient_pk == regional_pk, Patient.ins != ""
+        )
     )
+    found = {(str(r.ins), str(r.ins_oid)) for r in rows}
     row = conn.execute(
         select(RegionalPatient.ins, RegionalPatient.ins_oid).where(
             RegionalPatient.id == regional_pk

@@ -13,6 +13,7 @@ import json
 import sqlite3
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,13 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pacs_hub.dicom.ins import INS_TEST, nir_key, trait_key, valid_matricule
+from pacs_hub.ingest import Ingestor
+from pacs_hub.regional import identity_changes, identity_views
+from pacs_hub.storage.blobs import BlobStore
+from pacs_hub.storage.database import Database
+from pacs_hub.storage.query import find_studies, parse_query
 from tests.conftest import Hub, dcmtk, start_hub
+from tests.storage.conftest import database, postgres_server  # noqa: F401 (fixtures)
 
 REGIONAL_ISSUER = "PACS_HUB_REGION"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -524,3 +531,49 @@ def test_backfill_links_identities_left_unlinked(hub: Hub, tmp_path: Path) -> No
     assert "1 local identities linked" in said(hub.cli("patients", "backfill"))
     assert links(regional_of(hub, "K100", "HOSP-K")) == {("K100", "HOSP-K", "new")}
     assert "0 local identities linked" in said(hub.cli("patients", "backfill"))
+
+
+def test_concurrent_ingest_of_one_ins_on_sqlite_and_postgresql(
+    database: Database,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    """Eight local identities with one INS, ingested at once: one regional patient
+    (PostgreSQL serialises per INS with an advisory lock); then merge and unmerge."""
+    ingestor = Ingestor(database, BlobStore(tmp_path / "blobs"))
+    ins = make_ins("M", "19700707")
+    made = [
+        make_instance(
+            tmp_path / "in",
+            patient_id=f"P{n}",
+            issuer=f"HOSP-{n}",
+            name="Gros^Marc",
+            sex="M",
+            birth="19700707",
+            ins=ins,
+        )
+        for n in range(8)
+    ]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda path: ingestor.ingest(path.read_bytes()), [p for p, _ in made]))
+    (regional,) = identity_views.find_by_ins(database, ins)
+    assert {i.patient_id for i in regional.identities} == {f"P{n}" for n in range(8)}
+
+    query = parse_query(
+        {"PatientID": regional.regional_id, "IssuerOfPatientID": "REGION"}, regional_issuer="REGION"
+    )
+    with database.reader() as session:
+        found = {row.study_instance_uid for row in find_studies(session, query)}
+    assert found == {study for _, study in made}
+
+    lone, _ = make_instance(
+        tmp_path / "in", patient_id="P9", issuer="HOSP-9", name="Gros^M", sex="M", birth="19700707"
+    )
+    ingestor.ingest(lone.read_bytes())
+    source = identity_views.regional_of(database, "P9", "HOSP-9")
+    assert source is not None
+    before = [identity_views.regional_patient(database, r) for r in (source, regional.regional_id)]
+    change = identity_changes.merge(database, source, regional.regional_id, "test")
+    assert len(identity_views.regional_patient(database, regional.regional_id).identities) == 9
+    identity_changes.revert(database, change.event_id, "test")
+    after = [identity_views.regional_patient(database, r) for r in (source, regional.regional_id)]
+    assert after == before
