@@ -20,6 +20,7 @@ find no usable context.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import socket
@@ -29,9 +30,10 @@ from typing import Any
 import pynetdicom
 from pynetdicom import AE, acse, evt
 from pynetdicom import sop_class as sc
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
-from pacs_hub.gateway import commitment, federated_find, retrieve
+from pacs_hub.gateway import commitment, federated_find, pdata, reactor, retrieve
 from pacs_hub.gateway.callers import CallerPolicy
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.gateway.status import SUCCESS
@@ -95,6 +97,38 @@ def accept_proposed_transfer_syntax_order() -> None:
     acse.negotiate_as_acceptor = negotiate  # type: ignore[attr-defined]
 
 
+class AcceptorContexts(list[PresentationContext]):
+    """The server's supported contexts, cheap to ``deepcopy``.
+
+    pynetdicom gives every accepted association ``deepcopy(server.contexts)``
+    (``RequestHandler._create_association``). The hub supports every storage SOP
+    class with every transfer syntax: 178 contexts holding ~7,700 UIDs, whose
+    deepcopy cost ~65 ms of CPU per association (every storescu, findscu, movescu).
+    UIDs are immutable strings, so copying each context and its transfer-syntax
+    list gives the association the same independent contexts for ~1 ms.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[PresentationContext]:
+        copies = []
+        for context in self:
+            twin = copy.copy(context)
+            twin._transfer_syntax = list(context._transfer_syntax)
+            copies.append(twin)
+        return copies
+
+
+def quiet_pynetdicom_handlers() -> None:
+    """Skip pynetdicom's standard logging handlers when their log would be dropped.
+
+    Each association binds handlers that format a log line for every PDU and DIMSE
+    message sent or received (``_config.LOG_HANDLER_LEVEL``); the hub keeps the
+    ``pynetdicom`` logger at WARNING unless it runs at DEBUG, so below INFO the
+    work is thrown away. Set once per process, before any association.
+    """
+    if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+        pynetdicom._config.LOG_HANDLER_LEVEL = "none"
+
+
 class HubAssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded server, sharing its port and with TCP_NODELAY on."""
 
@@ -154,12 +188,16 @@ def serve_dicom(ctx: GatewayContext) -> ThreadedAssociationServer:
     """
     enable_tcp_nodelay_on_requests()
     accept_proposed_transfer_syntax_order()
+    reactor.install()
+    pdata.install()
+    quiet_pynetdicom_handlers()
     # Identifiers carry patient names and IDs: never log them, even at DEBUG.
     pynetdicom._config.LOG_REQUEST_IDENTIFIERS = False
     pynetdicom._config.LOG_RESPONSE_IDENTIFIERS = False
     ae = build_ae(ctx)
     address = (ctx.settings.host, ctx.settings.dicom_port)
     server = ae.make_server(address, evt_handlers=handlers(ctx), server_class=HubAssociationServer)
+    server.contexts = AcceptorContexts(server.contexts)
     ae._servers.append(server)  # as start_server does; server.shutdown() removes it
     thread = threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True)
     thread.start()

@@ -1,0 +1,223 @@
+"""Sending DIMSE messages as P-DATA-TF PDUs written straight to the socket.
+
+pynetdicom 3.0 sends a message (``DIMSEServiceProvider.send_msg``) by building the
+command set as a pydicom ``Dataset``, encoding it twice (once for the Command
+Group Length), cutting command and data set into ``P_DATA`` primitives (one per
+PDU, each a copied slice), and queueing them for the DUL thread, which turns each
+into a ``P_DATA_TF`` object, encodes it and sends it, one PDU per reactor loop.
+A 526 KB instance sent to a peer with dcmtk's default 16 KB maximum PDU is 33
+primitives, 33 thread hand-overs and 33 encodings.
+
+:func:`install` replaces that path when it is safe to:
+
+* the command set of a C-STORE request or response is encoded directly (PS3.7
+  9.3.1.1 / 9.3.1.2: a handful of Implicit VR Little Endian elements, PS3.7 6.3.1);
+  other messages still get pynetdicom's encoding;
+* the PDUs (PS3.8 9.3.5: PDU header, one PDV item per PDU, message control header,
+  PS3.8 E.2) are cut at the *peer's* maximum length like pynetdicom cuts them, and
+  written by the calling thread in one ``sendall``, holding the DUL's lock so that
+  the state machine (PS3.8 9.2) is in Sta6 (data transfer) and nothing is queued
+  ahead. In any other state, or when something is queued, the message goes through
+  pynetdicom's queue as before.
+
+It only applies when no handler is bound to the events this path does not raise
+(``EVT_DIMSE_SENT``, ``EVT_PDU_SENT``, ``EVT_DATA_SENT``, ``EVT_FSM_TRANSITION``);
+the hub binds none, and turns pynetdicom's logging handlers off unless it logs at
+INFO or below (:func:`~pacs_hub.gateway.server.quiet_pynetdicom_handlers`).
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+import threading
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
+
+SILENT_EVENTS = (evt.EVT_DIMSE_SENT, evt.EVT_PDU_SENT, evt.EVT_DATA_SENT, evt.EVT_FSM_TRANSITION)
+C_STORE_RQ = 0x0001
+C_STORE_RSP = 0x8001
+DATASET_PRESENT = 0x0001
+NO_DATASET = 0x0101
+_PDU_HEADER = struct.Struct(">BBLLBB")  # PDU type, reserved, length, PDV length, id, control
+_INSTALL_LOCK = threading.Lock()
+
+
+def _us(group_element: int, value: int) -> bytes:
+    return struct.pack("<IIH", group_element, 2, value)
+
+
+def _text(group_element: int, value: str, pad: bytes) -> bytes:
+    raw = value.encode("ascii")
+    if len(raw) % 2:
+        raw += pad
+    return struct.pack("<II", group_element, len(raw)) + raw
+
+
+def _with_group_length(elements: list[bytes]) -> bytes:
+    body = b"".join(elements)
+    return struct.pack("<III", 0x00000000, 4, len(body)) + body
+
+
+def c_store_command(primitive: C_STORE) -> bytes | None:
+    """The encoded command set of a C-STORE request or response, or None.
+
+    None when the primitive carries something encoded here is not meant for
+    (an Error Comment, an Offending Element, a missing mandatory value); the caller
+    then uses pynetdicom's encoder. Byte-identical to pynetdicom's encoding.
+    """
+    p = primitive
+    if p.MessageIDBeingRespondedTo is None:
+        if None in (p.AffectedSOPClassUID, p.MessageID, p.AffectedSOPInstanceUID, p.Priority):
+            return None
+        elements = [
+            _text(0x00020000, str(p.AffectedSOPClassUID), b"\x00"),
+            _us(0x01000000, C_STORE_RQ),
+            _us(0x01100000, int(p.MessageID)),  # type: ignore[arg-type]
+            _us(0x07000000, int(p.Priority)),
+            _us(0x08000000, DATASET_PRESENT),
+            _text(0x10000000, str(p.AffectedSOPInstanceUID), b"\x00"),
+        ]
+        if p.MoveOriginatorApplicationEntityTitle is not None:
+            elements.append(_text(0x10300000, p.MoveOriginatorApplicationEntityTitle, b" "))
+        if p.MoveOriginatorMessageID is not None:
+            elements.append(_us(0x10310000, int(p.MoveOriginatorMessageID)))
+        return _with_group_length(elements)
+    if p.Status is None or p.ErrorComment is not None or p.OffendingElement is not None:
+        return None
+    elements = []
+    if p.AffectedSOPClassUID is not None:
+        elements.append(_text(0x00020000, str(p.AffectedSOPClassUID), b"\x00"))
+    elements += [
+        _us(0x01000000, C_STORE_RSP),
+        _us(0x01200000, int(p.MessageIDBeingRespondedTo)),
+        _us(0x08000000, NO_DATASET),
+        _us(0x09000000, int(p.Status)),
+    ]
+    if p.AffectedSOPInstanceUID is not None:
+        elements.append(_text(0x10000000, str(p.AffectedSOPInstanceUID), b"\x00"))
+    return _with_group_length(elements)
+
+
+def _fragments(data: bytes | memoryview, size: int) -> Iterator[bytes | memoryview]:
+    """``data`` cut into ``size``-byte fragments (one, if size is 0); at least one."""
+    if size <= 0 or len(data) <= size:
+        yield data
+        return
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def _pdus(
+    parts: list[bytes | memoryview], data: Any, context_id: int, max_pdu: int, flag: int
+) -> None:
+    """Append the P-DATA-TF PDUs of one command or data set to ``parts``.
+
+    ``flag`` is the message control header's command bit (PS3.8 E.2); the last
+    fragment gets the "last" bit. Fragment size as pynetdicom's: maximum PDU
+    length minus 6 (PDV item length, context ID, control header).
+    """
+    pieces = list(_fragments(data, max_pdu - 6 if max_pdu else 0))
+    last = len(pieces) - 1
+    for index, piece in enumerate(pieces):
+        control = flag | (0x02 if index == last else 0x00)
+        parts.append(_PDU_HEADER.pack(0x04, 0, len(piece) + 6, len(piece) + 2, context_id, control))
+        parts.append(piece)
+
+
+def _dataset_bytes(primitive: Any) -> bytes | None:
+    """The data set a message carries (from memory or a stored file), or None."""
+    path_offset: tuple[Path, int] | None = getattr(primitive, "_dataset_path", None)
+    if path_offset is not None:
+        path, offset = path_offset
+        with open(path, "rb") as fp:
+            fp.seek(offset)
+            return fp.read()
+    dataset = getattr(primitive, "DataSet", None)
+    if isinstance(dataset, BytesIO):
+        return dataset.getvalue()
+    return None
+
+
+def _silent(assoc: Association) -> bool:
+    """True when no handler is bound to an event the direct path would skip."""
+    for event in SILENT_EVENTS:
+        handlers = assoc.get_handlers(event)
+        if handlers and handlers[0] is not None:
+            return False
+    return True
+
+
+def encode_message(primitive: Any) -> tuple[bytes, bytes | None] | None:
+    """(command set, data set) of a C-STORE request or response, or None for others."""
+    if not isinstance(primitive, C_STORE):
+        return None
+    command = c_store_command(primitive)
+    if command is None:
+        return None
+    if primitive.MessageIDBeingRespondedTo is not None:
+        return command, None
+    dataset = _dataset_bytes(primitive)
+    if not dataset:  # pynetdicom's path knows what to send for an empty data set
+        return None
+    return command, dataset
+
+
+def write_message(
+    assoc: Association, context_id: int, command: bytes, dataset: bytes | None
+) -> bool:
+    """Write the message's PDUs now if the DUL is in Sta6 with nothing queued.
+
+    Returns False (nothing written) otherwise. A failed write is the transport
+    closing (Evt17), as in ``AssociationSocket.send``.
+    """
+    dul = assoc.dul
+    lock: threading.RLock | None = getattr(dul, "_pacs_lock", None)
+    if lock is None:
+        return False
+    max_pdu = int(assoc.dimse.maximum_pdu_size or 0)
+    parts: list[bytes | memoryview] = []
+    _pdus(parts, command, context_id, max_pdu, 0x01)
+    if dataset is not None:
+        _pdus(parts, memoryview(dataset), context_id, max_pdu, 0x00)
+    with lock:
+        sock = dul.socket
+        if (
+            dul.state_machine.current_state != "Sta6"
+            or dul.to_provider_queue.qsize()
+            or sock is None
+            or sock.socket is None
+        ):
+            return False
+        try:
+            sock.socket.sendall(b"".join(parts))
+        except Exception:
+            dul.event_queue.put("Evt17")
+    return True
+
+
+def install() -> None:
+    """Send C-STORE requests and responses directly when safe, once per process."""
+    with _INSTALL_LOCK:
+        original = DIMSEServiceProvider.send_msg
+        if getattr(original, "_pacs_hub_direct", False):
+            return
+
+        @functools.wraps(original)
+        def send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
+            assoc = self.assoc
+            if _silent(assoc):
+                encoded = encode_message(primitive)
+                if encoded is not None and write_message(assoc, context_id, *encoded):
+                    return
+            original(self, primitive, context_id)
+
+        send_msg._pacs_hub_direct = True  # type: ignore[attr-defined]
+        DIMSEServiceProvider.send_msg = send_msg  # type: ignore[method-assign]
