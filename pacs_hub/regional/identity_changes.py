@@ -59,7 +59,7 @@ _REGIONAL = select(
 def _regional(conn: Connection, regional_id: str) -> Any:
     row = conn.execute(_REGIONAL.where(RegionalPatient.regional_id == regional_id)).first()
     if row is None:
-        raise UnknownIdentity(f"no regional patient {regional_id[:64]!r}")
+        raise UnknownIdentity("no regional patient has this regional id")
     return row
 
 
@@ -75,7 +75,7 @@ def _active(conn: Connection, regional_id: str) -> Any:
             break
         seen.add(regional.id)
     if not regional.active:
-        raise UnknownIdentity(f"regional patient {regional_id[:64]} is inactive")
+        raise UnknownIdentity("the regional patient is inactive and was merged into none")
     return regional
 
 
@@ -152,7 +152,7 @@ def _check_one_ins(
     together = _ins_set(conn, target.id) | incoming
     if len(together) > 1:
         raise IdentityConflict(
-            f"regional patient {target.regional_id} would hold {len(together)} different INS;"
+            f"the target regional patient would hold {len(together)} different INS;"
             " different INS are different people: nothing changed"
         )
     return together
@@ -218,7 +218,7 @@ def link(database: Database, patient_id: str, issuer: str, regional_id: str, act
         target = _active(conn, regional_id)
         patient = _patient(conn, patient_id, issuer)
         if patient.regional_patient_pk == target.id:
-            raise IdentityConflict(f"the identity is already linked to {target.regional_id}")
+            raise IdentityConflict("the identity is already linked to this regional patient")
         detail = _link(conn, patient, target, "manual")
         return Change(record_event(conn, "link", actor, detail), target.regional_id)
 
@@ -234,7 +234,7 @@ def merge(database: Database, source_id: str, target_id: str, actor: str) -> Cha
         source = _active(conn, source_id)
         target = _active(conn, target_id)
         if source.id == target.id:
-            raise IdentityConflict(f"{source_id} and {target_id} are one regional patient")
+            raise IdentityConflict("source and target are the same regional patient")
         together = _check_one_ins(conn, target, _ins_set(conn, source.id))
         earlier = conn.execute(_REGIONAL.where(RegionalPatient.merged_into_pk == source.id)).all()
         regionals = [_snapshot(r) for r in (source, target, *earlier)]
@@ -292,6 +292,8 @@ def accept_candidate(database: Database, candidate_id: int, actor: str) -> Chang
                 Patient.id == candidate.patient_pk
             )
         ).one()
+        if patient.regional_patient_pk == target.id:
+            raise IdentityConflict("the identity is already linked to this regional patient")
         detail = _link(conn, patient, target, "traits")
         detail["candidate"] = {"pk": candidate_id, "status": "pending"}
         _decide(conn, candidate_id, "accepted")

@@ -143,7 +143,7 @@ def regional_patient(database: Database, regional_id: str) -> RegionalView:
             select(RegionalPatient).where(RegionalPatient.regional_id == regional_id)
         ).first()
         if row is None:
-            raise UnknownIdentity(f"no regional patient {regional_id[:64]!r}")
+            raise UnknownIdentity("no regional patient has this regional id")
         return _view(conn, row)
 
 
