@@ -152,7 +152,9 @@ class Ingestor:
         with self.database.engine.begin() as conn:
             known = existing_instance(conn, header.sop_instance_uid)
             if known is None:
-                add_instance(conn, header, blob, ae, now, metadata)
+                owner = self.senders.lookup(ae) if ae else None
+                establishment = owner.establishment_pk if owner is not None else None
+                add_instance(conn, header, blob, ae, now, metadata, establishment)
                 return Outcome.STORED
             if known.sha256 == blob.sha256:
                 return Outcome.DUPLICATE

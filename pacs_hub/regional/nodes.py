@@ -245,6 +245,8 @@ class NodeOwner:
     """Code of the owning establishment, '' when none."""
     default_issuer: str
     """The establishment's default Issuer of Patient ID, '' when none."""
+    establishment_pk: int | None = None
+    """Primary key of the owning establishment (recorded on the studies it sends)."""
 
 
 class NodeDirectory:
@@ -283,11 +285,11 @@ class NodeDirectory:
             return self._owners
 
     def _load(self) -> dict[str, NodeOwner]:
-        query = select(Node.ae_title, Establishment.code, Establishment.default_issuer).outerjoin(
-            Establishment, Establishment.id == Node.establishment_pk
-        )
+        query = select(
+            Node.ae_title, Establishment.code, Establishment.default_issuer, Establishment.id
+        ).outerjoin(Establishment, Establishment.id == Node.establishment_pk)
         with self._database.read_connection() as conn:
             return {
-                str(ae): NodeOwner(str(ae), str(code or ""), str(issuer or ""))
-                for ae, code, issuer in conn.execute(query)
+                str(ae): NodeOwner(str(ae), str(code or ""), str(issuer or ""), est_pk)
+                for ae, code, issuer, est_pk in conn.execute(query)
             }

@@ -122,13 +122,16 @@ def _patient_pk(conn: Connection, h: InstanceHeader) -> int:
     return pk
 
 
-def _new_study(conn: Connection, h: InstanceHeader, now: datetime) -> tuple[int, int, str]:
+def _new_study(
+    conn: Connection, h: InstanceHeader, now: datetime, establishment_pk: int | None
+) -> tuple[int, int, str]:
     patient_pk = _patient_pk(conn, h)
     study_pk = conn.execute(
         insert(Study)
         .values(
             study_instance_uid=h.study_instance_uid,
             patient_pk=patient_pk,
+            establishment_pk=establishment_pk,
             study_date=h.study_date,
             study_time=h.study_time,
             accession_number=h.accession_number,
@@ -152,7 +155,9 @@ def _new_study(conn: Connection, h: InstanceHeader, now: datetime) -> tuple[int,
     return int(study_pk), patient_pk, ""
 
 
-def _study(conn: Connection, h: InstanceHeader, now: datetime) -> tuple[int, int, str]:
+def _study(
+    conn: Connection, h: InstanceHeader, now: datetime, establishment_pk: int | None
+) -> tuple[int, int, str]:
     """(study pk, patient pk, Modalities in Study) of the instance's study, created if new.
 
     Called only for a new series; the row is locked (``FOR UPDATE``, a no-op on
@@ -165,12 +170,14 @@ def _study(conn: Connection, h: InstanceHeader, now: datetime) -> tuple[int, int
         .with_for_update()
     ).first()
     if row is None:
-        return _new_study(conn, h, now)
+        return _new_study(conn, h, now, establishment_pk)
     return int(row[0]), int(row[1]), str(row[2])
 
 
-def _new_series(conn: Connection, h: InstanceHeader, now: datetime) -> tuple[int, int, int]:
-    study_pk, patient_pk, modalities = _study(conn, h, now)
+def _new_series(
+    conn: Connection, h: InstanceHeader, now: datetime, establishment_pk: int | None
+) -> tuple[int, int, int]:
+    study_pk, patient_pk, modalities = _study(conn, h, now, establishment_pk)
     series_pk = conn.execute(
         insert(Series)
         .values(
@@ -201,11 +208,13 @@ def _new_series(conn: Connection, h: InstanceHeader, now: datetime) -> tuple[int
     return int(series_pk), study_pk, patient_pk
 
 
-def _series(conn: Connection, h: InstanceHeader, now: datetime) -> tuple[int, int, int]:
+def _series(
+    conn: Connection, h: InstanceHeader, now: datetime, establishment_pk: int | None
+) -> tuple[int, int, int]:
     """(series pk, study pk, patient pk) of the instance's series, created if new."""
     row = conn.execute(_SELECT_SERIES, {"uid": h.series_instance_uid}).first()
     if row is None:
-        return _new_series(conn, h, now)
+        return _new_series(conn, h, now, establishment_pk)
     return int(row[0]), int(row[1]), int(row[2])
 
 
@@ -216,12 +225,14 @@ def add_instance(
     received_from_ae: str,
     now: datetime,
     metadata: bytes | None = None,
+    establishment_pk: int | None = None,
 ) -> None:
     """Index a new instance (its SOP Instance UID must not be indexed yet).
 
-    ``metadata`` is the stored DICOM JSON of :mod:`pacs_hub.dicom.dicomjson`.
+    ``metadata`` is the stored DICOM JSON of :mod:`pacs_hub.dicom.dicomjson`;
+    ``establishment_pk`` the sending node's establishment, recorded on a new study.
     """
-    series_pk, study_pk, patient_pk = _series(conn, h, now)
+    series_pk, study_pk, patient_pk = _series(conn, h, now, establishment_pk)
     conn.execute(
         _INSERT_INSTANCE,
         {

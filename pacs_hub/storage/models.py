@@ -73,6 +73,10 @@ class Study(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     patient_pk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    establishment_pk: Mapped[int | None] = mapped_column(
+        ForeignKey("establishments.id"), nullable=True, index=True
+    )
+    """The establishment whose node sent the study's first instance (access policy)."""
     study_date: Mapped[str] = mapped_column(String(8), default="", index=True)
     study_time: Mapped[str] = mapped_column(String(16), default="")
     accession_number: Mapped[str] = mapped_column(String(16), default="", index=True)
@@ -162,6 +166,10 @@ class Node(Base):
     health_checked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     down_since: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Per-node permissions (revision 0004, access policy): what the node may ask for.
+    can_store: Mapped[bool] = mapped_column(Boolean, default=True)
+    can_query: Mapped[bool] = mapped_column(Boolean, default=True)
+    can_retrieve: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
 class Establishment(Base):
@@ -294,3 +302,4 @@ class RoutingItem(Base):
 
 
 Index("ix_studies_patient_date", Study.patient_pk, Study.study_date)
+Index("ix_patients_birth_date_sex", Patient.patient_birth_date, Patient.patient_sex)
