@@ -132,7 +132,8 @@ def _warnings(search: Search, result: FederatedResult, shown: int, total: int) -
 def answer(request: Request, hub: HubState, level: Level, fixed: dict[str, str]) -> Response:
     """A QIDO-RS search answered by a federated query (see the module docstring)."""
     params = [(n, v) for n, v in request.query_params.multi_items() if n != PARAMETER]
-    search = parse_search(level, params, fixed, hub.settings.qido_max_limit)
+    settings = hub.settings
+    search = parse_search(level, params, fixed, settings.qido_max_limit, settings.regional_issuer)
     result = federated_find(
         hub.settings,
         hub.database,

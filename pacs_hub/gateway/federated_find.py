@@ -107,8 +107,8 @@ def build_answer(request: find.FindRequest, match: FederatedMatch) -> Dataset:
     return answer
 
 
-def _read(event: Event) -> find.FindRequest:
-    request = find.read_request(event)
+def _read(event: Event, regional_issuer: str) -> find.FindRequest:
+    request = find.read_request(event, regional_issuer)
     if request.level is Level.PATIENT:
         raise InvalidQuery("federated C-FIND: PATIENT level not offered; use STUDY")
     return request
@@ -118,7 +118,7 @@ def handle_federated_find(event: Event, ctx: GatewayContext) -> Iterator[tuple[i
     """Federated C-FIND (PS3.4 C.4.1.3): Pending answers, then Success or a failure."""
     calling = event.assoc.requestor.ae_title
     try:
-        request = _read(event)
+        request = _read(event, ctx.settings.regional_issuer)
         result = federated_find(
             ctx.settings,
             ctx.database,

@@ -14,12 +14,18 @@ SOP Instance UID at IMAGE): the hub's own matches first, in its index order, the
 the remote-only ones in source order. Each merged match lists the AE titles that hold
 it (the hub's own first when it has a copy) and whether the hub has a copy.
 
+A query by regional patient or INS (PatientID with IssuerOfPatientID = the regional
+issuer or an INS issuer, :class:`~pacs_hub.storage.query.LinkedPatients`) is translated
+per PACS: each establishment's PACS is asked for the local Patient IDs, linked to that
+regional patient, whose issuer the establishment owns (:func:`plan_requests`).
+
 The hub's matches are read up to ``local_limit`` rows (the caller's cap); remote
 sources are not paged (a C-FIND SCU receives what the SCP sends).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -29,11 +35,21 @@ from dataclasses import dataclass, field
 from pydicom.dataset import Dataset
 from pynetdicom import sop_class as sc
 from pynetdicom.association import Association
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from pacs_hub.config import Settings
 from pacs_hub.errors import HubError
-from pacs_hub.regional.scu import PacsNode, SourceUnavailable, associate, pacs_nodes, requestor_ae
+from pacs_hub.regional.scu import (
+    PACS_ROLE,
+    PacsNode,
+    SourceUnavailable,
+    associate,
+    pacs_nodes,
+    requestor_ae,
+)
 from pacs_hub.storage.database import Database
+from pacs_hub.storage.models import Establishment, EstablishmentIssuer, Node
 from pacs_hub.storage.query import (
     UNIQUE_KEYS,
     Level,
@@ -41,6 +57,7 @@ from pacs_hub.storage.query import (
     Row,
     attribute_value,
     find,
+    find_patients,
     parse_query,
 )
 
@@ -105,38 +122,49 @@ class RemoteFind:
     model = sc.StudyRootQueryRetrieveInformationModelFind
 
     def __init__(
-        self, settings: Settings, node: PacsNode, identifier: Dataset, timeout: float
+        self,
+        settings: Settings,
+        node: PacsNode,
+        identifiers: Sequence[Dataset],
+        timeout: float,
     ) -> None:
         self.settings = settings
         self.node = node
-        self.identifier = identifier
+        self.identifiers = identifiers
         self.timeout = timeout
         self.assoc: Association | None = None
 
     def run(self) -> list[Dataset]:
-        """Every Pending answer's Identifier; :class:`SourceUnavailable` on any failure."""
+        """Every Pending answer's Identifier (each request in turn, one association);
+        :class:`SourceUnavailable` on any failure."""
         ae = requestor_ae(self.settings, [self.model], timeout=self.timeout)
         self.assoc = assoc = associate(ae, self.node)
         answers: list[Dataset] = []
         try:
-            for status, identifier in assoc.send_c_find(self.identifier, self.model):
-                if not status:
-                    raise SourceUnavailable(f"{self.node.ae_title}: no C-FIND response in time")
-                code = int(status.Status)
-                if code in PENDING:
-                    if identifier is not None:
-                        answers.append(identifier)
-                    continue
-                if code == 0x0000:
-                    return answers
-                comment = str(status.get("ErrorComment", "") or "")
-                raise SourceUnavailable(
-                    f"{self.node.ae_title}: C-FIND status 0x{code:04X} {comment}".strip()
-                )
-            raise SourceUnavailable(f"{self.node.ae_title}: C-FIND ended without a final status")
+            for identifier in self.identifiers:
+                answers += self._find(assoc, identifier)
+            return answers
         finally:
             if assoc.is_established:
                 assoc.release()
+
+    def _find(self, assoc: Association, request: Dataset) -> list[Dataset]:
+        answers: list[Dataset] = []
+        for status, identifier in assoc.send_c_find(request, self.model):
+            if not status:
+                raise SourceUnavailable(f"{self.node.ae_title}: no C-FIND response in time")
+            code = int(status.Status)
+            if code in PENDING:
+                if identifier is not None:
+                    answers.append(identifier)
+                continue
+            if code == 0x0000:
+                return answers
+            comment = str(status.get("ErrorComment", "") or "")
+            raise SourceUnavailable(
+                f"{self.node.ae_title}: C-FIND status 0x{code:04X} {comment}".strip()
+            )
+        raise SourceUnavailable(f"{self.node.ae_title}: C-FIND ended without a final status")
 
     def abort(self) -> None:
         """Abort the association if it is still up (deadline passed)."""
@@ -201,6 +229,56 @@ def merge(
     return [FederatedMatch(key, rows[key], answers.get(key), tuple(where[key])) for key in rows]
 
 
+def _owners(session: Session) -> dict[str, int]:
+    """Issuer of Patient ID -> the establishment owning it (listed or default issuer)."""
+    owners = {e.default_issuer: e.id for e in session.scalars(select(Establishment))}
+    owners.pop("", None)
+    for issuer, owner in session.execute(
+        select(EstablishmentIssuer.issuer, EstablishmentIssuer.establishment_pk)
+    ):
+        owners[issuer] = owner
+    return owners
+
+
+def plan_requests(
+    session: Session, query: Query, wire: Dataset, nodes: Sequence[PacsNode]
+) -> list[tuple[PacsNode, list[Dataset]]]:
+    """The C-FIND requests for each PACS node.
+
+    Usually ``wire`` to every node. For a query by regional patient or INS
+    (``query.linked``: PatientID with IssuerOfPatientID = the regional issuer or an INS
+    issuer), each establishment's PACS is asked for the local Patient IDs of the linked
+    identities whose issuer that establishment owns (one request per ID, IssuerOfPatientID
+    left universal): the PACS knows its own IDs, not the region's. A PACS whose
+    establishment has no linked identity (or that has no establishment) is not asked.
+    """
+    if query.linked is None:
+        return [(node, [wire]) for node in nodes]
+    owners = _owners(session)
+    ids: dict[int, set[str]] = {}
+    for patient in find_patients(session, query):
+        owner = owners.get(patient.issuer_of_patient_id)
+        if owner is not None and patient.patient_id:
+            ids.setdefault(owner, set()).add(patient.patient_id)
+    establishment_of = dict(
+        session.execute(select(Node.id, Node.establishment_pk).where(Node.role == PACS_ROLE)).all()
+    )
+    plans = []
+    for node in nodes:
+        local_ids = sorted(ids.get(establishment_of.get(node.pk) or -1, ()))
+        if local_ids:
+            plans.append((node, [_with_patient_id(wire, pid) for pid in local_ids]))
+    return plans
+
+
+def _with_patient_id(wire: Dataset, patient_id: str) -> Dataset:
+    request = copy.deepcopy(wire)
+    request.PatientID = patient_id
+    if "IssuerOfPatientID" in request:
+        request.IssuerOfPatientID = None
+    return request
+
+
 def _collect(
     futures: dict[Future[list[Dataset]], RemoteFind], deadline: float
 ) -> tuple[list[tuple[str, list[Dataset]]], list[Unavailable]]:
@@ -238,9 +316,10 @@ def federated_find(
     """
     start = time.monotonic()
     timeout = settings.federated_timeout
-    nodes = pacs_nodes(database)
     wire = remote_identifier(identifier, level)
-    queries = [RemoteFind(settings, node, wire, timeout) for node in nodes]
+    with database.reader() as session:
+        plans = plan_requests(session, query, wire, pacs_nodes(database))
+    queries = [RemoteFind(settings, node, requests, timeout) for node, requests in plans]
     pool = ThreadPoolExecutor(max_workers=max(1, len(queries)), thread_name_prefix="fed-find")
     try:
         futures = {pool.submit(q.run): q for q in queries}
@@ -263,9 +342,8 @@ def federated_find(
         len(unavailable),
         elapsed,
     )
-    return FederatedResult(
-        level, matches, tuple(n.ae_title for n in nodes), tuple(unavailable), elapsed
-    )
+    sources = tuple(q.node.ae_title for q in queries)
+    return FederatedResult(level, matches, sources, tuple(unavailable), elapsed)
 
 
 def locate_study(settings: Settings, database: Database, study: str) -> FederatedMatch | None:

@@ -123,7 +123,7 @@ def find(
         raise _fail(f"level {level!r}: expected STUDY, SERIES or IMAGE") from None
     try:
         values = _filters(filters or [])
-        query = parse_query(values)
+        query = parse_query(values, regional_issuer=settings.regional_issuer)
         result = federated_find(
             settings, open_database(settings), chosen, query, _identifier(chosen, values)
         )

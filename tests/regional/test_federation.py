@@ -30,6 +30,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom import sop_class as sc
 
+from pacs_hub.dicom.ins import nir_key
 from pacs_hub.dicom.part10 import dataset_offset
 from tests.conftest import DATA, HUB_AE, Hub, dcmtk, free_port, start_hub, wait_until
 from tests.peers import OrthancPeer, start_orthanc
@@ -38,11 +39,27 @@ pytestmark = pytest.mark.orthanc
 FED_AE = "PACS_HUB_FED"
 TIMEOUT = 2.0
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+INS_TEST_OID = "1.2.250.1.213.1.4.10"
 JPEG_LOSSLESS = DATA / "modalities" / "nm_nema_wg04_nm1_jpeg_lossless.dcm"
 
 
+def _ins_item(ins: str) -> Dataset:
+    """An Other Patient IDs Sequence item holding a qualified test INS (france.md 3)."""
+    item, qualifier = Dataset(), Dataset()
+    item.PatientID, item.IssuerOfPatientID = ins, "ASIP-SANTE-INS-NIR"
+    qualifier.UniversalEntityID, qualifier.UniversalEntityIDType = INS_TEST_OID, "ISO"
+    item.IssuerOfPatientIDQualifiersSequence = [qualifier]
+    return item
+
+
 def make_study(
-    patient_id: str, *, count: int = 3, date: str = "20240315", modality: str = "CT"
+    patient_id: str,
+    *,
+    count: int = 3,
+    date: str = "20240315",
+    modality: str = "CT",
+    issuer: str = "",
+    ins: str = "",
 ) -> tuple[str, list[bytes]]:
     """A small explicit-VR study (Study UID, Part 10 files)."""
     study, series = generate_uid(), generate_uid()
@@ -57,6 +74,10 @@ def make_study(
         ds.PatientID, ds.PatientName = patient_id, "FEDERATION^TEST"
         ds.StudyDate, ds.StudyTime, ds.Modality = date, "101010", modality
         ds.StudyDescription = f"FED {patient_id}"
+        if issuer:
+            ds.IssuerOfPatientID = issuer
+        if ins:
+            ds.OtherPatientIDsSequence = [_ins_item(ins)]
         ds.SeriesNumber, ds.InstanceNumber = "1", str(number)
         ds.Rows = ds.Columns = 4
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
@@ -264,6 +285,7 @@ def _status_of_find(identifier: Dataset, port: int) -> list[Dataset]:
         assoc.release()
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DA")
 def test_malformed_federated_identifier_gets_a_failure_with_a_comment(region: Region) -> None:
     bad_date = Dataset()
     bad_date.QueryRetrieveLevel = "STUDY"
@@ -408,6 +430,44 @@ def test_cli_find_and_retrieve(region: Region) -> None:
     assert "done" in listed.stdout
     bad = region.hub.cli("federation", "find", "NotAKeyword=1", check=False)
     assert bad.returncode == 2
+
+
+def test_a_query_by_ins_asks_each_pacs_for_its_own_local_id(region: Region, tmp_path: Path) -> None:
+    """One patient, A-77 at establishment A and B-88 at B, linked by INS in the hub;
+    C knows another person as A-77. A regional query finds every study at the hub, at A
+    (as A-77) and at B (as B-88), and asks nothing of C."""
+    hub = region.hub
+    for code, pacs in (("EST_A", "ORTH_A"), ("EST_B", "ORTH_B"), ("EST_C", "ORTH_C")):
+        issuer = f"ISS_{code[-1]}"
+        hub.cli("establishments", "add", code, f"Hospital {code[-1]}", "--issuer", issuer)
+        port = str(region.pacs[pacs].dicom_port)
+        hub.cli("nodes", "add", pacs, "127.0.0.1", port, "--establishment", code, "--role", "pacs")
+    body = "1620375056" + "123"
+    ins = body + nir_key(body)
+    date = {"date": "20230101"}
+    at_hub_a, files = make_study("A-77", issuer="ISS_A", ins=ins, **date)
+    _import(hub, tmp_path / "a", files)
+    at_hub_b, files = make_study("B-88", issuer="ISS_B", ins=ins, **date)
+    _import(hub, tmp_path / "b", files)
+    expected = {at_hub_a: [HUB_AE], at_hub_b: [HUB_AE]}
+    for pacs, patient_id in (("ORTH_A", "A-77"), ("ORTH_B", "B-88"), ("ORTH_C", "A-77")):
+        study, files = make_study(patient_id, **date)  # the PACS store no issuer, no INS
+        for data in files:
+            region.pacs[pacs].api.upload(data)
+        if pacs != "ORTH_C":
+            expected[study] = [pacs]
+
+    params = {"PatientID": ins, "IssuerOfPatientID": "ASIP-SANTE-INS-NIR"}
+    answer = httpx.get(
+        f"{hub.url}/dicom-web/studies", params={**params, "includeremote": "true"}, timeout=30
+    )
+    assert answer.status_code == 200, answer.text
+    found = {r["0020000D"]["Value"][0]: r["00080054"]["Value"] for r in answer.json()}
+    assert found == expected
+    keys = ["QueryRetrieveLevel=STUDY", "StudyInstanceUID", "RetrieveAETitle"]
+    keys += [f"PatientID={ins}", "IssuerOfPatientID=ASIP-SANTE-INS-NIR"]
+    answers, _, _ = findscu(region, keys, tmp_path / "fed")
+    assert {uid: where for uid, (where, _) in _where(answers).items()} == expected
 
 
 def _silent_peer() -> tuple[socket.socket, threading.Event]:
