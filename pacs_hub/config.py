@@ -88,6 +88,37 @@ class Settings(BaseSettings):
     prefetch_max_age_days: int = Field(
         default=1825, ge=0, description="Fetch priors at most this old (days)"
     )
+    # Trust (issue 4): authentication, access policy, audit.
+    auth_required: bool = Field(
+        default=True,
+        description="Every HTTP and DICOM access needs an authenticated caller and passes the"
+        " access policy; false only for tests and demos of other features",
+    )
+    oidc_discovery_url: str = Field(
+        default="", description="External OpenID provider (e.g. Pro Sante Connect) discovery URL"
+    )
+    oidc_audience: str = Field(default="pacs-hub", description="Expected 'aud' of bearer tokens")
+    oidc_required_acr: str = Field(
+        default="", description="Minimum 'acr' of external tokens (eidas1 for Pro Sante Connect)"
+    )
+    oidc_claims: str = Field(
+        default="standard",
+        pattern="^(standard|prosanteconnect)$",
+        description="How external claims map to users: standard or prosanteconnect",
+    )
+    token_lifetime: int = Field(default=3600, ge=60, description="Embedded issuer token life (s)")
+    break_glass_roles: str = Field(
+        default="radiologist,referring-doctor",
+        description="Roles allowed emergency (break-glass) access, with a mandatory reason",
+    )
+    share_max_days: int = Field(default=90, ge=1, description="Longest share link life (days)")
+    audit_retention_days: int = Field(
+        default=183, ge=183, description="Audit trail kept at least this long (6 months minimum)"
+    )
+    audit_syslog_url: str = Field(
+        default="", description="tls://host:port of an audit repository (RFC 5425), '' = none"
+    )
+    audit_syslog_ca: str = Field(default="", description="CA file for the audit repository's TLS")
     log_level: str = "INFO"
     viewer_dir: Path | None = Field(
         default_factory=bundled_viewer_dir,

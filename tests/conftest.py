@@ -104,6 +104,9 @@ def start_hub(data_dir: Path, processes: int = 1, **extra_env: str) -> Hub:
         PACS_HUB_GATEWAY_PROCESSES=str(processes),
         # Tests send from ad-hoc AE titles; the refusal of unknown callers has its own tests.
         PACS_HUB_UNKNOWN_CALLERS="accept",
+        # Likewise the access policy: tests of other features run without it; the trust
+        # tests start hubs with PACS_HUB_AUTH_REQUIRED=true.
+        PACS_HUB_AUTH_REQUIRED="false",
     )
     env.update(extra_env)
     log = (data_dir.parent / f"hub-{http_port}.log").open("wb")
