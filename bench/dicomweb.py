@@ -1,6 +1,11 @@
 """DICOMweb reads (PS3.18): QIDO-RS latency, series metadata latency, WADO-RS series
 retrieve and frame retrieval, with httpx on keep-alive connections.
 
+Requests say ``Accept-Encoding: identity``: what is timed is each server's own work,
+not gzip on loopback. Frames are also fetched as a browser asks for them
+(``gzip, deflate``): Orthanc then gzips every frame (it does, on 1.10.1); the hub
+never compresses DICOMweb answers.
+
 Every answer is checked before it counts: HTTP 200 (QIDO: or 204 when nothing may
 match), a JSON array of the expected length, or a multipart body with the expected
 number of parts and frame size. A failed answer is a failed sample, never a time.
@@ -27,6 +32,8 @@ DICOM_JSON = "application/dicom+json"
 INSTANCES_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 FRAMES_ACCEPT = "multipart/related; type=application/octet-stream; transfer-syntax=*"
 FRAME_CLIENTS = 25
+IDENTITY = "identity"
+BROWSER_ENCODING = "gzip, deflate"
 """OHIF's ``maxNumRequests.prefetch``: frames it asks for at once (viewer.md)."""
 STUDY_PARAMS = {
     "limit": "101",
@@ -64,6 +71,7 @@ class WebResults:
     metadata: Latency | None = None
     retrieve: Throughput | None = None
     frames: Throughput | None = None
+    frames_browser: Throughput | None = None
     stow: dict[str, Throughput | None] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
@@ -180,10 +188,13 @@ def retrieve_once(client: httpx.Client, url: str, series: Series) -> tuple[float
     return seconds, parts, counter.bytes
 
 
-def frame_once(client: httpx.Client, url: str, series: Series, sop: str) -> int:
+def frame_once(
+    client: httpx.Client, url: str, series: Series, sop: str, encoding: str = IDENTITY
+) -> int:
     """GET frame 1 of one instance the way OHIF asks; the frame's size, checked."""
     path = f"{series.path}/instances/{sop}/frames/1"
-    answer = client.get(url + path, headers={"Accept": FRAMES_ACCEPT})
+    headers = {"Accept": FRAMES_ACCEPT, "Accept-Encoding": encoding}
+    answer = client.get(url + path, headers=headers)
     if answer.status_code != 200:
         raise BadAnswer(f"frame: HTTP {answer.status_code} {answer.text[:200]}")
     payload = single_part(answer.content, boundary_of(answer.headers.get("content-type", "")))
@@ -192,11 +203,18 @@ def frame_once(client: httpx.Client, url: str, series: Series, sop: str) -> int:
     return len(answer.content)
 
 
-def frames_once(client: httpx.Client, url: str, series: Series) -> tuple[float, int, int]:
-    """Frame 1 of every instance, FRAME_CLIENTS requests in flight: (seconds, frames, bytes)."""
+def frames_once(
+    client: httpx.Client, url: str, series: Series, encoding: str = IDENTITY
+) -> tuple[float, int, int]:
+    """Frame 1 of every instance, FRAME_CLIENTS requests in flight: (seconds, frames,
+    bytes of the answers as decoded)."""
+
+    def one(sop: str) -> int:
+        return frame_once(client, url, series, sop, encoding)
+
     with ThreadPoolExecutor(FRAME_CLIENTS) as pool:
         start = time.perf_counter()
-        sizes = list(pool.map(lambda sop: frame_once(client, url, series, sop), series.sops))
+        sizes = list(pool.map(one, series.sops))
         seconds = time.perf_counter() - start
     return seconds, len(sizes), sum(sizes)
 
@@ -219,7 +237,7 @@ def _repeat(
 
 def client() -> httpx.Client:
     limits = httpx.Limits(max_connections=FRAME_CLIENTS, max_keepalive_connections=FRAME_CLIENTS)
-    return httpx.Client(timeout=TIMEOUT, limits=limits)
+    return httpx.Client(timeout=TIMEOUT, limits=limits, headers={"Accept-Encoding": IDENTITY})
 
 
 def measure_reads(
@@ -246,7 +264,18 @@ def measure_reads(
         out.retrieve = throughput(runs, len(series.sops))
         runs = _repeat("frames", lambda: frames_once(http, url, series), reps, out.errors)
         out.frames = throughput(runs, len(series.sops))
-    for name, value in (("WADO-RS series", out.retrieve), ("frames", out.frames)):
+        runs = _repeat(
+            "frames (gzip, deflate)",
+            lambda: frames_once(http, url, series, BROWSER_ENCODING),
+            reps,
+            out.errors,
+        )
+        out.frames_browser = throughput(runs, len(series.sops))
+    for name, value in (
+        ("WADO-RS series", out.retrieve),
+        ("frames", out.frames),
+        ("frames, gzip accepted", out.frames_browser),
+    ):
         rate = f"{value.per_s:.0f}/s {value.mb_s:.0f} MB/s" if value else "failed"
         log(f"{target.name}: {name}: {rate}")
     return out

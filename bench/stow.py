@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 from bench import data
-from bench.dicomweb import DICOM_JSON, TIMEOUT, BadAnswer, Throughput, throughput
+from bench.dicomweb import DICOM_JSON, IDENTITY, TIMEOUT, BadAnswer, Throughput, throughput
 from bench.ingest import settle_count
 from bench.multipart import stow_body, stow_content_type
 from bench.procs import sync
@@ -71,7 +71,11 @@ def study_files(corpus: data.Corpus, slices: int) -> list[Path]:
 
 def post(client: httpx.Client, url: str, body: bytes, count: int) -> None:
     """One STOW-RS request; raise unless every instance in it is referenced as stored."""
-    headers = {"Content-Type": stow_content_type(), "Accept": DICOM_JSON}
+    headers = {
+        "Content-Type": stow_content_type(),
+        "Accept": DICOM_JSON,
+        "Accept-Encoding": IDENTITY,
+    }
     answer = client.post(url + "/studies", content=body, headers=headers)
     if answer.status_code != 200:
         raise BadAnswer(f"STOW-RS: HTTP {answer.status_code} {answer.text[:200]}")
