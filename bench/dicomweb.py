@@ -262,6 +262,7 @@ def measure_reads(
             log(f"{target.name}: series metadata p50 {out.metadata.p50_ms:.0f} ms")
         runs = _repeat("retrieve", lambda: retrieve_once(http, url, series), reps, out.errors)
         out.retrieve = throughput(runs, len(series.sops))
+        _repeat("frames warm-up", lambda: frames_once(http, url, series), 1, out.errors)
         runs = _repeat("frames", lambda: frames_once(http, url, series), reps, out.errors)
         out.frames = throughput(runs, len(series.sops))
         runs = _repeat(
