@@ -144,21 +144,28 @@ def list_queue(
         .limit(limit)
     )
     with db.reader() as session:
-        return [
-            QueueRecord(
-                id=item.id,
-                rule=name,
-                study_instance_uid=item.study_instance_uid,
-                destination=ae,
-                state=item.state,
-                attempts=item.attempts,
-                next_attempt_at=item.next_attempt_at,
-                last_error=item.last_error,
-                created_at=item.created_at,
-                updated_at=item.updated_at,
-            )
-            for item, name, ae in session.execute(stmt)
-        ]
+        return [_record(item, name, ae) for item, name, ae in session.execute(stmt)]
+
+
+def _record(item: RoutingItem, rule: str, destination: str) -> QueueRecord:
+    return QueueRecord(
+        id=item.id,
+        rule=rule,
+        study_instance_uid=item.study_instance_uid,
+        destination=destination,
+        state=item.state,
+        attempts=item.attempts,
+        next_attempt_at=item.next_attempt_at,
+        last_error=item.last_error,
+        created_at=item.created_at,
+        updated_at=item.updated_at,
+    )
+
+
+def _queue_record(session: Session, item: RoutingItem) -> QueueRecord:
+    rule = session.get(RoutingRule, item.rule_pk)
+    node = session.get(Node, item.destination_node_pk)
+    return _record(item, rule.name if rule else "", node.ae_title if node else "")
 
 
 def retry_item(db: Database, item_id: int) -> QueueRecord:
@@ -170,7 +177,7 @@ def retry_item(db: Database, item_id: int) -> QueueRecord:
         if item.state in ("queued", "sending"):
             raise InvalidQueueRequest(f"item {item_id} is already {item.state}")
         _requeue(item, _now())
-    return list_queue(db, item_id=item_id)[0]
+        return _queue_record(session, item)
 
 
 def _requeue(item: RoutingItem, now: datetime) -> None:
@@ -273,19 +280,28 @@ def _enqueue(session: Session, rule: RoutingRule, arrival: Arrival, now: datetim
         LOGGER.info("routing: study %s grew, queued again (%s)", item.study_instance_uid, rule.name)
 
 
-def queue_arrivals(db: Database, arrivals: list[Arrival], now: datetime) -> None:
-    """Queue each arrival for every enabled rule it matches (created before it arrived)."""
+def queue_arrivals(db: Database, arrivals: list[Arrival], now: datetime) -> int:
+    """Queue each arrival for every enabled rule it matches (created before it arrived).
+
+    The rules are matched on a read snapshot; a write transaction is opened only when
+    something matched. Returns the number of (rule, study) matches.
+    """
     if not arrivals:
-        return
-    with db.session() as session:
+        return 0
+    with db.reader() as session:
         rules = list(session.scalars(select(RoutingRule).where(RoutingRule.enabled.is_(True))))
-        for rule in rules:
-            conditions = json.loads(rule.conditions or "{}")
-            for arrival in arrivals:
-                if rule.created_at <= arrival.updated_at and study_matches(
-                    conditions, arrival.series
-                ):
-                    _enqueue(session, rule, arrival, now)
+    matches = [
+        (rule, arrival)
+        for rule in rules
+        for arrival in arrivals
+        if rule.created_at <= arrival.updated_at
+        and study_matches(json.loads(rule.conditions or "{}"), arrival.series)
+    ]
+    if matches:
+        with db.session() as session:
+            for rule, arrival in matches:
+                _enqueue(session, rule, arrival, now)
+    return len(matches)
 
 
 class RoutingScan:
@@ -330,6 +346,9 @@ def claim_next(db: Database) -> Claim | None:
     """Take the next due item (state ``sending``, one more attempt), or None."""
     while True:
         now = _now()
+        with db.reader() as session:  # most turns find nothing: no write lock for that
+            if session.execute(_due(now)).first() is None:
+                return None
         with db.session() as session:
             row = session.execute(_due(now)).first()
             if row is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import sqlite3
+import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -14,10 +15,19 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pacs_hub.regional import routing
 from pacs_hub.regional.establishments import create_establishment
 from pacs_hub.regional.nodes import add_node
+from pacs_hub.regional.routing_rules import (
+    InvalidRoutingRule,
+    SeriesFacts,
+    normalise_conditions,
+    series_matches,
+    study_matches,
+)
 from pacs_hub.storage.database import Database
 from tests.conftest import Hub, free_port, start_hub, wait_until
 from tests.peers import OrthancPeer, start_orthanc
@@ -335,3 +345,37 @@ def test_destination_never_up_ends_failed_with_the_reason(region: Region, tmp_pa
     assert retried["state"] == "queued" and retried["attempts"] == 0
     region.hub.cli("routing", "remove", "us-of-a")
     assert region.item(us_uid) is None
+
+
+# -- the matcher, without peers ------------------------------------------------------
+
+CODE = st.text(alphabet=string.ascii_letters + string.digits + "_", min_size=1, max_size=16)
+
+
+@given(modality=CODE, station=CODE, establishment=CODE)
+def test_conditions_ignore_case_and_are_and_ed(
+    modality: str, station: str, establishment: str
+) -> None:
+    series = SeriesFacts(modality.upper(), "", station.lower(), frozenset({establishment}))
+    wanted = normalise_conditions(
+        {"modality": modality.lower(), "station": [station.upper()], "establishment": establishment}
+    )
+    assert series_matches(wanted, series)
+    assert series_matches({}, series)  # no condition: every study
+    other = SeriesFacts(modality + "X", "", station, frozenset({establishment}))
+    assert not series_matches(wanted, other)  # one condition fails: no match
+    assert study_matches(wanted, [other, series]) and not study_matches(wanted, [other])
+
+
+@pytest.mark.parametrize(
+    ("conditions", "message"),
+    [
+        ({"colour": "red"}, "unknown condition"),
+        ({"modality": 3}, "expected a string or a list of strings"),
+        ({"modality": ["", " "]}, "is empty"),
+        ({"station": "A\\B"}, "at most 64 characters"),
+    ],
+)
+def test_bad_conditions_say_what_was_expected(conditions: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidRoutingRule, match=message):
+        normalise_conditions(conditions)
