@@ -25,9 +25,10 @@ CAUSES = {
     "WADO-RS": "the hub streams each file in 1 MiB reads through Starlette's StreamingResponse "
     "(a thread-pool hop and Python copies per chunk; the baseline measured 406 MB/s for "
     "Python read+write against 2,638 MB/s with sendfile), Orthanc writes from C++",
-    "frames": "every frame request reads the file's header with pydicom and slices the frame in "
-    f"Python, in one process under the GIL, so {FRAME_CLIENTS} requests in flight queue on "
-    "about one core while Orthanc decodes in C++ threads",
+    "frames": "every frame request is Python work in one process under the GIL (the first "
+    "for each file parses its header with pydicom, later ones reuse the cached pixel layout), "
+    f"so {FRAME_CLIENTS} requests in flight share about one core, while Orthanc serves them "
+    "from C++ threads",
     "STOW-RS": "each part is spooled to a temp file, then stored through the C-STORE ingest "
     "(header parse, fsync of blob and folder, an SQLite commit per instance), the parts of "
     "one request one after another",
