@@ -229,8 +229,13 @@ def find_studies(settings: Settings, lookup: Lookup, today: date) -> list[Remote
     ae = requestor_ae(settings, [STUDY_ROOT_FIND])
     assoc = associate(ae, lookup.node)
     try:
-        responses = assoc.send_c_find(_query(lookup.identity, settings, today), STUDY_ROOT_FIND)
-        return list(_answers(responses))
+        if not any(cx.abstract_syntax == STUDY_ROOT_FIND for cx in assoc.accepted_contexts):
+            raise HubError(f"{lookup.node.ae_title} does not accept Study Root C-FIND")
+        query = _query(lookup.identity, settings, today)
+        try:
+            return list(_answers(assoc.send_c_find(query, STUDY_ROOT_FIND)))
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise HubError(f"C-FIND failed: {type(exc).__name__}: {exc}") from exc
     finally:
         if assoc.is_established:
             assoc.release()
@@ -316,15 +321,18 @@ def prefetch_priors(settings: Settings, database: Database, study_instance_uid: 
 # -- the task ------------------------------------------------------------------------
 
 
-def new_studies(session: Session, since: datetime) -> dict[str, datetime]:
-    """Study UID -> created_at of the studies created after ``since`` not pulled by the hub."""
+def new_studies(session: Session, since: datetime) -> dict[str, tuple[datetime, int]]:
+    """Study UID -> (created_at, patient pk) of the studies created after ``since``.
+
+    Studies the hub pulled itself (a retrieve job exists) are left out.
+    """
     pulled = select(RetrieveJob.study_instance_uid)
     rows = session.execute(
-        select(Study.study_instance_uid, Study.created_at).where(
+        select(Study.study_instance_uid, Study.created_at, Study.patient_pk).where(
             Study.created_at > since, Study.study_instance_uid.not_in(pulled)
         )
     )
-    return {uid: created for uid, created in rows}
+    return {uid: (created, patient) for uid, created, patient in rows}
 
 
 class PrefetchTask:
@@ -338,10 +346,15 @@ class PrefetchTask:
         now = _now()
         since = self.watch.window_start(ctx.settings, now)
         with ctx.database.reader() as session:
-            versions = new_studies(session, since)
+            found = new_studies(session, since)
+        versions = {uid: created for uid, (created, _) in found.items()}
+        patients: set[int] = set()
         for uid in self.watch.unseen(versions):
             if ctx.stop.is_set():
                 return
+            if found[uid][1] in patients:
+                continue  # same patient, same priors: asked once per scan
+            patients.add(found[uid][1])
             try:
                 prefetch_priors(ctx.settings, ctx.database, uid)
             except Exception:  # the task's adapter: one bad study never blocks the others

@@ -17,7 +17,7 @@ from pacs_hub.regional.establishments import create_establishment
 from pacs_hub.regional.nodes import add_node
 from pacs_hub.regional.pull import JobStatus, list_jobs
 from pacs_hub.storage.database import Database
-from tests.conftest import Hub, start_hub, wait_until
+from tests.conftest import Hub, free_port, start_hub, wait_until
 from tests.peers import OrthancPeer, start_orthanc
 from tests.regional.study_factory import make_study, storescu
 
@@ -107,6 +107,8 @@ def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Region]:
         add_node(db, "A_MOD", "127.0.0.1", 104, "HOSP_A", role="modality")
         add_node(db, "C_MOD", "127.0.0.1", 104, "HOSP_C", role="modality")
         add_node(db, "PACS_C", "127.0.0.1", pacs_c.dicom_port, "HOSP_C", role="pacs")
+        # A PACS that never answers (nothing listens): prefetch is best effort around it.
+        add_node(db, "PACS_GONE", "127.0.0.1", free_port(), role="pacs")
     finally:
         db.dispose()
     yield region
@@ -129,7 +131,8 @@ def test_new_study_pulls_the_priors_in_the_window_once(region: Region, tmp_path:
     )
     region.upload(prior_files + old_files + us_files + other_files)
 
-    # A modality no establishment owns: P-1 has no issuer, every PACS is asked.
+    # A modality no establishment owns: P-1 has no issuer, every PACS is asked (PACS_GONE
+    # refuses the connection and is skipped).
     new, new_files = make_study(tmp_path / "new", patient_id="P-1", modality="MR", count=2)
     storescu("SCANNER_X", region.hub.ae_title, region.hub.dicom_port, new_files)
 
