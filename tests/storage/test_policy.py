@@ -244,3 +244,24 @@ def test_unknown_study_and_policy_off(database: Database, world: dict[str, int])
         off = Policy(Settings(auth_required=False))
         assert off.decide(conn, ANONYMOUS, Action.RETRIEVE, Purpose.CARE, study_uid="1.1").allowed
         assert off.visible_studies(conn, ANONYMOUS, Purpose.CARE) is None
+
+
+def test_audit_chain_detects_edit_and_deletion(database: Database) -> None:
+    from sqlalchemy import text
+
+    from pacs_hub.trust import audit
+
+    with database.engine.begin() as conn:
+        for n in range(5):
+            audit.record(conn, audit.AuditEntry("user", f"user:u{n}", "retrieve", "allow"))
+    with database.read_connection() as conn:
+        assert audit.verify(conn) == []
+    with database.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_events SET actor_id = 'user:x' WHERE id = 3"))
+    with database.read_connection() as conn:
+        assert [b.entry_id for b in audit.verify(conn)] == [3]
+    with database.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_events SET actor_id = 'user:u2' WHERE id = 3"))
+        conn.execute(text("DELETE FROM audit_events WHERE id = 5"))
+    with database.read_connection() as conn:
+        assert [b.problem for b in audit.verify(conn)] == ["the newest entries were removed"]

@@ -1,0 +1,175 @@
+"""The append-only, hash-chained audit trail (issue 4, Audit; CSP R6113-9-2).
+
+:func:`record` appends one entry on the caller's connection, inside the caller's
+transaction, so an action and its trace commit or roll back together. Entries are
+chained: ``hash = SHA-256(prev_hash || canonical JSON of the entry)``; the one-row
+``audit_head`` table holds the last hash and is locked while appending, which
+serialises writers on PostgreSQL (``FOR UPDATE``) and SQLite (one writer at a
+time). :func:`verify` recomputes the chain and reports the first entry where it
+breaks (an edited, inserted or deleted row).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from pacs_hub.trust.models import AuditEvent, AuditHead
+from pacs_hub.trust.policy import Decision
+from pacs_hub.trust.principal import Action, Principal, Purpose
+
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """What one audit entry says. Never a patient name or Patient ID: the patient is
+    the regional patient's primary key, the study its Study Instance UID."""
+
+    actor_kind: str
+    actor_id: str
+    action: str
+    outcome: str
+    purpose: str = ""
+    rule: str = ""
+    regional_pk: int | None = None
+    study_uid: str = ""
+    reason: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def decision_entry(
+    principal: Principal,
+    action: Action,
+    purpose: Purpose,
+    decision: Decision,
+    *,
+    reason: str = "",
+    detail: dict[str, Any] | None = None,
+) -> AuditEntry:
+    """The audit entry of one policy decision."""
+    extra = dict(detail or {})
+    if decision.break_glass:
+        extra["break_glass"] = True
+    return AuditEntry(
+        actor_kind=str(principal.kind),
+        actor_id=principal.audit_id,
+        action=str(action),
+        outcome="allow" if decision.allowed else "deny",
+        purpose=str(purpose),
+        rule=decision.rule,
+        regional_pk=decision.regional_pk,
+        study_uid=decision.study_uid,
+        reason=reason,
+        detail=extra,
+    )
+
+
+def _canonical(at: datetime, entry: AuditEntry) -> bytes:
+    body = {
+        "at": at.isoformat(timespec="microseconds"),
+        "actor_kind": entry.actor_kind,
+        "actor_id": entry.actor_id,
+        "action": entry.action,
+        "purpose": entry.purpose,
+        "outcome": entry.outcome,
+        "rule": entry.rule,
+        "regional_pk": entry.regional_pk,
+        "study_uid": entry.study_uid,
+        "reason": entry.reason,
+        "detail": entry.detail,
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def chain_hash(prev_hash: str, at: datetime, entry: AuditEntry) -> str:
+    """The hash of an entry following ``prev_hash``."""
+    return hashlib.sha256(prev_hash.encode("ascii") + _canonical(at, entry)).hexdigest()
+
+
+def record(conn: Connection, entry: AuditEntry, at: datetime | None = None) -> int:
+    """Append ``entry`` in the caller's transaction; return its id."""
+    at = at or datetime.now(UTC).replace(tzinfo=None)
+    head = conn.execute(
+        select(AuditHead.last_id, AuditHead.last_hash).where(AuditHead.id == 1).with_for_update()
+    ).first()
+    if head is None:  # a database created without the 0004 data step
+        conn.execute(insert(AuditHead).values(id=1, last_id=0, last_hash=GENESIS))
+        prev = GENESIS
+    else:
+        prev = str(head[1])
+    digest = chain_hash(prev, at, entry)
+    new_id = conn.execute(
+        insert(AuditEvent)
+        .values(
+            at=at,
+            actor_kind=entry.actor_kind,
+            actor_id=entry.actor_id[:256],
+            action=entry.action,
+            purpose=entry.purpose,
+            outcome=entry.outcome,
+            rule=entry.rule,
+            regional_pk=entry.regional_pk,
+            study_uid=entry.study_uid,
+            reason=entry.reason[:256],
+            detail=json.dumps(entry.detail, sort_keys=True, separators=(",", ":")),
+            prev_hash=prev,
+            hash=digest,
+        )
+        .returning(AuditEvent.id)
+    ).scalar_one()
+    conn.execute(
+        update(AuditHead).where(AuditHead.id == 1).values(last_id=new_id, last_hash=digest)
+    )
+    return int(new_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainBreak:
+    """Where the chain stops holding, and why."""
+
+    entry_id: int
+    problem: str
+
+
+def _entry_of(row: Any) -> AuditEntry:
+    return AuditEntry(
+        actor_kind=row.actor_kind,
+        actor_id=row.actor_id,
+        action=row.action,
+        outcome=row.outcome,
+        purpose=row.purpose,
+        rule=row.rule,
+        regional_pk=row.regional_pk,
+        study_uid=row.study_uid,
+        reason=row.reason,
+        detail=json.loads(row.detail),
+    )
+
+
+def verify(conn: Connection, batch: int = 5000) -> list[ChainBreak]:
+    """Recompute the whole chain; an empty list means intact."""
+    breaks: list[ChainBreak] = []
+    prev, prev_id, after = GENESIS, 0, 0
+    while True:
+        rows = conn.execute(
+            select(AuditEvent).where(AuditEvent.id > after).order_by(AuditEvent.id).limit(batch)
+        ).all()
+        if not rows:
+            break
+        for row in rows:
+            if row.prev_hash != prev:
+                breaks.append(ChainBreak(row.id, f"does not follow entry {prev_id} (deleted?)"))
+            elif chain_hash(prev, row.at, _entry_of(row)) != row.hash:
+                breaks.append(ChainBreak(row.id, "content changed after it was written"))
+            prev, prev_id = row.hash, row.id
+        after = rows[-1].id
+    head = conn.execute(select(AuditHead.last_id, AuditHead.last_hash)).first()
+    if head is not None and (int(head[0]), str(head[1])) != (prev_id, prev):
+        breaks.append(ChainBreak(prev_id, "the newest entries were removed"))
+    return breaks
