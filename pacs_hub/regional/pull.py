@@ -51,6 +51,7 @@ Progress = Callable[[int, int | None], None]
 ACTIVE = ("queued", "running")
 WRITE_EVERY = 0.5
 POLL_EVERY = 0.2
+STALE_MARGIN = 5.0
 PENDING = (0xFF00, 0xFF01)
 MOVE_STATUS = {
     0xA701: "out of resources: unable to calculate number of matches",
@@ -314,7 +315,7 @@ def run_job(
 
 def stale_after(settings: Settings) -> float:
     """Seconds without any change after which an active job is deemed abandoned."""
-    return settings.acse_timeout + settings.dimse_timeout + settings.network_timeout + 10.0
+    return settings.acse_timeout + settings.dimse_timeout + settings.network_timeout + STALE_MARGIN
 
 
 def _abandon(database: Database, job: JobStatus, silent_for: float) -> None:

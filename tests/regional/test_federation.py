@@ -15,11 +15,13 @@ import json
 import socket
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -29,9 +31,15 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom import sop_class as sc
+from sqlalchemy import update
 
+from pacs_hub.config import Settings
 from pacs_hub.dicom.ins import nir_key
 from pacs_hub.dicom.part10 import dataset_offset
+from pacs_hub.regional.pull import claim_job, stale_after, wait_for_job
+from pacs_hub.regional.scu import pacs_node
+from pacs_hub.storage.database import Database
+from pacs_hub.storage.models import Node, RetrieveJob
 from tests.conftest import DATA, HUB_AE, Hub, dcmtk, free_port, start_hub, wait_until
 from tests.peers import OrthancPeer, start_orthanc
 
@@ -470,6 +478,58 @@ def test_a_query_by_ins_asks_each_pacs_for_its_own_local_id(region: Region, tmp_
     assert {uid: where for uid, (where, _) in _where(answers).items()} == expected
 
 
+def test_getscu_through_the_hub_pulls_then_gets_a_study_only_a_holds(
+    region: Region, tmp_path: Path
+) -> None:
+    study = region.studies["a"]
+    command = [dcmtk("getscu"), "-S", "-aet", "GETSCU", "-aec", HUB_AE, "-od", str(tmp_path)]
+    command += ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"]
+    done = subprocess.run(
+        [*command, "127.0.0.1", str(region.hub.dicom_port)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    received = {sop_uid(p.read_bytes()): p.read_bytes() for p in tmp_path.iterdir()}
+    uploaded = {sop_uid(f): f for f in region.files["a"]}
+    assert received.keys() == uploaded.keys()
+    for uid, original in uploaded.items():
+        assert dataset_bytes(received[uid]) == dataset_bytes(original)
+    assert [job["state"] for job in jobs(region, study)] == ["done"]
+
+
+def test_two_processes_retrieving_one_study_share_one_job(region: Region) -> None:
+    """Two CLI processes ask for one study held by a PACS that never answers (so the
+    first pull is surely running when the second asks): one job, one failure reason."""
+    server, stop = _silent_peer()
+    port = str(server.getsockname()[1])
+    hub, study = region.hub, generate_uid()
+    hub.cli("nodes", "add", "SLOW", "127.0.0.1", port, "--role", "pacs")
+    command = [sys.executable, "-m", "pacs_hub.cli", "federation", "retrieve", study]
+    env = {**hub.env, "PACS_HUB_ACSE_TIMEOUT": "4", "COLUMNS": "200"}
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [*command, "--node", "SLOW"], env=env, stdout=subprocess.PIPE, text=True
+        )
+
+    try:
+        runs = [start()]
+        wait_until(lambda: len(jobs(region, study)) == 1, timeout=20, what="first job")
+        runs.append(start())
+        outputs = [run.communicate(timeout=60)[0] for run in runs]
+    finally:
+        stop.set()
+        server.close()
+        hub.cli("nodes", "add", "SLOW", "127.0.0.1", port, "--role", "destination")
+    assert [run.returncode for run in runs] == [1, 1]
+    [job] = jobs(region, study)
+    said = {line for out in outputs for line in out.splitlines() if "retrieve job" in line}
+    assert said == {f"error: retrieve job {job['id']} failed: {job['error']}"}
+    assert job["state"] == "failed" and "SLOW" in str(job["error"])
+
+
 def _silent_peer() -> tuple[socket.socket, threading.Event]:
     """A TCP listener that accepts and never answers (a hung PACS)."""
     server = socket.socket()
@@ -518,3 +578,26 @@ def test_a_stopped_or_silent_pacs_never_blocks_the_answer(region: Region, tmp_pa
         stop.set()
         server.close()
         region.hub.cli("nodes", "remove", "SILENT")
+
+
+def test_a_job_whose_owner_died_is_abandoned_then_a_new_one_is_claimed(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, acse_timeout=0.1, dimse_timeout=0.1, network_timeout=0.1)
+    database = Database(settings.index_url)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    with database.session() as session:
+        session.add(Node(ae_title="GONE", host="127.0.0.1", port=1, created_at=now))
+    node = pacs_node(database, "GONE")
+    study = generate_uid()
+    first, created = claim_job(database, study, node, "on-demand")
+    assert created
+    assert claim_job(database, study, node, "on-demand") == (first, False)  # single flight
+    with database.session() as session:  # its owner started it, then died
+        session.execute(update(RetrieveJob).values(state="running", received=2, expected=5))
+
+    start = time.monotonic()
+    job = wait_for_job(settings, database, first)
+    assert stale_after(settings) <= time.monotonic() - start < stale_after(settings) + 5
+    assert job.state == "failed" and job.error.startswith("abandoned")
+    second, created = claim_job(database, study, node, "on-demand")
+    assert created and second != first
+    database.dispose()
