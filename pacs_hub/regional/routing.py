@@ -5,7 +5,8 @@ Two background tasks (:mod:`pacs_hub.regional.worker`) work on ``routing_queue``
 * ``routing-scan`` notices studies that arrived or grew (:mod:`~.arrivals`), reads
   what the rules look at (:mod:`~.routing_rules`: sending establishment, modality,
   body part, station of each series) and queues one item per matching enabled rule
-  (one row per rule and study). A study that gets new instances after it was sent,
+  (one row per rule and study), unless the destination is a node that sent some of
+  the study (no ping-pong). A study that gets new instances after it was sent,
   or after it failed, is queued again and sent whole again. Studies the hub pulled
   from a PACS itself (a retrieve job exists) are not arrivals and are not routed.
 * ``routing-send`` takes due items, one at a time, once their study has been quiet
@@ -95,6 +96,8 @@ class Arrival:
     study_instance_uid: str
     updated_at: datetime
     series: tuple[SeriesFacts, ...]
+    senders: frozenset[str] = frozenset()
+    """Calling AE titles its instances came from."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,20 +236,23 @@ def read_arrivals(session: Session, since: datetime) -> list[Arrival]:
     owners = _sender_establishments(session)
     versions: dict[str, datetime] = {}
     series: dict[str, dict[int, tuple[str, str, str]]] = defaultdict(dict)
-    senders: dict[int, set[str]] = defaultdict(set)
+    owned_by: dict[int, set[str]] = defaultdict(set)
+    callers: dict[str, set[str]] = defaultdict(set)
     for uid, updated, series_pk, modality, body_part, station, ae in rows:
         versions[uid] = updated
         series[uid][series_pk] = (modality, body_part, station)
+        callers[uid].add(ae)
         if ae in owners:
-            senders[series_pk].add(owners[ae])
+            owned_by[series_pk].add(owners[ae])
     return [
         Arrival(
             uid,
             versions[uid],
             tuple(
-                SeriesFacts(*facts, establishments=frozenset(senders[pk]))
+                SeriesFacts(*facts, establishments=frozenset(owned_by[pk]))
                 for pk, facts in series[uid].items()
             ),
+            frozenset(callers[uid]),
         )
         for uid in versions
     ]
@@ -289,12 +295,17 @@ def queue_arrivals(db: Database, arrivals: list[Arrival], now: datetime) -> int:
     if not arrivals:
         return 0
     with db.reader() as session:
-        rules = list(session.scalars(select(RoutingRule).where(RoutingRule.enabled.is_(True))))
+        rules = session.execute(
+            select(RoutingRule, Node.ae_title)
+            .join(Node, Node.id == RoutingRule.destination_node_pk)
+            .where(RoutingRule.enabled.is_(True))
+        ).all()
     matches = [
         (rule, arrival)
-        for rule in rules
+        for rule, destination in rules
         for arrival in arrivals
         if rule.created_at <= arrival.updated_at
+        and destination not in arrival.senders  # never back to where it came from
         and study_matches(json.loads(rule.conditions or "{}"), arrival.series)
     ]
     if matches:

@@ -206,6 +206,23 @@ def test_new_instances_after_sent_requeue_the_study_duplicates_do_not(
     assert orthanc_datasets(region.orthanc_b, ct_uid) == file_datasets(first + more)
 
 
+def test_a_study_is_never_sent_back_to_the_node_it_came_from(
+    region: Region, tmp_path: Path
+) -> None:
+    region.hub.cli("routing", "add", "every-ot", "--modality", "OT", "--destination", "PACS_B")
+    try:
+        from_b, b_files = make_study(tmp_path / "b", patient_id="PB1", modality="OT")
+        from_a, a_files = make_study(tmp_path / "a", patient_id="PA4", modality="OT")
+        region.send("PACS_B", b_files)  # PACS_B itself sends an OT study to the hub
+        region.send("A_CT", a_files)
+        region.wait_state(from_a, "sent")
+        region.wait_for_scan()
+        assert region.item(from_b) is None
+        assert region.orthanc_b.api.studies.lookup(from_b) is None
+    finally:
+        region.hub.cli("routing", "remove", "every-ot")
+
+
 def test_unknown_destination_or_establishment_is_refused_nothing_stored(
     region: Region,
 ) -> None:
