@@ -22,7 +22,14 @@ from bench import data, dicomweb, find, ingest, move, stow
 from bench.procs import run_parallel, storescu, sync
 from bench.reading import reading
 from bench.report import IndexBuild, Results, render
-from bench.targets import Destination, Target, WebTarget, start_target, start_web_target
+from bench.targets import (
+    Destination,
+    Target,
+    WebTarget,
+    keep_logs,
+    start_target,
+    start_web_target,
+)
 
 HERE = Path(__file__).resolve().parent
 TARGETS = ("hub", "orthanc", "storescp")
@@ -118,11 +125,27 @@ def run_index_phase(
         if "dicomweb" not in args.skip:
             res.web_index[kind] = build.stored
             target.stop()
-            target = start_web_target(kind, workdir, args.hub_processes, fresh=False)
-            run_web_reads(args, res, target, ct512)
+            web_target = restart_for_web(args, res, kind, workdir)
+            if web_target is not None:
+                target = web_target
+                run_web_reads(args, res, target, ct512)
     finally:
         target.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def restart_for_web(
+    args: argparse.Namespace, res: Results, kind: str, workdir: Path
+) -> WebTarget | None:
+    """The index target restarted with DICOMweb on; None (error recorded, log kept) if
+    it does not start."""
+    try:
+        return start_web_target(kind, workdir, args.hub_processes, fresh=False)
+    except RuntimeError as exc:
+        kept = keep_logs(workdir, args.out / "logs", f"{kind}-dicomweb-restart")
+        log(f"{kind}: restart with DICOMweb failed: {exc}; logs in {kept}")
+        res.dicomweb[kind] = dicomweb.WebResults(errors=[f"restart: {exc} (logs: {kept})"])
+        return None
 
 
 def run_find_and_move(

@@ -25,7 +25,7 @@ from bench.dicomweb import DICOM_JSON, IDENTITY, TIMEOUT, BadAnswer, Throughput,
 from bench.ingest import settle_count
 from bench.multipart import stow_body, stow_content_type
 from bench.procs import sync
-from bench.targets import start_web_target
+from bench.targets import keep_logs, start_web_target
 
 STOW_CLIENTS = 4
 BATCH = 10
@@ -93,7 +93,11 @@ def stow_once(
     batches = [files[i : i + mode.per_request] for i in range(0, len(files), mode.per_request)]
     bodies = [(stow_body(batch), len(batch)) for batch in batches]
     size = sum(len(body) for body, _ in bodies)
-    target = start_web_target(kind, workdir, hub_processes, fresh=True)
+    try:
+        target = start_web_target(kind, workdir, hub_processes, fresh=True)
+    except RuntimeError as exc:
+        kept = keep_logs(workdir, workdir.parent.parent / "logs", f"{kind}-stow-start")
+        return StowRun(kind, mode.label, 0.0, len(files), 0, size, f"{exc} (logs: {kept})")
     error, seconds = "", 0.0
     try:
         sync()

@@ -258,3 +258,12 @@ def start_web_target(kind: str, workdir: Path, hub_processes: int, *, fresh: boo
     if kind == "orthanc":
         return OrthancTarget(workdir, dicomweb=True).start([])
     raise ValueError(f"{kind} serves no DICOMweb")
+
+
+def keep_logs(workdir: Path, into: Path, label: str) -> Path:
+    """Copy the server logs (``*.log``) of ``workdir`` to ``into/label`` before it is deleted."""
+    dest = into / label
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in workdir.glob("*.log"):
+        shutil.copy2(path, dest / path.name)
+    return dest
