@@ -361,7 +361,10 @@ def claim_next(db: Database) -> Claim | None:
             if session.execute(_due(now)).first() is None:
                 return None
         with db.session() as session:
-            row = session.execute(_due(now)).first()
+            # PostgreSQL: a second hub replica skips the row this one takes (SQLite
+            # serialises writers already, FOR UPDATE renders as nothing there).
+            locked = _due(now).with_for_update(skip_locked=True, of=RoutingItem)
+            row = session.execute(locked).first()
             if row is None:
                 return None
             item, version, node = row
