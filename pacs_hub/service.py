@@ -21,6 +21,7 @@ from pacs_hub.regional import tasks  # noqa: F401 (registers the background task
 from pacs_hub.regional.worker import RegionalWorker, WorkerContext
 from pacs_hub.storage.blobs import BlobStore
 from pacs_hub.storage.database import Database
+from pacs_hub.trust.auth_api import sign_in_banner
 from pacs_hub.web.app import create_app
 from pacs_hub.web.viewer import viewer_banner
 
@@ -101,6 +102,7 @@ def serve(settings: Settings) -> None:
         flush=True,
     )
     print(viewer_banner(settings), flush=True)
+    print(sign_in_banner(settings, database), flush=True)
     app = create_app(settings, database, lambda: sum(p.is_alive() for p in gateways))
     server = _Server(
         uvicorn.Config(app, host=settings.host, port=settings.http_port, log_level="warning")

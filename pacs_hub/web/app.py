@@ -17,6 +17,7 @@ from pacs_hub.ingest import Ingestor
 from pacs_hub.regional import establishments_api, federation_api, identity_api, routing_api
 from pacs_hub.storage.blobs import BlobStore
 from pacs_hub.storage.database import Database
+from pacs_hub.trust import auth_api
 from pacs_hub.web.viewer import mount_viewer
 
 DICOMWEB_PREFIX = "/dicom-web"
@@ -41,6 +42,7 @@ def create_app(
         settings, database, blobs, Ingestor(database, blobs, settings.duplicate_policy)
     )
     problems.install(app)
+    auth_api.install(app, settings, database)  # /auth, app.state.auth, sign-in gate
     for module in (qido, metadata, wado, rendered, stow):
         app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=["dicomweb"])
     for api in (establishments_api, identity_api, federation_api, routing_api):
