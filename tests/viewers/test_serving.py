@@ -46,7 +46,7 @@ def fake_dist(tmp_path: Path) -> Path:
 def _client(tmp_path: Path, viewer_dir: Path | None) -> Iterator[TestClient]:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
-    settings = Settings(data_dir=data, viewer_dir=viewer_dir, ae_title="HUB_T")
+    settings = Settings(data_dir=data, viewer_dir=viewer_dir, ae_title="HUB_T", auth_required=False)
     database = Database(settings.index_url, run_migrations=True)
     try:
         with TestClient(create_app(settings, database)) as client:
