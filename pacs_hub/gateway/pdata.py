@@ -39,11 +39,13 @@ from typing import Any
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 
 SILENT_EVENTS = (evt.EVT_DIMSE_SENT, evt.EVT_PDU_SENT, evt.EVT_DATA_SENT, evt.EVT_FSM_TRANSITION)
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
+C_GET_RSP = 0x8010
+C_MOVE_RSP = 0x8021
 DATASET_PRESENT = 0x0001
 NO_DATASET = 0x0101
 _PDU_HEADER = struct.Struct(">BBLLBB")  # PDU type, reserved, length, PDV length, id, control
@@ -106,6 +108,47 @@ def c_store_command(primitive: C_STORE) -> bytes | None:
     return _with_group_length(elements)
 
 
+def retrieve_response_command(primitive: C_GET | C_MOVE) -> bytes | None:
+    """The encoded command set of a C-GET or C-MOVE response without Identifier, or None.
+
+    PS3.7 9.3.3.2 / 9.3.4.2: the Pending responses sent after every sub-operation
+    carry only the status and the sub-operation counts. A response with an
+    Identifier (Failed SOP Instance UID List), an Error Comment or an Offending
+    Element is left to pynetdicom. Byte-identical to pynetdicom's encoding.
+    """
+    p = primitive
+    if (
+        p.MessageIDBeingRespondedTo is None
+        or p.Status is None
+        or p.Identifier is not None
+        or p.ErrorComment is not None
+        or p.OffendingElement is not None
+    ):
+        return None
+    elements = []
+    if p.AffectedSOPClassUID is not None:
+        elements.append(_text(0x00020000, str(p.AffectedSOPClassUID), b"\x00"))
+    field = C_MOVE_RSP if isinstance(p, C_MOVE) else C_GET_RSP
+    elements += [
+        _us(0x01000000, field),
+        _us(0x01200000, int(p.MessageIDBeingRespondedTo)),
+        _us(0x08000000, NO_DATASET),
+        _us(0x09000000, int(p.Status)),
+    ]
+    counts = (
+        p.NumberOfRemainingSuboperations,
+        p.NumberOfCompletedSuboperations,
+        p.NumberOfFailedSuboperations,
+        p.NumberOfWarningSuboperations,
+    )
+    for element, count in zip(
+        (0x10200000, 0x10210000, 0x10220000, 0x10230000), counts, strict=True
+    ):
+        if count is not None:
+            elements.append(_us(element, int(count)))
+    return _with_group_length(elements)
+
+
 def _fragments(data: bytes | memoryview, size: int) -> Iterator[bytes | memoryview]:
     """``data`` cut into ``size``-byte fragments (one, if size is 0); at least one."""
     if size <= 0 or len(data) <= size:
@@ -156,7 +199,11 @@ def _silent(assoc: Association) -> bool:
 
 
 def encode_message(primitive: Any) -> tuple[bytes, bytes | None] | None:
-    """(command set, data set) of a C-STORE request or response, or None for others."""
+    """(command set, data set) of a C-STORE request or response, or of a C-MOVE or
+    C-GET response without Identifier; None for any other message."""
+    if isinstance(primitive, C_MOVE | C_GET):
+        retrieve = retrieve_response_command(primitive)
+        return None if retrieve is None else (retrieve, None)
     if not isinstance(primitive, C_STORE):
         return None
     command = c_store_command(primitive)

@@ -125,8 +125,27 @@ def _timer_wait(timer: Timer) -> float:
     return min(MAX_WAIT, max(0.0, timer.remaining) + 0.0005)
 
 
+class Checkpoint(threading.Event):
+    """``Association._reactor_checkpoint`` that calls ``on_set`` when set again."""
+
+    def __init__(self, on_set: Any) -> None:
+        super().__init__()
+        super().set()
+        self._on_set = on_set
+
+    def set(self) -> None:
+        super().set()
+        self._on_set()
+
+
 def _attach(assoc: Association) -> None:
-    """Give a new association its wake-ups and signalling queues (before any use)."""
+    """Give a new association its wake-ups and signalling queues (before any use).
+
+    A DIMSE message wakes the Association reactor only while it may run: while a
+    ``send_*`` call holds it at its checkpoint, that call takes its own responses
+    (waiting on the queue itself), and the reactor is woken when the checkpoint is
+    released with a message still queued.
+    """
     dul = assoc.dul
     waker = Waker()
     assoc_wake = threading.Event()
@@ -135,13 +154,24 @@ def _attach(assoc: Association) -> None:
         if threading.get_ident() != dul.ident:  # the DUL looks at its queues anyway
             waker.wake()
 
+    def released() -> None:
+        if assoc.dimse.msg_queue.qsize():
+            assoc_wake.set()
+
+    checkpoint = Checkpoint(released)
+
+    def message_queued() -> None:
+        if checkpoint.is_set():
+            assoc_wake.set()
+
     dul._pacs_waker = waker  # type: ignore[attr-defined]
     dul._pacs_lock = threading.RLock()  # type: ignore[attr-defined]
     assoc._pacs_wake = assoc_wake  # type: ignore[attr-defined]
+    assoc._reactor_checkpoint = checkpoint
     dul.event_queue = WakingQueue(wake_dul)
     dul.to_provider_queue = WakingQueue(wake_dul)
     dul.to_user_queue = WakingQueue(assoc_wake.set)
-    assoc.dimse.msg_queue = WakingQueue(assoc_wake.set)
+    assoc.dimse.msg_queue = WakingQueue(message_queued)
 
 
 def _socket_fd(dul: DULServiceProvider) -> int:

@@ -1,0 +1,170 @@
+"""The gateway's network layer: direct C-STORE/C-MOVE encodings and the event-driven reactors.
+
+The encodings must be byte-identical to pynetdicom's; the reactors must keep
+pynetdicom's timeouts and abort handling while using no CPU on an idle association.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pynetdicom import AE
+from pynetdicom.dimse_messages import C_GET_RSP, C_MOVE_RSP, C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
+from pynetdicom.dsutils import encode
+from pynetdicom.sop_class import CTImageStorage, Verification
+
+from pacs_hub.gateway.pdata import c_store_command, retrieve_response_command
+from tests.conftest import Hub, start_hub, wait_until
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def pynetdicom_command(message_class: type, primitive: object) -> bytes:
+    """The command set pynetdicom itself would send for ``primitive``."""
+    message = message_class()
+    message.primitive_to_message(primitive)
+    return bytes(encode(message.command_set, True, True))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("instance", ["1.2.3.4", "1.2.3.45", "1.2.826.0.1.3680043.8.498.1"])
+@pytest.mark.parametrize("originator", [None, "MOVESCU", "ODD_AE_TITLE_X"])
+def test_c_store_request_command_is_pynetdicoms(instance: str, originator: str | None) -> None:
+    request = C_STORE()
+    request.MessageID = 7
+    request.AffectedSOPClassUID = CT
+    request.AffectedSOPInstanceUID = instance
+    request.Priority = 2
+    request.DataSet = BytesIO(b"\x00\x00")
+    if originator:
+        request.MoveOriginatorApplicationEntityTitle = originator
+        request.MoveOriginatorMessageID = 3
+    assert c_store_command(request) == pynetdicom_command(C_STORE_RQ, request)
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xA700, 0xB000])
+@pytest.mark.parametrize("with_uids", [True, False])
+def test_c_store_response_command_is_pynetdicoms(status: int, with_uids: bool) -> None:
+    response = C_STORE()
+    response.MessageIDBeingRespondedTo = 65535
+    response.Status = status
+    if with_uids:
+        response.AffectedSOPClassUID = CT
+        response.AffectedSOPInstanceUID = "1.2.3.45"
+    assert c_store_command(response) == pynetdicom_command(C_STORE_RSP, response)
+
+
+def test_c_store_response_with_error_comment_is_left_to_pynetdicom() -> None:
+    response = C_STORE()
+    response.MessageIDBeingRespondedTo = 1
+    response.Status = 0xA900
+    response.ErrorComment = "keep-first conflict"
+    assert c_store_command(response) is None
+
+
+@pytest.mark.parametrize(
+    ("primitive_class", "message_class"), [(C_MOVE, C_MOVE_RSP), (C_GET, C_GET_RSP)]
+)
+@pytest.mark.parametrize("counts", [(499, 1, 0, 0), (None, None, None, None), (0, 500, 2, 1)])
+def test_retrieve_response_command_is_pynetdicoms(
+    primitive_class: type, message_class: type, counts: tuple[int | None, ...]
+) -> None:
+    response = primitive_class()
+    response.MessageIDBeingRespondedTo = 2
+    response.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.2"
+    response.Status = 0xFF00
+    (
+        response.NumberOfRemainingSuboperations,
+        response.NumberOfCompletedSuboperations,
+        response.NumberOfFailedSuboperations,
+        response.NumberOfWarningSuboperations,
+    ) = counts
+    assert retrieve_response_command(response) == pynetdicom_command(message_class, response)
+
+
+def test_retrieve_response_with_identifier_is_left_to_pynetdicom() -> None:
+    response = C_MOVE()
+    response.MessageIDBeingRespondedTo = 2
+    response.Status = 0xB000
+    response.Identifier = BytesIO(b"\x08\x00\x58\x11\x00\x00\x00\x00")
+    assert retrieve_response_command(response) is None
+
+
+@pytest.fixture
+def quick_timeouts_hub(tmp_path: Path) -> Iterator[Hub]:
+    """A hub whose network and ACSE timeouts are 1 second."""
+    running = start_hub(tmp_path / "data", PACS_HUB_NETWORK_TIMEOUT="1", PACS_HUB_ACSE_TIMEOUT="1")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _associate(hub: Hub) -> object:
+    ae = AE(ae_title="NETTEST")
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", hub.dicom_port, ae_title=hub.ae_title)
+    assert assoc.is_established
+    return assoc
+
+
+def test_idle_association_is_aborted_at_the_network_timeout(quick_timeouts_hub: Hub) -> None:
+    assoc = _associate(quick_timeouts_hub)
+    started = time.monotonic()
+    wait_until(lambda: not assoc.is_established, timeout=10, what="network timeout")  # type: ignore[attr-defined]
+    assert assoc.is_aborted  # type: ignore[attr-defined]
+    assert 0.9 < time.monotonic() - started < 5
+
+
+def test_silent_connection_is_closed_at_the_acse_timeout(quick_timeouts_hub: Hub) -> None:
+    with socket.create_connection(("127.0.0.1", quick_timeouts_hub.dicom_port)) as sock:
+        sock.settimeout(10)
+        started = time.monotonic()
+        assert sock.recv(1) == b""
+        assert 0.9 < time.monotonic() - started < 5
+
+
+def _gateway_cpu_seconds(hub: Hub) -> float:
+    """User + system CPU of the hub's processes (main and gateway)."""
+    pids = [hub.process.pid]
+    children = Path(f"/proc/{hub.process.pid}/task/{hub.process.pid}/children")
+    pids += [int(p) for p in children.read_text().split()]
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / 100
+
+
+def test_open_idle_associations_cost_no_cpu(hub: Hub) -> None:
+    """Guard: a reactor that spins (or polls fast) would show here."""
+    associations = [_associate(hub) for _ in range(4)]
+    try:
+        time.sleep(0.5)
+        before = _gateway_cpu_seconds(hub)
+        time.sleep(2.0)
+        used = _gateway_cpu_seconds(hub) - before
+        assert used < 0.1, f"{used:.2f} s of CPU in 2 s for 4 idle associations"
+        status = associations[0].send_c_echo()  # type: ignore[attr-defined]
+        assert status.Status == 0x0000
+    finally:
+        for assoc in associations:
+            assoc.release()  # type: ignore[attr-defined]
+
+
+def test_a_peer_abort_ends_only_its_association(hub: Hub) -> None:
+    aborted = _associate(hub)
+    kept = _associate(hub)
+    aborted.abort()  # type: ignore[attr-defined]
+    assert kept.send_c_echo().Status == 0x0000  # type: ignore[attr-defined]
+    kept.release()  # type: ignore[attr-defined]
+    assert kept.is_released  # type: ignore[attr-defined]
+    again = _associate(hub)
+    assert again.send_c_echo().Status == 0x0000  # type: ignore[attr-defined]
+    again.release()  # type: ignore[attr-defined]
