@@ -17,7 +17,7 @@ from pacs_hub.ingest import Ingestor
 from pacs_hub.regional import establishments_api, federation_api, identity_api, routing_api
 from pacs_hub.storage.blobs import BlobStore
 from pacs_hub.storage.database import Database
-from pacs_hub.trust import auth_api
+from pacs_hub.trust import auth_api, sharing, users_api
 from pacs_hub.web.viewer import mount_viewer
 
 DICOMWEB_PREFIX = "/dicom-web"
@@ -43,6 +43,8 @@ def create_app(
     )
     problems.install(app)
     auth_api.install(app, settings, database)  # /auth, app.state.auth, sign-in gate
+    sharing.install(app)  # /api/consents, /api/shares, /share/{token}, /patient
+    app.include_router(users_api.router, prefix=API_PREFIX, tags=["users"])
     for module in (qido, metadata, wado, rendered, stow):
         app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=["dicomweb"])
     for api in (establishments_api, identity_api, federation_api, routing_api):
