@@ -5,8 +5,20 @@ transaction, so an action and its trace commit or roll back together. Entries ar
 chained: ``hash = SHA-256(prev_hash || canonical JSON of the entry)``; the one-row
 ``audit_head`` table holds the last hash and is locked while appending, which
 serialises writers on PostgreSQL (``FOR UPDATE``) and SQLite (one writer at a
-time). :func:`verify` recomputes the chain and reports the first entry where it
+time). :func:`verify` recomputes the chain and reports every entry where it
 breaks (an edited, inserted or deleted row).
+
+Retention (CSP R6113-9-2: at least 6 rolling months) prunes the oldest entries with
+:func:`prune` without breaking verification. In the same transaction as the
+DELETE, it appends a *checkpoint* entry (action ``audit-prune``) whose detail names
+the last pruned entry (``through_id``, ``through_hash``). The checkpoint is itself a
+link of the chain, so it cannot be edited unnoticed; :func:`verify` starts from the
+latest checkpoint's ``through_hash`` instead of the genesis hash, and the first
+kept entry must follow it exactly. Deleting kept entries at the start, deleting the
+checkpoint, or editing its anchor all show as breaks. Like any keyless hash chain,
+this detects edits by someone who does not recompute every later hash; the copy
+shipped to the audit repository (:mod:`pacs_hub.trust.syslog`) is the outside
+witness against that.
 """
 
 from __future__ import annotations
@@ -17,13 +29,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 
 from pacs_hub.trust.models import AuditEvent, AuditHead
 from pacs_hub.trust.policy import Decision
 from pacs_hub.trust.principal import Action, Principal, Purpose
 
 GENESIS = "0" * 64
+PRUNE_ACTION = "audit-prune"
+"""Action of the checkpoint entry that :func:`prune` appends."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,10 +166,29 @@ def _entry_of(row: Any) -> AuditEntry:
     )
 
 
+def _anchor(conn: Connection) -> tuple[int, str]:
+    """Where the kept chain starts: the latest retention checkpoint's last pruned entry
+    (its id and hash), or (0, genesis) when nothing was ever pruned."""
+    detail = conn.execute(
+        select(AuditEvent.detail)
+        .where(AuditEvent.action == PRUNE_ACTION)
+        .order_by(AuditEvent.id.desc())
+        .limit(1)
+    ).scalar()
+    if detail is None:
+        return 0, GENESIS
+    try:
+        anchor = json.loads(detail)
+        return int(anchor["through_id"]), str(anchor["through_hash"])
+    except (ValueError, KeyError, TypeError):
+        return 0, GENESIS  # an edited checkpoint: its own hash check reports it
+
+
 def verify(conn: Connection, batch: int = 5000) -> list[ChainBreak]:
-    """Recompute the whole chain; an empty list means intact."""
+    """Recompute the kept chain from its anchor; an empty list means intact."""
     breaks: list[ChainBreak] = []
-    prev, prev_id, after = GENESIS, 0, 0
+    prev_id, prev = _anchor(conn)
+    after = 0
     while True:
         rows = conn.execute(
             select(AuditEvent).where(AuditEvent.id > after).order_by(AuditEvent.id).limit(batch)
@@ -173,3 +206,73 @@ def verify(conn: Connection, batch: int = 5000) -> list[ChainBreak]:
     if head is not None and (int(head[0]), str(head[1])) != (prev_id, prev):
         breaks.append(ChainBreak(prev_id, "the newest entries were removed"))
     return breaks
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What one :func:`prune` removed, and the checkpoint entry it appended."""
+
+    count: int
+    through_id: int
+    checkpoint_id: int
+
+
+def _prune_bound(conn: Connection, cutoff: datetime, keep_from_id: int | None) -> int | None:
+    """The highest id that may go: every entry up to it is older than ``cutoff``."""
+    first_recent = conn.execute(select(func.min(AuditEvent.id)).where(AuditEvent.at >= cutoff))
+    recent = first_recent.scalar()
+    bound = (
+        int(recent) - 1
+        if recent is not None
+        else int(conn.execute(select(func.max(AuditEvent.id))).scalar() or 0)
+    )
+    if keep_from_id is not None:
+        bound = min(bound, keep_from_id - 1)
+    return bound if bound > 0 else None
+
+
+def prune(
+    conn: Connection,
+    cutoff: datetime,
+    *,
+    keep_from_id: int | None = None,
+    batch: int = 10_000,
+    actor: str = "system:pacs-hub",
+) -> Pruned | None:
+    """Delete up to ``batch`` of the oldest entries written before ``cutoff`` (naive
+    UTC) and append the retention checkpoint, in the caller's transaction.
+
+    Only a prefix of the chain ever goes (never an entry younger than ``cutoff``,
+    nor one at or after ``keep_from_id``, e.g. not yet shipped to the audit
+    repository). Returns None when nothing was old enough.
+    """
+    conn.execute(select(AuditHead.id).where(AuditHead.id == 1).with_for_update())
+    bound = _prune_bound(conn, cutoff, keep_from_id)
+    if bound is None:
+        return None
+    last = conn.execute(
+        select(AuditEvent.id, AuditEvent.hash, AuditEvent.at)
+        .where(AuditEvent.id <= bound)
+        .order_by(AuditEvent.id)
+        .limit(batch)
+    ).all()
+    if not last:
+        return None
+    through_id, through_hash, through_at = last[-1]
+    count = conn.execute(delete(AuditEvent).where(AuditEvent.id <= through_id)).rowcount
+    checkpoint = AuditEntry(
+        actor_kind=actor.split(":", 1)[0],
+        actor_id=actor,
+        action=PRUNE_ACTION,
+        outcome="ok",
+        purpose="admin",
+        rule="retention",
+        detail={
+            "through_id": int(through_id),
+            "through_hash": str(through_hash),
+            "through_at": through_at.isoformat(timespec="microseconds"),
+            "count": int(count),
+            "cutoff": cutoff.isoformat(timespec="seconds"),
+        },
+    )
+    return Pruned(int(count), int(through_id), record(conn, checkpoint))
