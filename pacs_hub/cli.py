@@ -19,7 +19,7 @@ from pacs_hub.cli_common import DataDir, load_settings, open_database
 from pacs_hub.errors import HubError
 from pacs_hub.regional import establishments_cli, federation_cli, identity_cli, routing_cli
 from pacs_hub.regional import nodes as node_registry
-from pacs_hub.trust import users_cli
+from pacs_hub.trust import audit_cli, users_cli
 
 app = typer.Typer(
     help="PACS Hub: regional cloud PACS. Settings come from PACS_HUB_* environment variables.",
@@ -35,6 +35,7 @@ app.add_typer(identity_cli.app, name="patients")
 app.add_typer(federation_cli.app, name="federation")
 app.add_typer(routing_cli.app, name="routing")
 app.add_typer(users_cli.app, name="users")
+app.add_typer(audit_cli.app, name="audit")
 console = Console()
 
 

@@ -17,7 +17,7 @@ from pacs_hub.ingest import Ingestor
 from pacs_hub.regional import establishments_api, federation_api, identity_api, routing_api
 from pacs_hub.storage.blobs import BlobStore
 from pacs_hub.storage.database import Database
-from pacs_hub.trust import auth_api, sharing, users_api
+from pacs_hub.trust import audit_api, auth_api, sharing, users_api
 from pacs_hub.web.viewer import mount_viewer
 
 DICOMWEB_PREFIX = "/dicom-web"
@@ -45,6 +45,7 @@ def create_app(
     auth_api.install(app, settings, database)  # /auth, app.state.auth, sign-in gate
     sharing.install(app)  # /api/consents, /api/shares, /share/{token}, /patient
     app.include_router(users_api.router, prefix=API_PREFIX, tags=["users"])
+    app.include_router(audit_api.router, prefix=API_PREFIX, tags=["audit"])
     for module in (qido, metadata, wado, rendered, stow):
         app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=["dicomweb"])
     for api in (establishments_api, identity_api, federation_api, routing_api):
