@@ -17,6 +17,7 @@ What each caller may do is decided later, per request, by the access policy.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from urllib.parse import urlencode
 
@@ -49,9 +50,14 @@ def _under(path: str, prefixes: tuple[str, ...]) -> bool:
     return any(path == p or path.startswith(p + "/") for p in prefixes)
 
 
-def _without_token(request: Request) -> str:
+def _query_without_token(request: Request) -> str:
     kept = [(k, v) for k, v in request.query_params.multi_items() if k != TOKEN_PARAMETER]
-    return request.url.path + (f"?{urlencode(kept)}" if kept else "")
+    return urlencode(kept)
+
+
+def _without_token(request: Request) -> str:
+    query = _query_without_token(request)
+    return request.url.path + (f"?{query}" if query else "")
 
 
 def unauthenticated(path: str, detail: str) -> Response:
@@ -75,13 +81,19 @@ class SignInGate:
         self.enforced = enforced
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.enforced:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
+        has_token = TOKEN_PARAMETER in request.query_params  # parsed now, kept on `request`
+        if has_token and request.method in ("GET", "HEAD"):
+            with contextlib.suppress(NotAuthenticated):  # kept for principal_of to raise
+                await principal_of(request)
+        if has_token:  # the routes (and anything they log) never see the token
+            scope["query_string"] = _query_without_token(request).encode("latin-1")
         path = request.url.path
         api = _under(path, API_PREFIXES)
-        if _under(path, PUBLIC_PREFIXES) or not (api or _page(path)):
+        if not self.enforced or _under(path, PUBLIC_PREFIXES) or not (api or _page(path)):
             await self.app(scope, receive, send)
             return
         response = await self._check(request, api)

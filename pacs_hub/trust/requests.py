@@ -30,6 +30,7 @@ from pacs_hub.config import Settings
 from pacs_hub.storage.database import Database
 from pacs_hub.trust.claims import SharePrincipal, principal_from_claims, share_principal
 from pacs_hub.trust.issuer import Issuer
+from pacs_hub.trust.policy import NotAuthenticated
 from pacs_hub.trust.principal import ANONYMOUS, Principal
 from pacs_hub.trust.tokens import TokenValidator
 
@@ -137,11 +138,17 @@ async def principal_of(request: Request) -> Principal:
     cached = request.scope.get(_STATE_KEY)
     if isinstance(cached, Principal):
         return cached
+    if isinstance(cached, NotAuthenticated):
+        raise cached
     auth = authenticator(request)
     token = request_token(request)
     if auth is None or token is None:
         principal = ANONYMOUS
     else:
-        principal = await run_in_threadpool(auth.principal, token)
+        try:
+            principal = await run_in_threadpool(auth.principal, token)
+        except NotAuthenticated as exc:
+            request.scope[_STATE_KEY] = exc
+            raise
     request.scope[_STATE_KEY] = principal
     return principal
