@@ -163,7 +163,7 @@ def metadata_once(client: httpx.Client, url: str, series: Series) -> tuple[float
     if not isinstance(answer, list):
         return seconds, 0, False
     sops = {item.get("00080018", {}).get("Value", [None])[0] for item in answer}
-    return seconds, len(answer), sops == set(series.sops)
+    return seconds, len(answer), len(answer) == len(series.sops) and sops == set(series.sops)
 
 
 def run_metadata(client: httpx.Client, url: str, series: Series, samples: int) -> Latency:
