@@ -18,10 +18,11 @@ from typing import Annotated, Literal, NoReturn
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
 from pacs_hub.dicomweb.state import HubState, hub_state
 from pacs_hub.storage.database import Database
+from pacs_hub.storage.models import Patient, Study
 from pacs_hub.trust import consent
 from pacs_hub.trust.audit import decision_entry, record
 from pacs_hub.trust.policy import AccessDenied, Decision, NotAuthenticated, Policy
@@ -119,13 +120,31 @@ def require_caller(policy: Policy, principal: Principal) -> None:
         raise NotAuthenticated("sign in first (Authorization: Bearer, or the hub's session)")
 
 
+def _holds_a_study(conn: Connection, principal: Principal, regional_pk: int) -> bool:
+    """One of the caller's establishments sent a study of this patient."""
+    if not principal.establishments:
+        return False
+    found = conn.execute(
+        select(Study.id)
+        .join(Patient, Patient.id == Study.patient_pk)
+        .where(
+            Patient.regional_patient_pk == regional_pk,
+            Study.establishment_pk.in_(principal.establishments),
+        )
+        .limit(1)
+    ).first()
+    return found is not None
+
+
 def consent_method(
     conn: Connection, policy: Policy, principal: Principal, regional_pk: int
 ) -> tuple[str, Decision]:
     """How ``principal`` may record this patient's consent, and the decision behind it.
 
-    The patient themselves: ``patient-link``; a professional of the patient's care team
-    or a regional admin: ``in-person``; anyone else is refused.
+    The patient themselves: ``patient-link``; a professional of an establishment that
+    holds a study of the patient (even after the patient objected to regional sharing:
+    they record that objection), of the patient's care team, or a regional admin:
+    ``in-person``; anyone else is refused.
     """
     if not policy.enforced:
         return "in-person", Decision(True, "policy-off", regional_pk=regional_pk)
@@ -135,6 +154,8 @@ def consent_method(
             own, "own-record" if own else "not-own-record", regional_pk=regional_pk
         )
     if principal.kind is Kind.USER and principal.has(*PROFESSIONALS):
+        if _holds_a_study(conn, principal, regional_pk):  # even after an objection
+            return "in-person", Decision(True, "establishment", regional_pk=regional_pk)
         decision = policy.decide(
             conn, principal, Action.VIEW, Purpose.CARE, regional_pk=regional_pk
         )

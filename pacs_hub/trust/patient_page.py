@@ -20,7 +20,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
@@ -64,7 +64,7 @@ def _patient(principal: Principal) -> int | None:
     return None
 
 
-def group_accesses(rows: Iterable[AuditEvent]) -> list[Access]:
+def group_accesses(rows: Iterable[Any]) -> list[Access]:
     """Fold the trail's entries (newest first) into one line per day, caller, study,
     action and rule: a viewer's hundred frame requests read as one access."""
     groups: dict[tuple[str, ...], Access] = {}
@@ -88,7 +88,7 @@ def group_accesses(rows: Iterable[AuditEvent]) -> list[Access]:
 
 
 def _accesses(conn: Connection, regional_pk: int) -> list[Access]:
-    rows = conn.scalars(
+    rows = conn.execute(
         select(AuditEvent)
         .where(AuditEvent.regional_pk == regional_pk, AuditEvent.action.in_(ACCESS_ACTIONS))
         .order_by(AuditEvent.id.desc())

@@ -27,6 +27,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.orm import Session
@@ -110,7 +111,7 @@ def normalise_recipient(recipient: str) -> str:
     )
 
 
-def _state(conn: Connection, row: ShareGrant, at: datetime) -> str:
+def _state(conn: Connection, row: Any, at: datetime) -> str:
     if row.revoked_at is not None:
         return "revoked"
     if row.expires_at <= at:
@@ -121,7 +122,7 @@ def _state(conn: Connection, row: ShareGrant, at: datetime) -> str:
     return "active"
 
 
-def _record_of(conn: Connection, row: ShareGrant, username: str) -> ShareRecord:
+def _record_of(conn: Connection, row: Any) -> ShareRecord:
     return ShareRecord(
         id=row.id,
         regional_pk=row.regional_pk,
@@ -129,7 +130,7 @@ def _record_of(conn: Connection, row: ShareGrant, username: str) -> ShareRecord:
         scope=row.scope,
         purpose=row.purpose,
         recipient=row.recipient,
-        created_by=username,
+        created_by=row.username,
         created_at=row.created_at,
         expires_at=row.expires_at,
         revoked_at=row.revoked_at,
@@ -140,12 +141,12 @@ def _record_of(conn: Connection, row: ShareGrant, username: str) -> ShareRecord:
 
 def _records(conn: Connection, where: list[object]) -> list[ShareRecord]:
     rows = conn.execute(
-        select(ShareGrant, User.username)
+        select(*ShareGrant.__table__.c, User.username)
         .join(User, User.id == ShareGrant.created_by_user_pk)
         .where(*where)  # type: ignore[arg-type]
         .order_by(ShareGrant.id.desc())
     ).all()
-    return [_record_of(conn, row[0], row[1]) for row in rows]
+    return [_record_of(conn, row) for row in rows]
 
 
 def get_share(conn: Connection, share_id: int) -> ShareRecord:
@@ -272,8 +273,8 @@ class OpenedGrant:
 def grant_of_token(conn: Connection, token: str) -> OpenedGrant | None:
     """The grant whose token this is (any state), or None."""
     row = conn.execute(
-        select(ShareGrant).where(ShareGrant.token_sha256 == digest(token))
-    ).scalar_one_or_none()
+        select(*ShareGrant.__table__.c).where(ShareGrant.token_sha256 == digest(token))
+    ).first()
     if row is None:
         return None
     return OpenedGrant(
