@@ -9,11 +9,11 @@ Two background tasks (:mod:`pacs_hub.regional.worker`) work on ``routing_queue``
   the study (no ping-pong). A study that gets new instances after it was sent,
   or after it failed, is queued again and sent whole again. Studies the hub pulled
   from a PACS itself (a retrieve job exists) are not arrivals and are not routed.
-* ``routing-send`` takes due items, one at a time, once their study has been quiet
-  for :data:`SETTLE` seconds, and sends the study's stored instances unchanged by
-  C-STORE (:mod:`~.forwarding`). A failure is retried after
-  ``routing_retry_base * 2**(attempt - 1)`` seconds, up to ``routing_max_attempts``
-  tries, then the item is ``failed`` with the reason.
+* ``routing-send`` (:mod:`~.routing_dispatch`) takes due items once their study has
+  been quiet for :data:`~.routing_dispatch.SETTLE`, and sends the study's stored
+  instances unchanged by C-STORE (:mod:`~.forwarding`), several destinations at
+  once. A failure is retried after ``routing_retry_base * 2**(attempt - 1)`` seconds,
+  up to ``routing_max_attempts`` tries, then the item is ``failed`` with the reason.
 
 States: ``queued`` -> ``sending`` -> ``sent`` | ``queued`` (retry) | ``failed``. The
 queue is rows in the index, so it survives a restart; an item left ``sending`` by a
@@ -26,14 +26,14 @@ import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, Select, or_, select, update
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from pacs_hub.errors import HubError
 from pacs_hub.regional.arrivals import ArrivalWatch
-from pacs_hub.regional.forwarding import Destination, SendResult, send_instances
+from pacs_hub.regional.routing_dispatch import SETTLE, STATES, RoutingSend, requeue
 from pacs_hub.regional.routing_rules import SeriesFacts, study_matches
 from pacs_hub.regional.worker import PeriodicTask, WorkerContext, register
 from pacs_hub.storage.database import Database
@@ -47,16 +47,10 @@ from pacs_hub.storage.models import (
     Series,
     Study,
 )
-from pacs_hub.storage.query import Level
-from pacs_hub.storage.retrieval import RetrieveRequest, select_instances
 
 LOGGER = logging.getLogger(__name__)
-STATES = ("queued", "sending", "sent", "failed")
-SETTLE = timedelta(seconds=3)
-"""A study is sent once no instance of it arrived for this long."""
 SCAN_INTERVAL = 1.0
 SEND_INTERVAL = 1.0
-MAX_BACKOFF_EXPONENT = 20
 
 
 class InvalidQueueRequest(HubError):
@@ -98,16 +92,6 @@ class Arrival:
     series: tuple[SeriesFacts, ...]
     senders: frozenset[str] = frozenset()
     """Calling AE titles its instances came from."""
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """An item the sender took: what to send, where, and the study version it saw."""
-
-    item_id: int
-    study_instance_uid: str
-    study_version: datetime
-    destination: Destination
 
 
 def _now() -> datetime:
@@ -179,27 +163,8 @@ def retry_item(db: Database, item_id: int) -> QueueRecord:
             raise UnknownQueueItem(f"no routing queue item {item_id}")
         if item.state in ("queued", "sending"):
             raise InvalidQueueRequest(f"item {item_id} is already {item.state}")
-        _requeue(item, _now())
+        requeue(item, _now())
         return _queue_record(session, item)
-
-
-def _requeue(item: RoutingItem, now: datetime) -> None:
-    item.state, item.attempts, item.last_error = "queued", 0, ""
-    item.next_attempt_at = item.updated_at = now
-
-
-def recover_interrupted(db: Database) -> int:
-    """Queue again the items a stopped hub left ``sending``; return how many."""
-    with db.session() as session:
-        result = session.execute(
-            update(RoutingItem)
-            .where(RoutingItem.state == "sending")
-            .values(state="queued", updated_at=_now())
-        )
-        count = int(result.rowcount)  # type: ignore[attr-defined]
-    if count:
-        LOGGER.info("routing: %d item(s) interrupted while sending, queued again", count)
-    return count
 
 
 # -- routing-scan: arrivals -> queue items --------------------------------------------
@@ -282,7 +247,7 @@ def _enqueue(session: Session, rule: RoutingRule, arrival: Arrival, now: datetim
         LOGGER.info("routing: study %s queued by rule %s", arrival.study_instance_uid, rule.name)
     elif item.state in ("sent", "failed") and arrival.updated_at > item.updated_at - SETTLE:
         # New instances since it was sent (SETTLE covers ingest's stamp-to-commit lag).
-        _requeue(item, now)
+        requeue(item, now)
         LOGGER.info("routing: study %s grew, queued again (%s)", item.study_instance_uid, rule.name)
 
 
@@ -331,126 +296,6 @@ class RoutingScan:
         fresh = set(self.watch.unseen(versions))
         queue_arrivals(ctx.database, [a for a in arrivals if a.study_instance_uid in fresh], now)
         self.watch.handled(ctx.settings, now, since, versions)
-
-
-# -- routing-send: queue items -> C-STORE ---------------------------------------------
-
-
-def _due(now: datetime) -> Select[RoutingItem, datetime, Node]:
-    return (
-        select(RoutingItem, Study.updated_at, Node)
-        .join(RoutingRule, RoutingRule.id == RoutingItem.rule_pk)
-        .join(Node, Node.id == RoutingItem.destination_node_pk)
-        .outerjoin(Study, Study.study_instance_uid == RoutingItem.study_instance_uid)
-        .where(
-            RoutingItem.state == "queued",
-            RoutingItem.next_attempt_at <= now,
-            RoutingRule.enabled.is_(True),
-            or_(Study.updated_at.is_(None), Study.updated_at <= now - SETTLE),
-        )
-        .order_by(RoutingItem.next_attempt_at, RoutingItem.id)
-        .limit(1)
-    )
-
-
-def claim_next(db: Database) -> Claim | None:
-    """Take the next due item (state ``sending``, one more attempt), or None."""
-    while True:
-        now = _now()
-        with db.reader() as session:  # most turns find nothing: no write lock for that
-            if session.execute(_due(now)).first() is None:
-                return None
-        with db.session() as session:
-            # PostgreSQL: a second hub replica skips the row this one takes (SQLite
-            # serialises writers already, FOR UPDATE renders as nothing there).
-            locked = _due(now).with_for_update(skip_locked=True, of=RoutingItem)
-            row = session.execute(locked).first()
-            if row is None:
-                return None
-            item, version, node = row
-            item.updated_at = now
-            if version is None:
-                item.state, item.last_error = "failed", "the study is no longer stored"
-                continue
-            item.state, item.attempts = "sending", item.attempts + 1
-            return Claim(
-                item.id,
-                item.study_instance_uid,
-                version,
-                Destination(node.ae_title, node.host, node.port),
-            )
-
-
-def _backoff(ctx: WorkerContext, attempts: int) -> timedelta:
-    exponent = min(max(attempts - 1, 0), MAX_BACKOFF_EXPONENT)
-    return timedelta(seconds=ctx.settings.routing_retry_base * 2**exponent)
-
-
-def record_result(ctx: WorkerContext, claim: Claim, result: SendResult) -> str:
-    """Write what a send achieved into the item; return its new state."""
-    now = _now()
-    with ctx.database.session() as session:
-        item = session.get(RoutingItem, claim.item_id)
-        if item is None or item.state != "sending":
-            return item.state if item else "deleted"  # rule deleted or item retried meanwhile
-        item.updated_at = now
-        if result.ok:
-            version = session.scalar(
-                select(Study.updated_at).where(Study.study_instance_uid == claim.study_instance_uid)
-            )
-            if version != claim.study_version:
-                _requeue(item, now)  # instances arrived while sending: send it whole again
-            else:
-                item.state, item.last_error = "sent", ""
-        elif item.attempts >= ctx.settings.routing_max_attempts:
-            item.state, item.last_error = "failed", result.error[:256]
-        else:
-            item.state, item.last_error = "queued", result.error[:256]
-            item.next_attempt_at = now + _backoff(ctx, item.attempts)
-        return item.state
-
-
-def deliver(ctx: WorkerContext, claim: Claim) -> str:
-    """Send the claimed study's stored instances and record the outcome."""
-    request = RetrieveRequest(Level.STUDY, {Level.STUDY: (claim.study_instance_uid,)})
-    with ctx.database.reader() as session:
-        items = select_instances(session, ctx.blobs, request)
-    if not items:
-        result = SendResult(0, 1, "the study has no stored instance")
-    else:
-        try:
-            result = send_instances(ctx.settings, claim.destination, items)
-        except Exception as exc:  # the task's adapter: any failure becomes a retry
-            LOGGER.exception("routing: sending %s failed", claim.study_instance_uid)
-            result = SendResult(0, len(items), f"{type(exc).__name__}: {exc}")
-    state = record_result(ctx, claim, result)
-    LOGGER.info(
-        "routing: study %s to %s: %s (%d sent, %d failed)",
-        claim.study_instance_uid,
-        claim.destination.ae_title,
-        state,
-        result.sent,
-        result.failed,
-    )
-    return state
-
-
-class RoutingSend:
-    """The ``routing-send`` task: send every due item, then wait for the next turn."""
-
-    def __init__(self) -> None:
-        self._recovered: set[int] = set()
-
-    def run(self, ctx: WorkerContext) -> None:
-        """Recover interrupted items once per hub start, then drain the due items."""
-        if id(ctx) not in self._recovered:
-            recover_interrupted(ctx.database)
-            self._recovered.add(id(ctx))
-        while not ctx.stop.is_set():
-            claim = claim_next(ctx.database)
-            if claim is None:
-                return
-            deliver(ctx, claim)
 
 
 register(PeriodicTask("routing-scan", interval=lambda s: SCAN_INTERVAL, run=RoutingScan().run))

@@ -4,6 +4,7 @@ destination (tele-radiology), the hub's persistent queue with retries and restar
 from __future__ import annotations
 
 import io
+import socket
 import sqlite3
 import string
 from collections.abc import Iterator
@@ -221,6 +222,37 @@ def test_a_study_is_never_sent_back_to_the_node_it_came_from(
         assert region.orthanc_b.api.studies.lookup(from_b) is None
     finally:
         region.hub.cli("routing", "remove", "every-ot")
+
+
+def test_a_hung_destination_does_not_hold_up_the_others(region: Region, tmp_path: Path) -> None:
+    hung = socket.socket()  # listens, never answers: the hub waits until its ACSE timeout
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)
+    db = region.database()
+    try:
+        add_node(db, "HUNG", "127.0.0.1", hung.getsockname()[1], role="destination")
+    finally:
+        db.dispose()
+    for name, destination in (("nm-to-hung", "HUNG"), ("nm-to-b", "PACS_B")):
+        region.hub.cli(
+            "routing", "add", name, "--establishment", "HOSP_A", "--modality", "NM",
+            "--destination", destination,
+        )  # fmt: skip
+    try:
+        nm_uid, files = make_study(tmp_path / "nm", patient_id="PA5", modality="NM")
+        region.send("A_CT", files)
+
+        def state(rule: str) -> str:
+            items = region.queue(study=nm_uid, rule=rule)
+            return str(items[0]["state"]) if items else ""
+
+        wait_until(lambda: state("nm-to-b") == "sent", 30, interval=0.3, what="nm-to-b sent")
+        assert state("nm-to-hung") == "sending"  # still waiting for HUNG's answer
+        assert orthanc_datasets(region.orthanc_b, nm_uid) == file_datasets(files)
+    finally:
+        region.hub.cli("routing", "remove", "nm-to-hung")
+        region.hub.cli("routing", "remove", "nm-to-b")
+        hung.close()
 
 
 def test_unknown_destination_or_establishment_is_refused_nothing_stored(

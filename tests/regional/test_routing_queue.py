@@ -14,7 +14,7 @@ from sqlalchemy import update
 
 from pacs_hub.config import Settings
 from pacs_hub.ingest import Ingestor
-from pacs_hub.regional import routing
+from pacs_hub.regional import routing, routing_dispatch
 from pacs_hub.regional.establishments import create_establishment
 from pacs_hub.regional.forwarding import SendResult
 from pacs_hub.regional.nodes import add_node
@@ -84,27 +84,29 @@ def test_queue_states_backoff_failure_and_growth(ctx: WorkerContext, tmp_path: P
     assert routing.list_queue(ctx.database, study=mr_uid) == []
 
     stamp_study(ctx, uid, ago=0)
-    assert routing.claim_next(ctx.database) is None  # not quiet yet (SETTLE)
+    assert routing_dispatch.claim_next(ctx.database) is None  # not quiet yet (SETTLE)
     stamp_study(ctx, uid)
-    claim = routing.claim_next(ctx.database)
+    claim = routing_dispatch.claim_next(ctx.database)
     assert claim is not None and claim.study_instance_uid == uid
     assert claim.destination.ae_title == "READER"
-    assert routing.claim_next(ctx.database) is None  # taken: 'sending'
+    assert routing_dispatch.claim_next(ctx.database) is None  # taken: 'sending'
     assert only_item(ctx, uid).state == "sending"
 
-    assert routing.record_result(ctx, claim, SendResult(0, 3, "READER refused")) == "queued"
+    assert (
+        routing_dispatch.record_result(ctx, claim, SendResult(0, 3, "READER refused")) == "queued"
+    )
     item = only_item(ctx, uid)
     delay = item.next_attempt_at - item.updated_at
     assert item.attempts == 1 and item.last_error == "READER refused"
     assert timedelta(seconds=1.9) <= delay <= timedelta(seconds=2.1)  # retry base
-    assert routing.claim_next(ctx.database) is None  # not due yet
+    assert routing_dispatch.claim_next(ctx.database) is None  # not due yet
 
     for attempt, base in ((2, 4.0), (3, None)):
         with ctx.database.session() as session:
             session.execute(update(RoutingItem).values(next_attempt_at=item.created_at))
-        claim = routing.claim_next(ctx.database)
+        claim = routing_dispatch.claim_next(ctx.database)
         assert claim is not None
-        state = routing.record_result(ctx, claim, SendResult(0, 3, f"try {attempt}"))
+        state = routing_dispatch.record_result(ctx, claim, SendResult(0, 3, f"try {attempt}"))
         item = only_item(ctx, uid)
         assert item.attempts == attempt
         if base is not None:
@@ -114,9 +116,9 @@ def test_queue_states_backoff_failure_and_growth(ctx: WorkerContext, tmp_path: P
 
     # A retry by hand, then a success; then the study grows: queued again.
     assert routing.retry_item(ctx.database, item.id).state == "queued"
-    claim = routing.claim_next(ctx.database)
+    claim = routing_dispatch.claim_next(ctx.database)
     assert claim is not None
-    assert routing.record_result(ctx, claim, SendResult(3, 0)) == "sent"
+    assert routing_dispatch.record_result(ctx, claim, SendResult(3, 0)) == "sent"
     scan.run(ctx)
     assert only_item(ctx, uid).state == "sent"  # nothing new: stays sent
     _, more = make_study(tmp_path / "more", patient_id="P1", modality="CT", study_uid=uid)
@@ -133,17 +135,17 @@ def test_interrupted_send_is_queued_again_and_growth_during_send_resends(
     ingest(ctx, files)
     routing.RoutingScan().run(ctx)
     stamp_study(ctx, uid)
-    claim = routing.claim_next(ctx.database)
+    claim = routing_dispatch.claim_next(ctx.database)
     assert claim is not None
-    assert routing.recover_interrupted(ctx.database) == 1  # as at a hub start
+    assert routing_dispatch.recover_interrupted(ctx.database) == 1  # as at a hub start
     assert only_item(ctx, uid).state == "queued"
-    assert routing.record_result(ctx, claim, SendResult(3, 0)) == "queued"  # stale claim
+    assert routing_dispatch.record_result(ctx, claim, SendResult(3, 0)) == "queued"  # stale claim
 
-    claim = routing.claim_next(ctx.database)
+    claim = routing_dispatch.claim_next(ctx.database)
     assert claim is not None
     _, more = make_study(tmp_path / "more", patient_id="P2", modality="CT", study_uid=uid)
     ingest(ctx, more)  # arrives while the first ones are being sent
-    assert routing.record_result(ctx, claim, SendResult(3, 0)) == "queued"
+    assert routing_dispatch.record_result(ctx, claim, SendResult(3, 0)) == "queued"
     assert only_item(ctx, uid).attempts == 0
 
 
