@@ -203,24 +203,24 @@ def update(
         raise _fail(exc) from exc
 
 
+def _set_active(username: str, active: bool, data_dir: DataDir) -> None:
+    try:
+        registry.update_user(_database(data_dir), username, registry.UserFields(active=active))
+    except HubError as exc:
+        raise _fail(exc) from exc
+    console.print(f"user {escape(username)} {'enabled' if active else 'disabled'}")
+
+
 @app.command("disable")
 def disable(username: Username, data_dir: DataDir = None) -> None:
     """Disable a user: sign-in and their tokens stop working (within seconds)."""
-    try:
-        registry.update_user(_database(data_dir), username, registry.UserFields(active=False))
-    except HubError as exc:
-        raise _fail(exc) from exc
-    console.print(f"user {escape(username)} disabled")
+    _set_active(username, False, data_dir)
 
 
 @app.command("enable")
 def enable(username: Username, data_dir: DataDir = None) -> None:
     """Enable a disabled user again."""
-    try:
-        registry.update_user(_database(data_dir), username, registry.UserFields(active=True))
-    except HubError as exc:
-        raise _fail(exc) from exc
-    console.print(f"user {escape(username)} enabled")
+    _set_active(username, True, data_dir)
 
 
 @app.command("grant-establishment")

@@ -37,20 +37,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tests.conftest import DATA, Hub, free_port, start_hub, wait_until
+from tests.viewers.test_browser import CHROMIUM, CHROMIUM_ARGS
 
 CT_SERIES = DATA / "volumes" / "ct_philips_ingenuity_head_phantom_axial_5mm"
 CT_STUDY_DESCRIPTION = "1A TRAUMA/PLAIN HEAD DM"
 FINESS = "750000001"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 LOOPBACK_CLIENT = "http://127.0.0.1:9/callback"
 
 
