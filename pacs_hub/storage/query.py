@@ -16,12 +16,20 @@ predicate on an indexed column where one exists, so nothing is filtered in Pytho
 
 The computed attributes (Number of ... Related ..., PS3.4 C.3.4) are the
 counters kept by :mod:`pacs_hub.storage.index`; they are returned, never matched.
+
+Access (issue 4, one access policy): a :class:`Query` may carry an :class:`Access`,
+the access policy's predicate (:meth:`pacs_hub.trust.policy.Policy.visible_studies`,
+built by :func:`pacs_hub.trust.access.query_access`). It is part of the SQL of every
+level, so pages and totals (:func:`count_matches`) never include a study the caller
+may not see: at STUDY, SERIES and IMAGE level only the rows of visible studies match;
+at PATIENT level only patients with a visible study, and their Number of Patient
+Related Studies / Series / Instances count the visible studies only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -151,6 +159,35 @@ ATTRIBUTES: dict[str, Attribute] = {
 
 
 @dataclass(frozen=True, slots=True)
+class Access:
+    """What a caller may see, as SQL: the access policy applied to a query.
+
+    ``studies`` is true for a visible study (a predicate on :class:`Study` and
+    :class:`Patient`, joined); ``patients`` is true for a patient with at least one
+    visible study (on :class:`Patient` alone). Build it with :func:`access_from`.
+    """
+
+    studies: ColumnElement[bool]
+    patients: ColumnElement[bool]
+
+
+def access_from(visible: Callable[[Any, Any], ColumnElement[bool] | None]) -> Access | None:
+    """An :class:`Access` from a predicate factory ``visible(study, patient)`` (entities
+    or aliases); None when the factory says everything is visible (returns None)."""
+    studies = visible(Study, Patient)
+    if studies is None:
+        return None
+    study, patient = aliased(Study), aliased(Patient)
+    inner = visible(study, patient)
+    if inner is None:
+        return None
+    patients = Patient.id.in_(
+        select(study.patient_pk).join(patient, patient.id == study.patient_pk).where(inner)
+    )
+    return Access(studies, patients)
+
+
+@dataclass(frozen=True, slots=True)
 class Query:
     """Matching keys by DICOM keyword; keys without a condition match everything.
 
@@ -162,6 +199,12 @@ class Query:
     fuzzy: bool = False
     linked: LinkedPatients | None = None
     """Set when PatientID names a regional patient or an INS (see :func:`parse_query`)."""
+    access: Access | None = None
+    """The access policy's restriction (None: no restriction, e.g. the policy is off)."""
+
+    def restricted(self, access: Access | None) -> Query:
+        """The same query, matching only what ``access`` lets its caller see."""
+        return replace(self, access=access)
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,6 +459,9 @@ def _where(query: Query, level: Level) -> list[ColumnElement[bool]]:
             clauses.append(clause)
     if query.linked:
         clauses.append(_linked_clause(query.linked))
+    if query.access is not None:
+        access = query.access
+        clauses.append(access.patients if level is Level.PATIENT else access.studies)
     return clauses
 
 
@@ -452,7 +498,33 @@ def find_patients(
 ) -> list[PatientRow]:
     """Patients matching ``query`` (PATIENT level, PS3.4 C.6.1.1.2)."""
     rows = _page(session, Level.PATIENT, query, limit, offset)
-    return [_from_model(PatientRow, p) for (p,) in rows]
+    found = [_from_model(PatientRow, p) for (p,) in rows]
+    if query.access is None or not found:
+        return found
+    counts = _visible_counts(session, query.access, [p.id for (p,) in rows])
+    out = []
+    for row, (p,) in zip(found, rows, strict=True):
+        studies, series, instances = counts.get(p.id, (0, 0, 0))
+        out.append(replace(row, num_studies=studies, num_series=series, num_instances=instances))
+    return out
+
+
+def _visible_counts(
+    session: Session, access: Access, patient_pks: list[int]
+) -> dict[int, tuple[int, int, int]]:
+    """Number of Patient Related Studies / Series / Instances counting visible studies only."""
+    stmt = (
+        select(
+            Study.patient_pk,
+            func.count(Study.id),
+            func.coalesce(func.sum(Study.num_series), 0),
+            func.coalesce(func.sum(Study.num_instances), 0),
+        )
+        .join(Patient, Patient.id == Study.patient_pk)
+        .where(Study.patient_pk.in_(patient_pks), access.studies)
+        .group_by(Study.patient_pk)
+    )
+    return {int(pk): (int(a), int(b), int(c)) for pk, a, b, c in session.execute(stmt)}
 
 
 def find_studies(
