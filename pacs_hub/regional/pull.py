@@ -7,7 +7,9 @@ path (validate -> blob -> index), so what arrives is stored byte for byte as sen
 The PACS must therefore know the hub as a modality (Orthanc: ``DicomModalities``).
 A C-MOVE response comes only after its sub-operation was acknowledged, and the hub
 acknowledges a C-STORE only once the instance is durable, so when the final response
-arrives the study is in the index.
+arrives the study is in the index. When the C-MOVE fails with nothing received (a PACS
+that does not know the hub answers 0xA801, Orthanc 0xC000), the study is asked for
+again by C-GET (:mod:`pacs_hub.regional.cget`), which needs no move destination.
 
 Each pull is a :class:`~pacs_hub.storage.models.RetrieveJob` row: ``queued`` when
 claimed, ``running`` while the C-MOVE runs, then ``done`` or ``failed`` (with the
@@ -42,6 +44,7 @@ from sqlalchemy.orm import Session
 from pacs_hub.config import Settings
 from pacs_hub.dicom.header import is_valid_uid
 from pacs_hub.errors import HubError, InvalidQuery
+from pacs_hub.regional.cget import get_study
 from pacs_hub.regional.scu import PacsNode, SourceUnavailable, associate, pacs_node, requestor_ae
 from pacs_hub.storage.database import Database
 from pacs_hub.storage.models import Node, RetrieveJob
@@ -236,7 +239,7 @@ class MoveResult:
                 return "the PACS sent no instance of this study (not held there?)"
             return ""
         meaning = MOVE_STATUS.get(self.status, "unable to process")
-        text_ = f"C-MOVE status 0x{self.status:04X} ({meaning})"
+        text_ = f"retrieve status 0x{self.status:04X} ({meaning})"
         if self.failed:
             text_ += f", {self.failed} sub-operation(s) failed"
         return text_ + (f": {self.comment}" if self.comment else "")
@@ -274,6 +277,19 @@ def move_study(settings: Settings, node: PacsNode, study: str, report: Progress)
             assoc.release()
 
 
+def _move_or_get(
+    settings: Settings, database: Database, node: PacsNode, study: str, writer: Progress
+) -> tuple[str, MoveResult]:
+    """C-MOVE, else (failed with nothing received) C-GET: ``(error or '', final result)``."""
+    result = move_study(settings, node, study, writer)
+    error = result.error()
+    if not error or result.received or result.status in (0x0000, 0xFE00):
+        return error, result
+    LOGGER.info("C-MOVE of %s from %s failed (%s): C-GET", study, node.ae_title, error)
+    got = MoveResult(*get_study(settings, database, node, study, writer))
+    return (f"C-MOVE: {error}; C-GET: {got.error()}" if got.error() else ""), got
+
+
 def run_job(
     settings: Settings, database: Database, job_id: int, progress: Progress | None = None
 ) -> None:
@@ -290,8 +306,7 @@ def run_job(
     writer = _JobWriter(database, job_id, progress)
     expected: int | None
     try:
-        result = move_study(settings, node, study, writer)
-        error = result.error()
+        error, result = _move_or_get(settings, database, node, study, writer)
         received, expected = result.received, result.received + result.failed
     except HubError as exc:
         error, received, expected = exc.message, writer.received, writer.expected

@@ -101,7 +101,7 @@ def make_study(
     return study, files
 
 
-def jpeg_instance(study: str, patient_id: str) -> bytes:
+def jpeg_instance(study: str, patient_id: str, date: str = "20240315") -> bytes:
     """The shared JPEG Lossless NM file moved into ``study`` (pixel data untouched).
 
     Its sequences are written with explicit lengths: Orthanc (dcmtk) sends every
@@ -118,7 +118,7 @@ def jpeg_instance(study: str, patient_id: str) -> bytes:
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyDate = "20240315"
+    ds.StudyDate = date
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
@@ -530,6 +530,35 @@ def test_two_processes_retrieving_one_study_share_one_job(region: Region) -> Non
     assert job["state"] == "failed" and "SLOW" in str(job["error"])
 
 
+def test_a_pacs_that_cannot_move_to_the_hub_is_pulled_by_c_get(
+    region: Region, tmp_path: Path
+) -> None:
+    peer = start_orthanc(tmp_path / "orth_d", aet="ORTH_D")  # knows no hub: C-MOVE 0xA801
+    hub, port = region.hub, str(peer.dicom_port)
+    try:
+        hub.cli("nodes", "add", "ORTH_D", "127.0.0.1", port, "--role", "pacs")
+        study, files = make_study("PAT-D", date="20220101")
+        files.append(jpeg_instance(study, "PAT-D", date="20220101"))
+        for data in files:
+            peer.api.upload(data)
+        url = f"{hub.url}/api/retrieve"
+        started = httpx.post(url, json={"study": study, "node": "ORTH_D"}, timeout=30)
+        assert started.status_code == 202
+        job_url = f"{url}/{started.json()['id']}"
+        wait_until(
+            lambda: httpx.get(job_url, timeout=10).json()["state"] in ("done", "failed"),
+            timeout=60,
+            what="C-GET job",
+        )
+        job = httpx.get(job_url, timeout=10).json()
+        assert (job["state"], job["received"], job["expected"], job["error"]) == ("done", 4, 4, "")
+        stored = {uid: dataset_bytes(data) for uid, data in hub_blobs(region, study).items()}
+        assert stored == {sop_uid(f): dataset_bytes(f) for f in files}  # JPEG kept as is
+    finally:
+        hub.cli("nodes", "add", "ORTH_D", "127.0.0.1", port, "--role", "destination")
+        peer.stop()
+
+
 def _silent_peer() -> tuple[socket.socket, threading.Event]:
     """A TCP listener that accepts and never answers (a hung PACS)."""
     server = socket.socket()
@@ -563,7 +592,9 @@ def test_a_stopped_or_silent_pacs_never_blocks_the_answer(region: Region, tmp_pa
         assert elapsed < TIMEOUT + 3
         assert region.studies["c"] not in where
         assert where[region.studies["b"]][0] == [HUB_AE, "ORTH_B"]  # pulled earlier
-        assert len(where) == 6
+        s = region.studies
+        expected = {s[k] for k in ("hub", "shared", "a", "a_api", "a_cli", "b")}
+        assert set(where) == expected, [jobs(region, uid) for uid in set(where) - expected]
         log = region.log()
         assert "answered without ORTH_C, SILENT" in log
 
