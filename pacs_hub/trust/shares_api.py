@@ -111,34 +111,49 @@ def share_out(conn: Connection, share: shares.ShareRecord) -> ShareOut:
     )
 
 
+def _patient_of(conn: Connection, policy: Policy, uids: list[str], patient: str) -> int | Decision:
+    """The one regional patient of the studies (and of ``patient``), or a not-found refusal."""
+    patients: set[int | None] = set()
+    for uid in uids:
+        facts = policy.study_facts(conn, uid)
+        if facts is None:
+            return Decision(False, "not-found", study_uid=uid)
+        patients.add(facts.regional_pk)
+    if patient:
+        patients.add(consent.regional_pk_of(conn, patient))
+    if not patients:
+        raise shares.InvalidShare("name the studies to share, or a patient with scope 'patient'")
+    if None in patients:
+        raise shares.InvalidShare("a study to share is not linked to a regional patient yet")
+    if len(patients) != 1:
+        raise shares.InvalidShare("a share covers the studies of one regional patient only")
+    found = patients.pop()
+    assert found is not None
+    return found
+
+
 def _may_share(
     conn: Connection, policy: Policy, principal: Principal, body: ShareIn
 ) -> tuple[int | None, list[Decision], Decision | None]:
     """The patient and the view decisions that allow the share, or the refusal."""
     if policy.enforced and not principal.has(*SHARERS):
         return None, [], Decision(False, "share-no-role")
-    decisions = []
-    for uid in dict.fromkeys(body.studies):
-        decisions.append(policy.decide(conn, principal, Action.VIEW, Purpose.CARE, study_uid=uid))
-    if body.scope == "patient" and body.patient:
-        pk = consent.regional_pk_of(conn, body.patient)
-        decisions.append(policy.decide(conn, principal, Action.VIEW, Purpose.CARE, regional_pk=pk))
-    if not decisions:
-        raise shares.InvalidShare("name the studies to share, or a patient with scope 'patient'")
+    uids = list(dict.fromkeys(body.studies))
+    regional_pk = _patient_of(conn, policy, uids, body.patient)
+    if isinstance(regional_pk, Decision):
+        return None, [], regional_pk
+    decisions = [
+        policy.decide(conn, principal, Action.VIEW, Purpose.CARE, study_uid=uid) for uid in uids
+    ]
+    if body.scope == "patient":  # every study of the patient, present and future
+        decisions.append(
+            policy.decide(conn, principal, Action.VIEW, Purpose.CARE, regional_pk=regional_pk)
+        )
     for decision in decisions:
         if not decision.allowed or decision.rule == "share":
             rule = "share-reshare" if decision.rule == "share" else decision.rule
-            return (
-                decision.regional_pk,
-                [],
-                Decision(False, rule, False, decision.regional_pk, decision.study_uid),
-            )
-    patients = {d.regional_pk for d in decisions}
-    if None in patients:
-        raise shares.InvalidShare("a study to share is not linked to a regional patient yet")
-    if len(patients) != 1:
-        raise shares.InvalidShare("a share covers the studies of one regional patient only")
-    return patients.pop(), decisions, None
+            return regional_pk, [], Decision(False, rule, False, regional_pk, decision.study_uid)
+    return regional_pk, decisions, None
 
 
 def _ensure_consent(

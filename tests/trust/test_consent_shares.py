@@ -310,6 +310,28 @@ def test_link_share_with_code_expiry_and_revocation(world: World, rad: httpx.Cli
         pytest.xfail("DICOMweb enforcement (Policy per request) has not landed yet")
 
 
+def test_patient_wide_share_opens_every_study(world: World, rad: httpx.Client) -> None:
+    regional, uids = world.new_patient(2)
+    text = text_of(rad, "named-doctor")
+    request = {"patient": regional, "scope": "patient", "consent_text_sha256": text["sha256"]}
+    body = rad.post("/api/shares", json=request).json()
+    assert body["share"]["scope"] == "patient" and body["share"]["studies"] == []
+    bearer = httpx.Client(base_url=world.hub.url, timeout=60)
+    opened = bearer.get(body["link"], follow_redirects=False)
+    assert opened.status_code == 303
+    shown = opened.headers["location"].split("StudyInstanceUIDs=", 1)[1].split(",")
+    assert sorted(shown) == sorted(uids)
+    assert all(world.allowed(share_principal(body["share"]["id"]), uid) for uid in uids)
+    other, (elsewhere,) = world.new_patient(1)
+    assert not world.allowed(share_principal(body["share"]["id"]), elsewhere)
+    mixed = rad.post("/api/shares", json={"studies": [uids[0], elsewhere]})
+    assert mixed.status_code == 422 and "one regional patient" in mixed.json()["detail"]
+    gp = login(world.hub, "gp")  # no study of this patient at the doctor's establishment
+    refused = gp.post("/api/shares", json={**request, "recipient": OTHER_RPPS})
+    assert refused.status_code == 403
+    del other
+
+
 def test_consent_withdrawal_stops_open_shares(world: World, rad: httpx.Client) -> None:
     regional, (shared,) = world.new_patient(1)
     text = text_of(rad, "named-doctor")
