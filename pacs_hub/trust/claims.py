@@ -96,7 +96,8 @@ def _psc_facts(claims: dict[str, Any]) -> tuple[str, set[Role], list[str]]:
         if not isinstance(exercice, dict):
             continue
         professions.add(str(exercice.get("codeProfession", "")))
-        for activity in exercice.get("activities") or []:
+        activities = exercice.get("activities")
+        for activity in activities if isinstance(activities, list) else []:
             if isinstance(activity, dict) and activity.get("numeroFinessSite"):
                 finess.append(str(activity["numeroFinessSite"]))
     for role in _strings(claims.get("SubjectRole")):

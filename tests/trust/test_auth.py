@@ -30,12 +30,17 @@ import jwt
 import pytest
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import given
+from hypothesis import strategies as st
 from playwright.sync_api import Browser, Request, sync_playwright
 from starlette.applications import Starlette
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from pacs_hub.trust.claims import _psc_facts
+from pacs_hub.trust.principal import Role
+from pacs_hub.trust.tokens import acr_rank
 from tests.conftest import DATA, Hub, free_port, start_hub, wait_until
 from tests.viewers.test_browser import CHROMIUM, CHROMIUM_ARGS
 
@@ -133,6 +138,10 @@ def test_first_start_admin_password_file_is_private_and_signs_in(auth_hub: AuthH
     tokens = code_flow(auth_hub.hub.url, "admin", auth_hub.admin_password)
     me = httpx.get(f"{auth_hub.hub.url}/auth/userinfo", headers=bearer(tokens["access_token"]))
     assert me.status_code == 200 and me.json()["roles"] == ["regional-admin"]
+    out = httpx.get(f"{auth_hub.hub.url}/auth/logout")
+    assert out.status_code == 200 and "déconnecté" in out.text
+    assert out.headers["set-cookie"].startswith('pacs_hub_session=""; ')
+    assert "Max-Age=0" in out.headers["set-cookie"]
 
 
 def test_api_calls_without_valid_credentials_get_401_problem_json(auth_hub: AuthHub) -> None:
@@ -495,3 +504,45 @@ def test_provider_key_rotation_is_followed(psc_hub: Hub, provider: Provider) -> 
         return answer.status_code == 200
 
     wait_until(accepted, timeout=45, interval=1.0, what="the rotated key to be accepted")
+
+
+# -- claim mapping and acr ordering, without a hub ---------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+
+
+@given(
+    ref=JSON | st.fixed_dictionaries({"exercices": st.lists(JSON, max_size=3)}),
+    role=JSON,
+    name_id=JSON,
+)
+def test_pro_sante_connect_claims_of_any_shape_never_crash(
+    ref: object, role: object, name_id: object
+) -> None:
+    rpps, roles, codes = _psc_facts(
+        {"SubjectRefPro": ref, "SubjectRole": role, "SubjectNameID": name_id}
+    )
+    assert isinstance(rpps, str) and all(isinstance(c, str) for c in codes)
+    assert roles <= {Role.REFERRING_DOCTOR}
+
+
+def test_pro_sante_connect_claims_mapping() -> None:
+    rpps, roles, codes = _psc_facts(
+        {
+            "SubjectNameID": "810101201234",
+            "SubjectRefPro": {
+                "exercices": [{"codeProfession": "10", "activities": [{"numeroFinessSite": "1"}]}]
+            },
+        }
+    )
+    assert (rpps, roles, codes) == ("10101201234", {Role.REFERRING_DOCTOR}, ["1"])
+    assert _psc_facts({"SubjectRole": "40^1.2.250.1.213.1.1.5.5"})[1] == set()  # not a physician
+
+
+def test_acr_levels_are_ordered() -> None:
+    assert acr_rank(None) < acr_rank("eidas1") < acr_rank("eidas2") < acr_rank("EIDAS3")
+    assert acr_rank("eidas0") == acr_rank("loa-low") == 0
