@@ -42,6 +42,7 @@ plain comments).
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -135,6 +136,14 @@ class Message:
     xml: bytes
 
 
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _x(text: str) -> str:
+    """``text`` with the characters XML 1.0 cannot hold (2.2 Char) replaced by U+FFFD."""
+    return _NOT_XML.sub("\ufffd", text)
+
+
 def _coded(parent: etree._Element, tag: str, code: str, system: str, meaning: str) -> None:
     etree.SubElement(
         parent,
@@ -159,7 +168,7 @@ def _event(root: etree._Element, rec: AuditRecord, event: Event) -> None:
         words.append(f"purpose {rec.purpose}")
     if rec.reason:
         words.append(f"reason: {rec.reason}")
-    etree.SubElement(ident, "EventOutcomeDescription").text = "; ".join(words)
+    etree.SubElement(ident, "EventOutcomeDescription").text = _x("; ".join(words))
 
 
 def _roles(event: Event) -> tuple[tuple[str, str] | None, tuple[str, str] | None]:
@@ -177,10 +186,10 @@ def _participants(
     root: etree._Element, rec: AuditRecord, event: Event, source: AuditSource
 ) -> None:
     requestor_role, hub_role = _roles(event)
-    attrs = {"UserID": rec.actor_id or "anonymous", "UserIsRequestor": "true"}
+    attrs = {"UserID": _x(rec.actor_id) or "anonymous", "UserIsRequestor": "true"}
     address = rec.detail.get("address")
     if isinstance(address, str) and address:
-        attrs |= {"NetworkAccessPointID": address, "NetworkAccessPointTypeCode": "2"}
+        attrs |= {"NetworkAccessPointID": _x(address), "NetworkAccessPointTypeCode": "2"}
     user = etree.SubElement(root, "ActiveParticipant", attrs)
     if requestor_role is not None:
         _coded(user, "RoleIDCode", requestor_role[0], DCM, requestor_role[1])
@@ -211,7 +220,7 @@ def _b64(text: str) -> str:
 
 
 def _query_object(root: etree._Element, rec: AuditRecord) -> None:
-    sop_class = str(rec.detail.get("sop_class_uid") or STUDY_ROOT_FIND)
+    sop_class = _x(str(rec.detail.get("sop_class_uid") or STUDY_ROOT_FIND))
     obj = etree.SubElement(
         root,
         "ParticipantObjectIdentification",
@@ -221,7 +230,7 @@ def _query_object(root: etree._Element, rec: AuditRecord) -> None:
     )
     _coded(obj, "ParticipantObjectIDTypeCode", "110181", DCM, "SOP Class UID")
     etree.SubElement(obj, "ParticipantObjectQuery").text = _b64(str(rec.detail.get("query", "")))
-    syntax = str(rec.detail.get("transfer_syntax") or IMPLICIT_LITTLE_ENDIAN)
+    syntax = _x(str(rec.detail.get("transfer_syntax") or IMPLICIT_LITTLE_ENDIAN))
     etree.SubElement(obj, "ParticipantObjectDetail", type="TransferSyntax", value=_b64(syntax))
 
 
@@ -243,15 +252,16 @@ def _objects(root: etree._Element, rec: AuditRecord, event: Event, source: Audit
     if event is QUERY:
         _query_object(root, rec)
     if rec.study_uid:
+        study_uid = _x(rec.study_uid)
         study = etree.SubElement(
             root,
             "ParticipantObjectIdentification",
-            ParticipantObjectID=rec.study_uid,
+            ParticipantObjectID=study_uid,
             ParticipantObjectTypeCode="2",
             ParticipantObjectTypeCodeRole="3",
         )
         _coded(study, "ParticipantObjectIDTypeCode", "110180", DCM, "Study Instance UID")
-        etree.SubElement(study, "ParticipantObjectName").text = rec.study_uid
+        etree.SubElement(study, "ParticipantObjectName").text = study_uid
     if rec.regional_pk is not None:
         patient_id = f"{rec.regional_id}^^^{source.site_id}"
         patient = etree.SubElement(
