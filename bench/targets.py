@@ -104,6 +104,10 @@ class HubTarget:
             "PACS_HUB_GATEWAY_PROCESSES": str(self.processes),
             # The benchmark's senders are ad-hoc AE titles, not registered nodes.
             "PACS_HUB_UNKNOWN_CALLERS": "accept",
+            # Measured: the archive paths as Orthanc runs them (no token, no policy
+            # lookups), and no background prefetch C-FINDs to the move destinations.
+            "PACS_HUB_AUTH_REQUIRED": "false",
+            "PACS_HUB_PREFETCH_ENABLED": "false",
         }
 
     def cli(self, *args: str) -> None:
