@@ -95,19 +95,28 @@ def login(hub: Hub, username: str, password: str = PASSWORD) -> httpx.Client:
     return client
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    root = tmp_path_factory.mktemp("sharing")
-    hub = start_hub(root / "data", PACS_HUB_AUTH_REQUIRED="true", PACS_HUB_UNKNOWN_CALLERS="refuse")
+def start_trust_hub(data_dir: Path) -> Hub:
+    """A hub with the policy on, establishment ESTA, its CT node CT_A and radiologist rad."""
+    hub = start_hub(data_dir, PACS_HUB_AUTH_REQUIRED="true", PACS_HUB_UNKNOWN_CALLERS="refuse")
     try:
         hub.cli("establishments", "add", "ESTA", "Clinique A")
         hub.cli("nodes", "add", "CT_A", "127.0.0.1", "104", "--establishment", "ESTA")
         hub.cli("users", "add", "rad", "--role", "radiologist", "--establishment", "ESTA",
                 "--password", PASSWORD)  # fmt: skip
-        hub.cli("users", "add", "gp", "--role", "referring-doctor", "--rpps", GP_RPPS,
-                "--password", PASSWORD)  # fmt: skip
-        hub.cli("users", "add", "other", "--role", "referring-doctor", "--rpps", OTHER_RPPS,
-                "--password", PASSWORD)  # fmt: skip
+    except BaseException:
+        hub.stop()
+        raise
+    return hub
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("sharing")
+    hub = start_trust_hub(root / "data")
+    try:
+        for name, rpps in (("gp", GP_RPPS), ("other", OTHER_RPPS)):
+            hub.cli("users", "add", name, "--role", "referring-doctor", "--rpps", rpps,
+                    "--password", PASSWORD)  # fmt: skip
         url = f"sqlite:///{(root / 'data' / 'index.sqlite3').resolve()}"
         database = Database(url, run_migrations=False)
         policy = Policy(Settings(auth_required=True))

@@ -16,23 +16,23 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 
 from pacs_hub.config import bundled_viewer_dir
-from tests.conftest import DATA, Hub, start_hub
+from tests.conftest import DATA, Hub
 from tests.regional.study_factory import make_study, storescu
-from tests.trust.test_consent_shares import PASSWORD, login, text_of
+from tests.trust.test_consent_shares import login, start_trust_hub, text_of
 from tests.viewers.test_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     RENDER_TIMEOUT,
     _canvas_stds,
     _wait_rendered,
     _watch,
 )
+from tests.viewers.test_browser import browser as chromium_browser
 
 pytestmark = pytest.mark.browser
 CT_SERIES = DATA / "volumes" / "ct_philips_ingenuity_head_phantom_axial_5mm"
+browser = chromium_browser  # the viewer tests' fixture: Debian's chromium, module-wide
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +41,8 @@ def shared_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub, 
     if not os.environ.get("PACS_HUB_VIEWER_DIR") and bundled_viewer_dir() is None:
         raise RuntimeError("OHIF is not fetched: run 'make viewer' (viewers/ohif/fetch.sh)")
     root = tmp_path_factory.mktemp("share-browser")
-    hub = start_hub(root / "data", PACS_HUB_AUTH_REQUIRED="true", PACS_HUB_UNKNOWN_CALLERS="refuse")
+    hub = start_trust_hub(root / "data")
     try:
-        hub.cli("establishments", "add", "ESTA", "Clinique A")
-        hub.cli("nodes", "add", "CT_A", "127.0.0.1", "104", "--establishment", "ESTA")
-        hub.cli("users", "add", "rad", "--role", "radiologist", "--establishment", "ESTA",
-                "--password", PASSWORD)  # fmt: skip
         files = sorted(CT_SERIES.iterdir())
         first = pydicom.dcmread(files[0], stop_before_pixels=True)
         storescu("CT_A", hub.ae_title, hub.dicom_port, files)
@@ -57,16 +53,6 @@ def shared_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub, 
         yield hub, str(first.StudyInstanceUID), other
     finally:
         hub.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        raise RuntimeError(f"{CHROMIUM} is missing: run 'make test' (installs Debian's chromium)")
-    with sync_playwright() as playwright:
-        yield playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
 
 
 def test_doctor_sees_exactly_the_shared_study_until_revoked(
