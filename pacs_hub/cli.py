@@ -126,6 +126,13 @@ def nodes_add(
     ] = "",
     role: Role = "pacs",
     tls: Annotated[bool, typer.Option("--tls", help="The node speaks DICOM over TLS")] = False,
+    permissions: Annotated[
+        str | None,
+        typer.Option(
+            help="What it may do: store,query,retrieve (any subset; 'none'); default all"
+            " for a new node, unchanged for a registered one"
+        ),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Register a remote node (or update it); running gateways see it within seconds.
@@ -135,12 +142,22 @@ def nodes_add(
     """
     db = open_database(load_settings(data_dir=data_dir))
     try:
-        node = node_registry.add_node(db, ae_title, host, port, establishment, role=role, tls=tls)
+        node = node_registry.add_node(
+            db,
+            ae_title,
+            host,
+            port,
+            establishment,
+            role=role,
+            tls=tls,
+            permissions=None if permissions is None else permissions.split(","),
+        )
     except HubError as exc:
         console.print(f"[red]error:[/red] {escape(exc.message)}")
         raise typer.Exit(2) from exc
     owner = f" ({node.establishment})" if node.establishment else ""
-    console.print(f"node {node.ae_title} -> {node.host}:{node.port} registered{owner}")
+    allowed = ",".join(p for p in node_registry.PERMISSIONS if p in node.permissions) or "none"
+    console.print(f"node {node.ae_title} -> {node.host}:{node.port} registered{owner} ({allowed})")
 
 
 def _since(value: datetime | None) -> str:

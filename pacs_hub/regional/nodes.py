@@ -14,9 +14,12 @@ most every few seconds.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -31,6 +34,8 @@ from pacs_hub.storage.models import Establishment, Node
 
 LOGGER = logging.getLogger(__name__)
 ROLES = ("pacs", "modality", "workstation", "destination")
+PERMISSIONS = ("store", "query", "retrieve")
+"""What a node may be permitted to do (Node.can_store, can_query, can_retrieve)."""
 DIRECTORY_TTL = 3.0
 """Seconds a process keeps its snapshot of the registry (a new node is seen after this)."""
 
@@ -74,6 +79,8 @@ class RemoteNode:
     latency_ms: float | None = None
     health_checked_at: datetime | None = None
     pk: int = 0
+    permissions: frozenset[str] = frozenset(PERMISSIONS)
+    """Which of store, query, retrieve it may do (:data:`PERMISSIONS`)."""
 
 
 def validate_ae_title(ae_title: str) -> str:
@@ -92,6 +99,28 @@ def _check_address(host: str, port: int) -> str:
     if not host.strip():
         raise InvalidNode("host is empty")
     return host.strip()
+
+
+def parse_permissions(value: str | Iterable[str]) -> frozenset[str]:
+    """``store,query,retrieve`` (any subset, comma-separated or a list; '' or 'none' for
+    nothing) as a set; :class:`InvalidNode` for another word."""
+    words = value.split(",") if isinstance(value, str) else list(value)
+    names = {w.strip().lower() for w in words if w.strip() and w.strip().lower() != "none"}
+    unknown = names - set(PERMISSIONS)
+    if unknown:
+        raise InvalidNode(
+            f"permissions are {', '.join(PERMISSIONS)}; got {', '.join(sorted(unknown))}"
+        )
+    return frozenset(names)
+
+
+def _permit(node: Node, permissions: Iterable[str] | None) -> None:
+    if permissions is None:
+        return
+    allowed = parse_permissions(permissions)
+    node.can_store = "store" in allowed
+    node.can_query = "query" in allowed
+    node.can_retrieve = "retrieve" in allowed
 
 
 def _check_role(role: str) -> str:
@@ -114,6 +143,13 @@ def _record(node: Node, owner: Establishment | None) -> RemoteNode:
         latency_ms=node.latency_ms,
         health_checked_at=node.health_checked_at,
         pk=node.id,
+        permissions=frozenset(
+            name
+            for name, ok in zip(
+                PERMISSIONS, (node.can_store, node.can_query, node.can_retrieve), strict=True
+            )
+            if ok is not False
+        ),
     )
 
 
@@ -139,8 +175,12 @@ def add_node(
     role: str = "pacs",
     tls: bool = False,
     replace: bool = True,
+    permissions: Iterable[str] | None = None,
 ) -> RemoteNode:
     """Register a remote node, or update it when ``replace`` (the CLI's ``nodes add``).
+
+    ``permissions``: which of store, query, retrieve it may do (None: all for a new
+    node, unchanged for a registered one).
 
     ``establishment`` is the code or the name of a registered establishment
     (:class:`~pacs_hub.regional.establishments.UnknownEstablishment` otherwise).
@@ -157,6 +197,7 @@ def add_node(
             session.add(node)
         _readdress(node, host, port)
         node.role, node.tls = role, tls
+        _permit(node, permissions)
         owner = _attach(session, node, establishment)
         session.flush()
         return _record(node, owner)
@@ -171,6 +212,7 @@ def update_node(
     establishment: str | None = None,
     role: str | None = None,
     tls: bool | None = None,
+    permissions: Iterable[str] | None = None,
 ) -> RemoteNode:
     """Change the given fields of a registered node (``establishment=''`` detaches it)."""
     with db.session() as session:
@@ -181,6 +223,7 @@ def update_node(
             node.role = _check_role(role)
         if tls is not None:
             node.tls = tls
+        _permit(node, permissions)
         owner = _owner(session, node)
         if establishment is not None:
             owner = _attach(session, node, establishment)
@@ -247,6 +290,38 @@ class NodeOwner:
     """The establishment's default Issuer of Patient ID, '' when none."""
     establishment_pk: int | None = None
     """Primary key of the owning establishment (recorded on the studies it sends)."""
+    host: str = ""
+    """The registered host (name or address)."""
+    addresses: frozenset[str] = frozenset()
+    """``host`` as IP addresses (a name resolved once per reload; '' when unresolvable)."""
+    tls: bool = False
+    permissions: frozenset[str] = frozenset({"store", "query", "retrieve"})
+    """Which of store, query, retrieve the node may do (the access policy's node rule)."""
+
+
+def node_addresses(host: str) -> frozenset[str]:
+    """The IP addresses of ``host``: itself when it is one, else its resolution (every
+    address family); empty when it cannot be resolved. IPv4-mapped IPv6 addresses are
+    written as IPv4, so they compare with what a socket reports."""
+    try:
+        return frozenset({normal_address(host)})
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        LOGGER.warning("node host %s does not resolve; calls from it are not recognised", host)
+        return frozenset()
+    return frozenset(normal_address(str(info[4][0])) for info in infos)
+
+
+def normal_address(address: str) -> str:
+    """An IP address in its canonical text (``::ffff:10.0.0.1`` -> ``10.0.0.1``);
+    ValueError when ``address`` is not an IP address."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
 
 
 class NodeDirectory:
@@ -286,10 +361,32 @@ class NodeDirectory:
 
     def _load(self) -> dict[str, NodeOwner]:
         query = select(
-            Node.ae_title, Establishment.code, Establishment.default_issuer, Establishment.id
+            Node.ae_title,
+            Establishment.code,
+            Establishment.default_issuer,
+            Establishment.id,
+            Node.host,
+            Node.tls,
+            Node.can_store,
+            Node.can_query,
+            Node.can_retrieve,
         ).outerjoin(Establishment, Establishment.id == Node.establishment_pk)
         with self._database.read_connection() as conn:
-            return {
-                str(ae): NodeOwner(str(ae), str(code or ""), str(issuer or ""), est_pk)
-                for ae, code, issuer, est_pk in conn.execute(query)
-            }
+            rows = conn.execute(query).all()
+        resolved: dict[str, frozenset[str]] = {}
+        owners = {}
+        for ae, code, issuer, est_pk, host, tls, can_store, can_query, can_retrieve in rows:
+            if host not in resolved:
+                resolved[host] = node_addresses(str(host))
+            allowed = zip(PERMISSIONS, (can_store, can_query, can_retrieve), strict=True)
+            owners[str(ae)] = NodeOwner(
+                str(ae),
+                str(code or ""),
+                str(issuer or ""),
+                est_pk,
+                host=str(host),
+                addresses=resolved[host],
+                tls=bool(tls),
+                permissions=frozenset(name for name, ok in allowed if ok is not False),
+            )
+        return owners

@@ -23,6 +23,8 @@ from pacs_hub.regional import nodes
 router = APIRouter()
 Hub = Annotated[HubState, Depends(hub_state)]
 Role = Literal["pacs", "modality", "workstation", "destination"]
+Permission = Literal["store", "query", "retrieve"]
+ALL_PERMISSIONS: tuple[Permission, ...] = ("store", "query", "retrieve")
 
 
 class NodeIn(BaseModel):
@@ -36,6 +38,10 @@ class NodeIn(BaseModel):
     establishment: str = Field(default="", description="Code or name of its establishment")
     role: Role = "pacs"
     tls: bool = False
+    permissions: list[Permission] = Field(
+        default_factory=lambda: list(ALL_PERMISSIONS),
+        description="What the node may do over DICOM (the access policy's node rule)",
+    )
 
 
 class NodeChange(BaseModel):
@@ -48,6 +54,7 @@ class NodeChange(BaseModel):
     establishment: str | None = None
     role: Role | None = None
     tls: bool | None = None
+    permissions: list[Permission] | None = None
 
 
 class NodeHealth(BaseModel):
@@ -70,6 +77,7 @@ class NodeOut(BaseModel):
     establishment_name: str
     role: str
     tls: bool
+    permissions: list[str]
     health: NodeHealth
 
 
@@ -98,6 +106,7 @@ def node_out(node: nodes.RemoteNode) -> NodeOut:
         establishment_name=node.establishment_name,
         role=node.role,
         tls=node.tls,
+        permissions=[p for p in nodes.PERMISSIONS if p in node.permissions],
         health=health_of(node),
     )
 
@@ -127,6 +136,7 @@ def create_node(body: NodeIn, hub: Hub, response: Response) -> NodeOut:
         role=body.role,
         tls=body.tls,
         replace=False,
+        permissions=body.permissions,
     )
     response.headers["Location"] = f"/api/nodes/{node.ae_title}"
     return node_out(node)
@@ -149,6 +159,7 @@ def change_node(ae_title: str, body: NodeChange, hub: Hub) -> NodeOut:
         establishment=body.establishment,
         role=body.role,
         tls=body.tls,
+        permissions=body.permissions,
     )
     return node_out(node)
 
