@@ -119,6 +119,13 @@ class Settings(BaseSettings):
         default="", description="tls://host:port of an audit repository (RFC 5425), '' = none"
     )
     audit_syslog_ca: str = Field(default="", description="CA file for the audit repository's TLS")
+    dicom_tls_cert: str = Field(
+        default="", description="PEM certificate of the DICOM port (TLS when set, with the key)"
+    )
+    dicom_tls_key: str = Field(default="", description="PEM private key of the DICOM port")
+    dicom_tls_ca: str = Field(
+        default="", description="CA file checking DICOM client certificates ('' = none asked)"
+    )
     log_level: str = "INFO"
     viewer_dir: Path | None = Field(
         default_factory=bundled_viewer_dir,
