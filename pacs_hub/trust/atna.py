@@ -14,7 +14,7 @@ export                    110106 Export                          R       A.5.3.8
 delete                    110105 DICOM Study Deleted             D       A.5.3.5
 audit-read / audit-prune  110101 Audit Log Used                  R / D   A.5.3.2
 login / logout            110114 User Authentication             E       A.5.3.18
-share, consent            110113 Security Alert (110135 Object   E       A.5.3.17
+share(-revoke), consent   110113 Security Alert (110135 Object   E       A.5.3.17
                           Security Attributes Changed)
 break-glass (any access)  + 110113 Security Alert (110127        E       A.5.3.17
                           Emergency Override Started)
@@ -42,6 +42,7 @@ plain comments).
 from __future__ import annotations
 
 import base64
+import json
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -108,6 +109,7 @@ EVENTS: dict[str, Event] = {
     "login": LOGIN,
     "logout": LOGOUT,
     "share": SECURITY_CHANGE,
+    "share-revoke": SECURITY_CHANGE,
     "consent": SECURITY_CHANGE,
 }
 OUTCOMES = {"allow": "0", "ok": "0", "deny": "4"}
@@ -229,7 +231,11 @@ def _query_object(root: etree._Element, rec: AuditRecord) -> None:
         ParticipantObjectTypeCodeRole="3",
     )
     _coded(obj, "ParticipantObjectIDTypeCode", "110181", DCM, "SOP Class UID")
-    etree.SubElement(obj, "ParticipantObjectQuery").text = _b64(str(rec.detail.get("query", "")))
+    query = rec.detail.get("query")
+    if not isinstance(query, str):  # the recorded query keys (level, UIDs; never names)
+        keys = {k: v for k, v in rec.detail.items() if k not in ("address", "break_glass")}
+        query = json.dumps(keys, sort_keys=True, separators=(",", ":"))
+    etree.SubElement(obj, "ParticipantObjectQuery").text = _b64(query)
     syntax = _x(str(rec.detail.get("transfer_syntax") or IMPLICIT_LITTLE_ENDIAN))
     etree.SubElement(obj, "ParticipantObjectDetail", type="TransferSyntax", value=_b64(syntax))
 
