@@ -126,6 +126,28 @@ class Settings(BaseSettings):
     dicom_tls_ca: str = Field(
         default="", description="CA file checking DICOM client certificates ('' = none asked)"
     )
+    # Backup target for hospitals (issue 6): backfill, RPO, restore.
+    backup_rate_limit: float = Field(
+        default=0.0, ge=0, description="Backfill: most instances pulled per second; 0 = no limit"
+    )
+    backup_associations: int = Field(
+        default=2, ge=1, le=16, description="Backfill: studies pulled at once from one PACS"
+    )
+    backup_restore_associations: int = Field(
+        default=4, ge=1, le=32, description="Restore: parallel associations to the PACS"
+    )
+    backup_window_days: int = Field(
+        default=365, ge=1, description="Backfill and reconciliation: days per C-FIND window"
+    )
+    backup_since: str = Field(
+        default="19900101", pattern=r"^\d{8}$", description="Oldest Study Date walked (YYYYMMDD)"
+    )
+    backup_rpo_alert_minutes: float = Field(
+        default=60.0, gt=0, description="RPO above which an establishment is in alert"
+    )
+    backup_interval: float = Field(
+        default=5.0, ge=0, description="Seconds between turns of the backfill task; 0 = off"
+    )
     log_level: str = "INFO"
     viewer_dir: Path | None = Field(
         default_factory=bundled_viewer_dir,
