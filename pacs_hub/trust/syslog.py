@@ -17,7 +17,9 @@ a resent message from a new one. Messages are framed by octet counting (RFC 5425
 ``settings.audit_syslog_url`` (``tls://host:port``), the server checked against
 ``settings.audit_syslog_ca`` (or the system's CAs) and its name.
 
-Delivery is at least once. The id of the last entry shipped is kept in
+Delivery is at least once. Entry ids become visible in increasing order (writers
+serialise on the locked ``audit_head`` row until they commit), so "every entry
+above the last id shipped" never skips one. The id of the last entry shipped is kept in
 ``<data dir>/audit-syslog.cursor`` (written to a temporary file, fsynced, then
 renamed). Syslog has no acknowledgement, so a batch counts as delivered only when
 the repository, after our TLS close_notify, closes its side of the connection
@@ -191,5 +193,5 @@ class SyslogSender:
             self.down = True
             return
         if self.down:
-            LOGGER.warning("audit repository %s:%d reachable again", repo.host, repo.port)
+            LOGGER.info("audit repository %s:%d reachable again", repo.host, repo.port)
         self.down = False
