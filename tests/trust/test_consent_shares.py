@@ -240,6 +240,10 @@ def test_named_doctor_share_needs_consent_then_shows_only_its_study(
     assert world.allowed(gp_principal(), shared)
     assert not world.allowed(gp_principal(), kept)
     assert not world.allowed(Principal(Kind.USER, "other", rpps=OTHER_RPPS), shared)
+    kept_answer = gp.get(f"/dicom-web/studies/{kept}/metadata")
+    if kept_answer.status_code != 200:  # DICOMweb consults the policy: the doctor signed in
+        assert kept_answer.status_code == 403
+        assert gp.get(f"/dicom-web/studies/{shared}/metadata").status_code == 200
 
     with world.database.reader() as s:
         grant = s.get(ShareGrant, body["share"]["id"])
@@ -317,6 +321,21 @@ def test_link_share_with_code_expiry_and_revocation(world: World, rad: httpx.Cli
     assert states[share_id] == "revoked" and states[plain["share"]["id"]] == "expired"
     if not enforced:
         pytest.xfail("DICOMweb enforcement (Policy per request) has not landed yet")
+
+
+def test_wrong_codes_lock_the_link(world: World, rad: httpx.Client) -> None:
+    _regional, (shared,) = world.new_patient(1)
+    text = text_of(rad, "named-doctor")
+    body = rad.post("/api/shares", json={"studies": [shared], "one_time_code": True,
+                                         "consent_text_sha256": text["sha256"]}).json()  # fmt: skip
+    wrong = "1" if body["one_time_code"] != "1" else "2"
+    guesser = httpx.Client(base_url=world.hub.url, timeout=60)
+    for _ in range(5):
+        assert guesser.post(body["link"], data={"code": wrong}).status_code == 403
+    locked = guesser.post(body["link"], data={"code": body["one_time_code"]})
+    assert locked.status_code == 429 and "pacs_hub_session" not in guesser.cookies
+    failures = world.audit(actor_id=f"share:share-{body['share']['id']}", rule="share-code")
+    assert len(failures) == 5
 
 
 def test_patient_wide_share_opens_every_study(world: World, rad: httpx.Client) -> None:
