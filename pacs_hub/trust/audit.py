@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 
+from pacs_hub.errors import HubError
 from pacs_hub.trust.models import AuditEvent, AuditHead
 from pacs_hub.trust.policy import Decision
 from pacs_hub.trust.principal import Action, Principal, Purpose
@@ -184,6 +186,19 @@ def _anchor(conn: Connection) -> tuple[int, str]:
         return 0, GENESIS  # an edited checkpoint: its own hash check reports it
 
 
+def _check(rows: Sequence[Any], prev_id: int, prev: str) -> tuple[list[ChainBreak], int, str]:
+    """Check ``rows`` (in id order) follow entry ``prev_id`` of hash ``prev``; return the
+    breaks found and the last entry's id and hash."""
+    breaks: list[ChainBreak] = []
+    for row in rows:
+        if row.prev_hash != prev:
+            breaks.append(ChainBreak(row.id, f"does not follow entry {prev_id} (deleted?)"))
+        elif chain_hash(prev, row.at, _entry_of(row)) != row.hash:
+            breaks.append(ChainBreak(row.id, "content changed after it was written"))
+        prev, prev_id = row.hash, row.id
+    return breaks, prev_id, prev
+
+
 def verify(conn: Connection, batch: int = 5000) -> list[ChainBreak]:
     """Recompute the kept chain from its anchor; an empty list means intact."""
     breaks: list[ChainBreak] = []
@@ -195,17 +210,20 @@ def verify(conn: Connection, batch: int = 5000) -> list[ChainBreak]:
         ).all()
         if not rows:
             break
-        for row in rows:
-            if row.prev_hash != prev:
-                breaks.append(ChainBreak(row.id, f"does not follow entry {prev_id} (deleted?)"))
-            elif chain_hash(prev, row.at, _entry_of(row)) != row.hash:
-                breaks.append(ChainBreak(row.id, "content changed after it was written"))
-            prev, prev_id = row.hash, row.id
+        found, prev_id, prev = _check(rows, prev_id, prev)
+        breaks += found
         after = rows[-1].id
     head = conn.execute(select(AuditHead.last_id, AuditHead.last_hash)).first()
     if head is not None and (int(head[0]), str(head[1])) != (prev_id, prev):
         breaks.append(ChainBreak(prev_id, "the newest entries were removed"))
     return breaks
+
+
+class AuditChainBroken(HubError):
+    """Retention found a break among the entries it would prune: it keeps them."""
+
+    http_status = 409
+    title = "Audit trail broken"
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,21 +262,26 @@ def prune(
 
     Only a prefix of the chain ever goes (never an entry younger than ``cutoff``,
     nor one at or after ``keep_from_id``, e.g. not yet shipped to the audit
-    repository). Returns None when nothing was old enough.
+    repository). Returns None when nothing was old enough. The entries to prune are
+    checked first: a break among them raises :class:`AuditChainBroken` and nothing
+    goes, so tampering is never erased by retention.
     """
     conn.execute(select(AuditHead.id).where(AuditHead.id == 1).with_for_update())
     bound = _prune_bound(conn, cutoff, keep_from_id)
     if bound is None:
         return None
-    last = conn.execute(
-        select(AuditEvent.id, AuditEvent.hash, AuditEvent.at)
-        .where(AuditEvent.id <= bound)
-        .order_by(AuditEvent.id)
-        .limit(batch)
+    rows = conn.execute(
+        select(AuditEvent).where(AuditEvent.id <= bound).order_by(AuditEvent.id).limit(batch)
     ).all()
-    if not last:
+    if not rows:
         return None
-    through_id, through_hash, through_at = last[-1]
+    breaks, _, _ = _check(rows, *_anchor(conn))
+    if breaks:  # pruning would destroy the evidence: keep it, say where
+        raise AuditChainBroken(
+            f"retention stopped: entry {breaks[0].entry_id} {breaks[0].problem};"
+            " run 'pacs-hub audit verify'"
+        )
+    through_id, through_hash, through_at = rows[-1].id, rows[-1].hash, rows[-1].at
     count = conn.execute(delete(AuditEvent).where(AuditEvent.id <= through_id)).rowcount
     checkpoint = AuditEntry(
         actor_kind=actor.split(":", 1)[0],

@@ -191,9 +191,14 @@ def export(
 
 @app.command("prune")
 def prune(data_dir: DataDir = None) -> None:
-    """Apply the retention now (PACS_HUB_AUDIT_RETENTION_DAYS); the hub does it hourly."""
+    """Apply the retention now (PACS_HUB_AUDIT_RETENTION_DAYS); the hub does it hourly.
+    Exit 2, pruning nothing, when the entries to prune do not verify."""
     settings = load_settings(data_dir=data_dir)
-    count = prune_expired(settings, open_database(settings))
+    try:
+        count = prune_expired(settings, open_database(settings))
+    except audit.AuditChainBroken as exc:
+        console.print(f"[red]error:[/red] {escape(exc.message)}")
+        raise typer.Exit(2) from exc
     console.print(
         f"{count} entr{'y' if count == 1 else 'ies'} older than"
         f" {settings.audit_retention_days} days pruned"

@@ -3,7 +3,8 @@
 ``audit-retention`` (hourly) prunes the entries older than
 ``settings.audit_retention_days`` (at least 183: CSP R6113-9-2 keeps traces 6
 rolling months) in batches, each leaving a checkpoint so that ``verify`` still
-proves the kept chain (:func:`pacs_hub.trust.audit.prune`). When an audit
+proves the kept chain (:func:`pacs_hub.trust.audit.prune`). A break found among
+the entries to prune stops it (logged as an error): evidence is never pruned. When an audit
 repository is configured, nothing not yet shipped is pruned, however old.
 
 ``audit-syslog`` (every few seconds, only with ``audit_syslog_url``) ships new
@@ -12,6 +13,7 @@ entries as DICOM audit messages over TLS syslog (:mod:`pacs_hub.trust.syslog`).
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 
 from pacs_hub.config import Settings
@@ -20,6 +22,7 @@ from pacs_hub.storage.database import Database
 from pacs_hub.trust import audit
 from pacs_hub.trust.syslog import SyslogSender, read_cursor
 
+LOGGER = logging.getLogger(__name__)
 RETENTION_INTERVAL = 3600.0
 SYSLOG_INTERVAL = 2.0
 BATCH = 10_000
@@ -49,7 +52,10 @@ def prune_expired(
 
 
 def _retention(context: WorkerContext) -> None:
-    prune_expired(context.settings, context.database)
+    try:
+        prune_expired(context.settings, context.database)
+    except audit.AuditChainBroken as exc:
+        LOGGER.error("%s", exc.message)
 
 
 SENDER = SyslogSender()

@@ -228,6 +228,24 @@ def test_tampering_after_retention_is_still_found(tmp_path: Path) -> None:
     assert f"entry {kept[1]}: does not follow" in broken.stdout
 
 
+def test_retention_keeps_tampered_entries_as_evidence(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    db = Database(Settings(data_dir=data).index_url)
+    old = append(db, entry(), entry("delete"), at=OLD)
+    append(db, entry("query"))
+    con = sqlite3.connect(data / "index.sqlite3")
+    con.execute("UPDATE audit_events SET action = 'view' WHERE id = ?", (old[1],))
+    con.commit()
+    con.close()
+    refused = cli(data, "prune")
+    assert refused.returncode == 2
+    assert f"entry {old[1]} content changed" in refused.stdout
+    with db.read_connection() as conn:
+        assert set(old) <= set(conn.execute(select(AuditEvent.id)).scalars())
+    assert f"entry {old[1]}:" in cli(data, "verify").stdout
+
+
 # --- queries ---------------------------------------------------------------------------
 
 
