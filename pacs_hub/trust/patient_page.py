@@ -34,6 +34,7 @@ from pacs_hub.trust.models import AuditEvent, User
 from pacs_hub.trust.pages import esc, language, page, same_origin
 from pacs_hub.trust.patient_words import ACTIONS, RULES, WORDS, Words
 from pacs_hub.trust.principal import Kind, Principal, Role
+from pacs_hub.trust.shares_api import ShareId
 
 router = APIRouter()
 ACCESS_ACTIONS = ("view", "retrieve", "query", "export", "share", "delete")
@@ -285,7 +286,7 @@ def patient_consent(
 
 
 @router.post("/patient/shares/{share_id}/revoke", include_in_schema=False)
-def patient_revoke(share_id: int, request: Request, hub: Hub, principal: Caller) -> Response:
+def patient_revoke(share_id: ShareId, request: Request, hub: Hub, principal: Caller) -> Response:
     """The patient revokes a share of their images."""
     lang = language(request)
     own = _patient(principal)

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Form, Path, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection
@@ -41,6 +41,7 @@ from pacs_hub.trust.requests import authenticator, set_session_cookie
 router = APIRouter()
 link_router = APIRouter()
 SHARERS = (Role.RADIOLOGIST, Role.REFERRING_DOCTOR, Role.REGIONAL_ADMIN)
+ShareId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Id of the share")]
 SESSION_SECONDS = 8 * 3600
 """Longest share-link session; the grant's own expiry ends it sooner."""
 
@@ -258,7 +259,7 @@ def _visible(
 
 
 @router.get("/shares/{share_id}", response_model=ShareOut)
-def get_share(share_id: int, hub: Hub, principal: Caller) -> ShareOut:
+def get_share(share_id: ShareId, hub: Hub, principal: Caller) -> ShareOut:
     """One share, for its sender, its recipient, the patient or a regional admin."""
     policy = Policy(hub.settings)
     require_caller(policy, principal)
@@ -269,7 +270,7 @@ def get_share(share_id: int, hub: Hub, principal: Caller) -> ShareOut:
 
 @router.delete("/shares/{share_id}", response_model=ShareOut)
 @router.post("/shares/{share_id}/revoke", response_model=ShareOut)
-def revoke_share(share_id: int, hub: Hub, principal: Caller) -> ShareOut:
+def revoke_share(share_id: ShareId, hub: Hub, principal: Caller) -> ShareOut:
     """Revoke a share at once (the sender, the patient or a regional admin)."""
     policy = Policy(hub.settings)
     require_caller(policy, principal)
