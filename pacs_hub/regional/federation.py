@@ -300,6 +300,31 @@ def _collect(
     return answered, unavailable
 
 
+def _askable(settings: Settings, database: Database) -> tuple[list[PacsNode], list[Unavailable]]:
+    """The PACS nodes to query, and those reported unavailable without asking.
+
+    A node the health check found down (:mod:`pacs_hub.regional.health`) is not asked:
+    a hung PACS would cost every query the whole timeout. A node registered under the
+    hub's own federated AE title would make a query ask itself: never asked.
+    """
+    with database.reader() as session:
+        rows = session.execute(
+            select(Node.ae_title, Node.health_status, Node.down_since).where(Node.role == PACS_ROLE)
+        ).all()
+    down = {title: since for title, health, since in rows if health == "down"}
+    nodes, skipped = [], []
+    for node in pacs_nodes(database):
+        if node.ae_title == settings.federated_ae_title:
+            LOGGER.warning("node %s is the hub's federated AE title: not asked", node.ae_title)
+        elif node.ae_title in down:
+            since = down[node.ae_title]
+            when = f" since {since:%Y-%m-%d %H:%M:%S} UTC" if since else ""
+            skipped.append(Unavailable(node.ae_title, f"down{when} (health check)"))
+        else:
+            nodes.append(node)
+    return nodes, skipped
+
+
 def federated_find(
     settings: Settings,
     database: Database,
@@ -317,8 +342,9 @@ def federated_find(
     start = time.monotonic()
     timeout = settings.federated_timeout
     wire = remote_identifier(identifier, level)
+    nodes, skipped = _askable(settings, database)
     with database.reader() as session:
-        plans = plan_requests(session, query, wire, pacs_nodes(database))
+        plans = plan_requests(session, query, wire, nodes)
     queries = [RemoteFind(settings, node, requests, timeout) for node, requests in plans]
     pool = ThreadPoolExecutor(max_workers=max(1, len(queries)), thread_name_prefix="fed-find")
     try:
@@ -326,6 +352,7 @@ def federated_find(
         with database.reader() as session:
             local = find(session, level, query, limit=local_limit)
         answered, unavailable = _collect(futures, start + timeout)
+        unavailable = sorted([*skipped, *unavailable], key=lambda u: u.ae_title)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     for source in unavailable:
@@ -342,7 +369,7 @@ def federated_find(
         len(unavailable),
         elapsed,
     )
-    sources = tuple(q.node.ae_title for q in queries)
+    sources = tuple(sorted([q.node.ae_title for q in queries] + [u.ae_title for u in skipped]))
     return FederatedResult(level, matches, sources, tuple(unavailable), elapsed)
 
 
