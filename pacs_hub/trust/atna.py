@@ -24,9 +24,10 @@ anything else             110113 Security Alert (110132 Use of   E       A.5.3.1
 
 EventOutcomeIndicator (A.5.1.1): allow / ok -> 0, deny -> 4 (minor failure: refused
 by policy), anything else -> 8. Participants: the requestor (``UserID`` = the
-trail's actor id: ``user:alice``, ``node:CT1``, with the caller's address when the
-entry holds one) and the hub (its AE title, ``UserIsRequestor`` false), with Source
-(110153) and Destination (110152) role ids where the clause asks for them. The
+trail's actor id: ``user:alice``, ``node:CT1``, with the caller's IP address when
+the entry's detail holds one as ``address`` or ``source``) and the hub (its AE
+title, ``UserIsRequestor`` false), with Source (110153) and Destination (110152)
+role ids where the clause asks for them. The
 study is ParticipantObject type 2, role 3, id type (110180, DCM, "Study Instance
 UID"); the patient is type 1, role 1, id type (2, RFC-3881, "Patient Number") with
 the *regional* id and its issuer (``RP00000012^^^PACS_HUB_REGION``): never a name
@@ -113,6 +114,7 @@ EVENTS: dict[str, Event] = {
     "consent": SECURITY_CHANGE,
 }
 OUTCOMES = {"allow": "0", "ok": "0", "deny": "4"}
+NOT_QUERY_KEYS = ("address", "source", "break_glass")
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +191,7 @@ def _participants(
 ) -> None:
     requestor_role, hub_role = _roles(event)
     attrs = {"UserID": _x(rec.actor_id) or "anonymous", "UserIsRequestor": "true"}
-    address = rec.detail.get("address")
+    address = rec.detail.get("address") or rec.detail.get("source")  # HTTP / DICOM peer
     if isinstance(address, str) and address:
         attrs |= {"NetworkAccessPointID": _x(address), "NetworkAccessPointTypeCode": "2"}
     user = etree.SubElement(root, "ActiveParticipant", attrs)
@@ -233,7 +235,7 @@ def _query_object(root: etree._Element, rec: AuditRecord) -> None:
     _coded(obj, "ParticipantObjectIDTypeCode", "110181", DCM, "SOP Class UID")
     query = rec.detail.get("query")
     if not isinstance(query, str):  # the recorded query keys (level, UIDs; never names)
-        keys = {k: v for k, v in rec.detail.items() if k not in ("address", "break_glass")}
+        keys = {k: v for k, v in rec.detail.items() if k not in NOT_QUERY_KEYS}
         query = json.dumps(keys, sort_keys=True, separators=(",", ":"))
     etree.SubElement(obj, "ParticipantObjectQuery").text = _b64(query)
     syntax = _x(str(rec.detail.get("transfer_syntax") or IMPLICIT_LITTLE_ENDIAN))
