@@ -18,7 +18,13 @@ Every result carries:
 Sources that do not answer within ``PACS_HUB_FEDERATED_TIMEOUT`` seconds, refuse or
 fail are named in a ``Warning: 299`` header (PS3.18 8.6.2), next to the paging
 warning. ``limit`` / ``offset`` page the merged list; ``X-Total-Count`` is its size.
-Limits: ``fuzzymatching`` applies to the hub's matches only (the PACS get the values
+Access (issue 4): the hub's own matches are restricted in SQL like plain QIDO-RS;
+a result only a PACS holds is shown when the access policy allows it once its patient
+is known (:func:`pacs_hub.trust.access.remote_visible`: the PACS belongs to one of the
+caller's establishments, or the hub links its Patient ID to a regional patient the
+caller may see); a remote result whose patient the hub does not know is shown only to
+callers who see everything (regional administrators, break-glass). Totals count what
+is shown. Limits: ``fuzzymatching`` applies to the hub's matches only (the PACS get the values
 as C-FIND matching keys), and ``includefield`` of attributes outside the index is not
 answered for federated results.
 """
@@ -34,6 +40,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from pacs_hub.dicomweb.access import Caller, with_query
 from pacs_hub.dicomweb.search import (
     CONTROL_PARAMETERS,
     UTF8,
@@ -47,6 +54,7 @@ from pacs_hub.dicomweb.state import HubState
 from pacs_hub.errors import InvalidQuery
 from pacs_hub.regional.federation import FederatedMatch, FederatedResult, federated_find
 from pacs_hub.storage.query import Level
+from pacs_hub.trust.access import RemoteAnswer, remote_visible
 
 PARAMETER = "includeremote"
 DICOM_JSON = "application/dicom+json"
@@ -129,11 +137,37 @@ def _warnings(search: Search, result: FederatedResult, shown: int, total: int) -
     return warnings
 
 
-def answer(request: Request, hub: HubState, level: Level, fixed: dict[str, str]) -> Response:
+def _visible(hub: HubState, caller: Caller, matches: list[FederatedMatch]) -> list[FederatedMatch]:
+    """The matches the caller may see: remote-only ones by :func:`remote_visible`."""
+    if not caller.enforced:
+        return matches
+    shown = []
+    with hub.database.read_connection() as conn:
+        for match in matches:
+            if match.local is None:
+                remote = match.remote
+                seen = RemoteAnswer(
+                    match.locations,
+                    _remote_text(remote, "StudyInstanceUID") or "" if remote is not None else "",
+                    _remote_text(remote, "PatientID") or "" if remote is not None else "",
+                    _remote_text(remote, "IssuerOfPatientID") or "" if remote is not None else "",
+                )
+                args = (caller.policy, conn, caller.principal, caller.purpose, seen)
+                if not remote_visible(*args, reason=caller.reason):
+                    continue
+            shown.append(match)
+    return shown
+
+
+def answer(
+    request: Request, hub: HubState, caller: Caller, level: Level, fixed: dict[str, str]
+) -> Response:
     """A QIDO-RS search answered by a federated query (see the module docstring)."""
     params = [(n, v) for n, v in request.query_params.multi_items() if n != PARAMETER]
     settings = hub.settings
     search = parse_search(level, params, fixed, settings.qido_max_limit, settings.regional_issuer)
+    with hub.database.read_connection() as conn:
+        search = with_query(search, caller.restrict(conn, search.query))
     result = federated_find(
         hub.settings,
         hub.database,
@@ -143,9 +177,11 @@ def answer(request: Request, hub: HubState, level: Level, fixed: dict[str, str])
         local_limit=hub.settings.qido_max_limit,
     )
     base = str(request.base_url).rstrip("/") + "/dicom-web"
-    page = result.matches[search.offset : search.offset + search.limit]
+    matches = _visible(hub, caller, result.matches)
+    page = matches[search.offset : search.offset + search.limit]
     answers = [match_json(search, match, base) for match in page]
-    total = len(result.matches)
+    total = len(matches)
+    caller.audit_query(level=level.value, returned=len(page), total=total, remote=True, **fixed)
     headers = {"X-Total-Count": str(total)}
     warnings = _warnings(search, result, len(page), total)
     if warnings:

@@ -5,6 +5,10 @@ Answers are ``application/dicom+json`` (PS3.18 F.2) built by
 and ``offset`` (PS3.18 8.3.4.4); ``X-Total-Count`` gives the number of matches and
 a ``Warning: 299`` header says when more results remain (8.3.4.4.1) or a matching
 key was ignored.
+
+Access (issue 4): the search matches only the studies the caller may see (the access
+policy inside the SQL, :mod:`pacs_hub.dicomweb.access`), so ``X-Total-Count`` and the
+pages never reveal a study the caller may not see; each search is one audit entry.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from pacs_hub.dicom.header import is_valid_uid
 from pacs_hub.dicomweb import federated
+from pacs_hub.dicomweb.access import Caller, CallerDep, with_query
 from pacs_hub.dicomweb.problems import Problem
 from pacs_hub.dicomweb.search import Search, parse_search, row_json
 from pacs_hub.dicomweb.state import HubState, hub_state
@@ -73,10 +78,12 @@ def _extra(hub: HubState, session: Any, search: Search, row: Row) -> dict[str, A
     return out
 
 
-def _answer(request: Request, hub: HubState, level: Level, fixed: dict[str, str]) -> Response:
+def _answer(
+    request: Request, hub: HubState, caller: Caller, level: Level, fixed: dict[str, str]
+) -> Response:
     _check_accept(request)
     if federated.wants_remote(request):  # includeremote=true: every PACS too
-        return federated.answer(request, hub, level, fixed)
+        return federated.answer(request, hub, caller, level, fixed)
     search = parse_search(
         level,
         list(request.query_params.multi_items()),
@@ -86,6 +93,7 @@ def _answer(request: Request, hub: HubState, level: Level, fixed: dict[str, str]
     )
     base = _base(request)
     with hub.database.reader() as session:
+        search = with_query(search, caller.restrict(session.connection(), search.query))
         rows = find(session, level, search.query, limit=search.limit, offset=search.offset)
         if len(rows) == search.limit or (search.offset and not rows):
             total = count_matches(session, level, search.query)
@@ -97,6 +105,7 @@ def _answer(request: Request, hub: HubState, level: Level, fixed: dict[str, str]
             if search.extra_tags:
                 answer = dict(sorted({**answer, **_extra(hub, session, search, row)}.items()))
             answers.append(answer)
+    caller.audit_query(level=level.value, returned=len(rows), total=total, **fixed)
     headers = {"X-Total-Count": str(total)}
     warnings = []
     if search.offset + len(rows) < total:
@@ -110,40 +119,44 @@ def _answer(request: Request, hub: HubState, level: Level, fixed: dict[str, str]
 
 
 @router.get("/studies")
-def search_studies(request: Request, hub: Hub) -> Response:
+def search_studies(request: Request, hub: Hub, caller: CallerDep) -> Response:
     """Search for studies (PS3.18 10.6.1, resource /studies)."""
-    return _answer(request, hub, Level.STUDY, {})
+    return _answer(request, hub, caller, Level.STUDY, {})
 
 
 @router.get("/studies/{study}/series")
-def search_study_series(request: Request, hub: Hub, study: str) -> Response:
+def search_study_series(request: Request, hub: Hub, caller: CallerDep, study: str) -> Response:
     """Search for the series of one study."""
-    return _answer(request, hub, Level.SERIES, {"StudyInstanceUID": check_uid("study", study)})
+    fixed = {"StudyInstanceUID": check_uid("study", study)}
+    return _answer(request, hub, caller, Level.SERIES, fixed)
 
 
 @router.get("/series")
-def search_series(request: Request, hub: Hub) -> Response:
+def search_series(request: Request, hub: Hub, caller: CallerDep) -> Response:
     """Search for series in every study."""
-    return _answer(request, hub, Level.SERIES, {})
+    return _answer(request, hub, caller, Level.SERIES, {})
 
 
 @router.get("/studies/{study}/series/{series}/instances")
-def search_series_instances(request: Request, hub: Hub, study: str, series: str) -> Response:
+def search_series_instances(
+    request: Request, hub: Hub, caller: CallerDep, study: str, series: str
+) -> Response:
     """Search for the instances of one series."""
     fixed = {
         "StudyInstanceUID": check_uid("study", study),
         "SeriesInstanceUID": check_uid("series", series),
     }
-    return _answer(request, hub, Level.IMAGE, fixed)
+    return _answer(request, hub, caller, Level.IMAGE, fixed)
 
 
 @router.get("/studies/{study}/instances")
-def search_study_instances(request: Request, hub: Hub, study: str) -> Response:
+def search_study_instances(request: Request, hub: Hub, caller: CallerDep, study: str) -> Response:
     """Search for the instances of one study."""
-    return _answer(request, hub, Level.IMAGE, {"StudyInstanceUID": check_uid("study", study)})
+    fixed = {"StudyInstanceUID": check_uid("study", study)}
+    return _answer(request, hub, caller, Level.IMAGE, fixed)
 
 
 @router.get("/instances")
-def search_instances(request: Request, hub: Hub) -> Response:
+def search_instances(request: Request, hub: Hub, caller: CallerDep) -> Response:
     """Search for instances in every study."""
-    return _answer(request, hub, Level.IMAGE, {})
+    return _answer(request, hub, caller, Level.IMAGE, {})

@@ -13,13 +13,15 @@ with one consumer image: ``image/jpeg`` (the default, also for ``*/*`` and
   ratio kept), ``quality=1..100`` (JPEG). Without a
   window the stored one is used (:mod:`pacs_hub.dicom.render`). A bad value is 400.
 * ``/thumbnail`` is the same rendering fitted into 128x128 unless a viewport is given.
+
+Access (issue 4): the access policy decides for the study first (action retrieve; 403
+with no image when refused), audited once a minute per caller and study
+(:mod:`pacs_hub.dicomweb.access`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from pacs_hub.dicom.frames import StoredPixels, can_decode
@@ -31,15 +33,15 @@ from pacs_hub.dicom.render import (
     parse_window,
     render_frame,
 )
+from pacs_hub.dicomweb.access import Caller, CallerDep
 from pacs_hub.dicomweb.multipart import parse_accept
 from pacs_hub.dicomweb.problems import Problem
-from pacs_hub.dicomweb.state import HubState, hub_state
+from pacs_hub.dicomweb.state import HubState
 from pacs_hub.dicomweb.wado import INSTANCE_PATH, find_instances, pixels_of
 from pacs_hub.storage.query import Level
 from pacs_hub.storage.retrieval import RetrieveItem, RetrieveRequest, representative_instance
 
 router = APIRouter()
-Hub = Annotated[HubState, Depends(hub_state)]
 THUMBNAIL_VIEWPORT = Viewport(128, 128)
 DEFAULT_MEDIA = "image/jpeg"
 
@@ -91,8 +93,10 @@ def _render(item: RetrieveItem, index: int, options: RenderOptions) -> Response:
     return Response(body, media_type=options.media_type)
 
 
-def _representative(state: HubState, study: str, series: str | None) -> RetrieveItem:
-    find_instances(state, study, series)  # 400 / 404 for the path first
+def _representative(
+    state: HubState, caller: Caller, study: str, series: str | None
+) -> RetrieveItem:
+    find_instances(state, study, series, caller=caller, resource="rendered")  # 400/403/404 first
     keys: dict[Level, tuple[str, ...]] = {Level.STUDY: (study,)}
     level = Level.STUDY
     if series is not None:
@@ -110,74 +114,77 @@ def _frame_index(text: str) -> int:
     return int(text) - 1
 
 
-def _study(study: str, request: Request, state: HubState, thumbnail: bool) -> Response:
+def _study(study: str, request: Request, caller: Caller, thumbnail: bool) -> Response:
     options = _options(request, thumbnail)
-    return _render(_representative(state, study, None), 0, options)
+    return _render(_representative(caller.hub, caller, study, None), 0, options)
 
 
-def _series(
-    study: str, series: str, request: Request, state: HubState, thumbnail: bool
-) -> Response:
+def _series(study: str, series: str, request: Request, caller: Caller, thumbnail: bool) -> Response:
     options = _options(request, thumbnail)
-    return _render(_representative(state, study, series), 0, options)
+    return _render(_representative(caller.hub, caller, study, series), 0, options)
 
 
 def _instance(
-    study: str, series: str, sop: str, frame: int, request: Request, state: HubState, thumb: bool
+    study: str, series: str, sop: str, frame: int, request: Request, caller: Caller, thumb: bool
 ) -> Response:
     options = _options(request, thumb)
-    return _render(find_instances(state, study, series, sop)[0], frame, options)
+    item = find_instances(caller.hub, study, series, sop, caller, "rendered")[0]
+    return _render(item, frame, options)
 
 
 @router.get("/studies/{study}/rendered")
-def study_rendered(study: str, request: Request, state: Hub) -> Response:
+def study_rendered(study: str, request: Request, caller: CallerDep) -> Response:
     """Rendered study (PS3.18 10.4.1.1.3): its representative image."""
-    return _study(study, request, state, thumbnail=False)
+    return _study(study, request, caller, thumbnail=False)
 
 
 @router.get("/studies/{study}/thumbnail")
-def study_thumbnail(study: str, request: Request, state: Hub) -> Response:
+def study_thumbnail(study: str, request: Request, caller: CallerDep) -> Response:
     """Study thumbnail (PS3.18 9.5.1.2.1)."""
-    return _study(study, request, state, thumbnail=True)
+    return _study(study, request, caller, thumbnail=True)
 
 
 @router.get("/studies/{study}/series/{series}/rendered")
-def series_rendered(study: str, series: str, request: Request, state: Hub) -> Response:
+def series_rendered(study: str, series: str, request: Request, caller: CallerDep) -> Response:
     """Rendered series: its representative (middle) image."""
-    return _series(study, series, request, state, thumbnail=False)
+    return _series(study, series, request, caller, thumbnail=False)
 
 
 @router.get("/studies/{study}/series/{series}/thumbnail")
-def series_thumbnail(study: str, series: str, request: Request, state: Hub) -> Response:
+def series_thumbnail(study: str, series: str, request: Request, caller: CallerDep) -> Response:
     """Series thumbnail."""
-    return _series(study, series, request, state, thumbnail=True)
+    return _series(study, series, request, caller, thumbnail=True)
 
 
 @router.get(INSTANCE_PATH + "/rendered")
-def instance_rendered(study: str, series: str, sop: str, request: Request, state: Hub) -> Response:
+def instance_rendered(
+    study: str, series: str, sop: str, request: Request, caller: CallerDep
+) -> Response:
     """Rendered instance: its first frame."""
-    return _instance(study, series, sop, 0, request, state, thumb=False)
+    return _instance(study, series, sop, 0, request, caller, thumb=False)
 
 
 @router.get(INSTANCE_PATH + "/thumbnail")
-def instance_thumbnail(study: str, series: str, sop: str, request: Request, state: Hub) -> Response:
+def instance_thumbnail(
+    study: str, series: str, sop: str, request: Request, caller: CallerDep
+) -> Response:
     """Instance thumbnail."""
-    return _instance(study, series, sop, 0, request, state, thumb=True)
+    return _instance(study, series, sop, 0, request, caller, thumb=True)
 
 
 @router.get(INSTANCE_PATH + "/frames/{frame}/rendered")
 def frame_rendered(
-    study: str, series: str, sop: str, frame: str, request: Request, state: Hub
+    study: str, series: str, sop: str, frame: str, request: Request, caller: CallerDep
 ) -> Response:
     """Rendered frame (PS3.18 10.4.1.1.3): one 1-based frame number."""
     index = _frame_index(frame)
-    return _instance(study, series, sop, index, request, state, thumb=False)
+    return _instance(study, series, sop, index, request, caller, thumb=False)
 
 
 @router.get(INSTANCE_PATH + "/frames/{frame}/thumbnail")
 def frame_thumbnail(
-    study: str, series: str, sop: str, frame: str, request: Request, state: Hub
+    study: str, series: str, sop: str, frame: str, request: Request, caller: CallerDep
 ) -> Response:
     """Frame thumbnail."""
     index = _frame_index(frame)
-    return _instance(study, series, sop, index, request, state, thumb=True)
+    return _instance(study, series, sop, index, request, caller, thumb=True)

@@ -14,6 +14,11 @@ Failure Reason (the DICOM status of PS3.4 B.2.3 the same failure gives over
 C-STORE). HTTP status (10.5.3.1): 200 every instance stored; 202 some stored, some
 failed; 409 none stored. A part whose Study Instance UID differs from the one in
 the path fails with 0xA900 and is not stored.
+
+Access (issue 4): the caller must be allowed to store (action store: a regional or
+establishment administrator, a radiologist, a service account; never a share link,
+a patient or a referring doctor), decided and audited before the body is read: 403
+otherwise.
 """
 
 from __future__ import annotations
@@ -30,12 +35,14 @@ from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from pacs_hub.dicom.header import is_valid_uid, parse_instance
+from pacs_hub.dicomweb.access import Caller, CallerDep
 from pacs_hub.dicomweb.problems import Problem
 from pacs_hub.dicomweb.qido import DICOM_JSON, check_uid
 from pacs_hub.dicomweb.state import HubState, hub_state
 from pacs_hub.dicomweb.upload import MalformedMultipart, MultipartSpooler, Part, media_type
 from pacs_hub.errors import HubError
 from pacs_hub.ingest import IngestResult
+from pacs_hub.trust.principal import Action
 
 LOGGER = logging.getLogger(__name__)
 router = APIRouter()
@@ -189,7 +196,8 @@ def _response_body(
     return body
 
 
-async def _store(request: Request, hub: HubState, study: str | None) -> Response:
+async def _store(request: Request, hub: HubState, caller: Caller, study: str | None) -> Response:
+    await run_in_threadpool(caller.check, Action.STORE, "storing instances", study=study or "")
     boundary = _boundary(request)
     spooler = await _spool(request, hub, boundary)
     stored: list[IngestResult] = []
@@ -220,12 +228,14 @@ async def _store(request: Request, hub: HubState, study: str | None) -> Response
 
 
 @router.post("/studies")
-async def store_instances(request: Request, hub: Hub) -> Response:
+async def store_instances(request: Request, hub: Hub, caller: CallerDep) -> Response:
     """Store instances of any studies (PS3.18 10.5.1)."""
-    return await _store(request, hub, None)
+    return await _store(request, hub, caller, None)
 
 
 @router.post("/studies/{study}")
-async def store_study_instances(request: Request, hub: Hub, study: str) -> Response:
+async def store_study_instances(
+    request: Request, hub: Hub, caller: CallerDep, study: str
+) -> Response:
     """Store instances of one study: others fail with 0xA900 (PS3.18 10.5.1)."""
-    return await _store(request, hub, check_uid("study", study))
+    return await _store(request, hub, caller, check_uid("study", study))

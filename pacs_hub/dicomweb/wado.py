@@ -34,6 +34,11 @@ decided for every instance before the first byte is sent. Implicit VR Little End
 and Explicit VR Big Endian are never sent labelled as such (PS3.18 8.7.3 forbids them):
 native frames and bulk data are little endian octets labelled 1.2.840.10008.1.2.1;
 only ``transfer-syntax=*`` returns a stored file in those syntaxes, unchanged.
+
+Access (issue 4): every resource asks the access policy for its study (action
+retrieve) before anything is read: 403 problem+json with no data when refused, 404
+for a study the hub does not hold. Decisions are audited; a viewer's run of frame and
+bulk data requests on one study is recorded once a minute (:mod:`pacs_hub.trust.access`).
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ from pacs_hub.dicom.frames import (
 )
 from pacs_hub.dicom.header import is_valid_uid
 from pacs_hub.dicom.transcode import can_transcode, to_explicit_little_endian
+from pacs_hub.dicomweb.access import Caller, CallerDep
 from pacs_hub.dicomweb.multipart import (
     Acceptable,
     Part,
@@ -82,6 +88,7 @@ from pacs_hub.dicomweb.problems import Problem
 from pacs_hub.dicomweb.state import HubState, hub_state
 from pacs_hub.storage.query import Level
 from pacs_hub.storage.retrieval import RetrieveItem, RetrieveRequest, select_instances
+from pacs_hub.trust.principal import Action
 
 LOGGER = logging.getLogger(__name__)
 router = APIRouter()
@@ -115,9 +122,15 @@ def _check_uids(**uids: str) -> None:
 
 
 def find_instances(
-    state: HubState, study: str, series: str | None = None, sop: str | None = None
+    state: HubState,
+    study: str,
+    series: str | None = None,
+    sop: str | None = None,
+    caller: Caller | None = None,
+    resource: str = "instances",
 ) -> list[RetrieveItem]:
-    """The stored instances a WADO-RS path names; 400 for a bad UID, 404 when none."""
+    """The stored instances a WADO-RS path names, once ``caller`` may retrieve the study;
+    400 for a bad UID, 403 when the policy refuses, 404 when none."""
     keys: dict[Level, tuple[str, ...]] = {Level.STUDY: (study,)}
     named = {"StudyInstanceUID": study}
     level = Level.STUDY
@@ -126,6 +139,8 @@ def find_instances(
     if sop is not None:
         keys[Level.IMAGE], named["SOPInstanceUID"], level = (sop,), sop, Level.IMAGE
     _check_uids(**named)
+    if caller is not None:
+        caller.check_study(Action.RETRIEVE, study, resource=resource)
     with state.database.reader() as session:
         items = select_instances(session, state.blobs, RetrieveRequest(level, keys))
     if not items:
@@ -230,21 +245,25 @@ def _retrieve(request: Request, items: list[RetrieveItem]) -> Response:
 
 
 @router.get("/studies/{study}")
-def retrieve_study(study: str, request: Request, state: Hub) -> Response:
+def retrieve_study(study: str, request: Request, state: Hub, caller: CallerDep) -> Response:
     """Retrieve Study (PS3.18 10.4.1.1.1): every instance of the study."""
-    return _retrieve(request, find_instances(state, study))
+    return _retrieve(request, find_instances(state, study, caller=caller))
 
 
 @router.get("/studies/{study}/series/{series}")
-def retrieve_series(study: str, series: str, request: Request, state: Hub) -> Response:
+def retrieve_series(
+    study: str, series: str, request: Request, state: Hub, caller: CallerDep
+) -> Response:
     """Retrieve Series (PS3.18 10.4.1.1.1)."""
-    return _retrieve(request, find_instances(state, study, series))
+    return _retrieve(request, find_instances(state, study, series, caller=caller))
 
 
 @router.get(INSTANCE_PATH)
-def retrieve_instance(study: str, series: str, sop: str, request: Request, state: Hub) -> Response:
+def retrieve_instance(
+    study: str, series: str, sop: str, request: Request, state: Hub, caller: CallerDep
+) -> Response:
     """Retrieve Instance (PS3.18 10.4.1.1.1)."""
-    return _retrieve(request, find_instances(state, study, series, sop))
+    return _retrieve(request, find_instances(state, study, series, sop, caller))
 
 
 # --- frames and bulk data ----------------------------------------------------------------
@@ -337,9 +356,10 @@ def retrieve_frames(
     frame_list: str,
     request: Request,
     state: Hub,
+    caller: CallerDep,
 ) -> Response:
     """Retrieve Frames (PS3.18 10.4.1.1.5): one part per frame, in the order asked."""
-    item = find_instances(state, study, series, sop)[0]
+    item = find_instances(state, study, series, sop, caller, "frames")[0]
     options = _accepted(request)
     pixels = pixels_of(item)
     numbers = _frame_numbers(frame_list, pixels.number_of_frames)
@@ -382,9 +402,10 @@ def retrieve_bulkdata(
     tag_path: str,
     request: Request,
     state: Hub,
+    caller: CallerDep,
 ) -> Response:
     """Retrieve Bulkdata (PS3.18 10.4.1.1.4) of the element ``tag_path`` names."""
-    item = find_instances(state, study, series, sop)[0]
+    item = find_instances(state, study, series, sop, caller, "bulkdata")[0]
     steps = _steps(tag_path)
     options = _accepted(request)
     is_pixels = len(steps) == 1 and steps[0][0] in PIXEL_TAGS

@@ -5,6 +5,9 @@
 ``GET /api/establishments`` lists them, ``GET|PATCH|DELETE /api/establishments/{code}``
 read, change and remove one (409 while nodes are attached). Errors are
 ``application/problem+json``. The node routes are in :mod:`pacs_hub.regional.nodes_api`.
+
+Access (issue 4): regional administrators only (the access policy's action admin,
+purpose admin; :func:`pacs_hub.dicomweb.access.regional_admin`), every call audited.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from pacs_hub.dicomweb.access import regional_admin
 from pacs_hub.dicomweb.state import HubState, hub_state
 from pacs_hub.regional import establishments as registry
 from pacs_hub.regional import nodes_api
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(regional_admin)])
 router.include_router(nodes_api.router)
 Hub = Annotated[HubState, Depends(hub_state)]
 

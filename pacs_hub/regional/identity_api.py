@@ -16,6 +16,10 @@
 
 Refusals are ``application/problem+json``: 404 (unknown id), 409 (two different INS
 under one regional patient, a candidate already decided, an event already reverted).
+
+Access (issue 4): regional administrators only (the access policy's action admin,
+purpose admin; :func:`pacs_hub.dicomweb.access.regional_admin`), every call audited;
+401 without credentials, 403 for anyone else.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from pacs_hub.dicomweb.access import regional_admin
 from pacs_hub.dicomweb.problems import Problem
 from pacs_hub.dicomweb.state import HubState, hub_state
 from pacs_hub.regional import identity_changes as changes
 from pacs_hub.regional import identity_views as views
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(regional_admin)])
 Hub = Annotated[HubState, Depends(hub_state)]
 Actor = Annotated[str, Field(min_length=1, max_length=64, description="Who decides (audited)")]
 CANDIDATE_STATUSES = ("pending", "accepted", "rejected", "all")

@@ -11,6 +11,9 @@
 
 Conditions are described in :mod:`pacs_hub.regional.routing_rules`. Errors are
 ``application/problem+json``.
+
+Access (issue 4): regional administrators only (the access policy's action admin,
+purpose admin; :func:`pacs_hub.dicomweb.access.regional_admin`), every call audited.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from pacs_hub.dicomweb.access import regional_admin
 from pacs_hub.dicomweb.state import HubState, hub_state
 from pacs_hub.regional import routing, routing_rules
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(regional_admin)])
 Hub = Annotated[HubState, Depends(hub_state)]
 
 

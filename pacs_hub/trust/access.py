@@ -12,6 +12,16 @@ C-GET, C-STORE) does the same three things, through this module:
   :func:`authorize` per study: the policy's decision, recorded in the audit trail;
 * a **store** (C-STORE, STOW-RS) asks :func:`authorize` without a study.
 
+Remote results of a federated query (answers of an establishment PACS for studies the
+hub does not hold) are shown by the same rules once their patient is known
+(:func:`remote_visible`): the establishment rule when the answering PACS belongs to one
+of the caller's establishments; else the per-study decision when the hub holds the
+study; else the per-patient decision (care team, consent, own record, a patient-wide
+share) when the Patient ID (with its issuer, or the PACS establishment's default
+issuer) is linked to a regional patient. A remote answer whose patient is unknown to
+the hub is shown only to callers who see everything (regional administrators,
+break-glass).
+
 Audit volume. Every deny is recorded. An allowed decision is recorded once per
 (caller, action, purpose, study, rule) per :data:`WINDOW_SECONDS` (60 s) in this
 process (:class:`AuditWindow`): a viewer that opens a study fetches its metadata
@@ -29,9 +39,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
 from pacs_hub.storage.database import Database
+from pacs_hub.storage.models import Establishment, Node, Patient
 from pacs_hub.storage.query import Access, access_from
 from pacs_hub.trust import audit
 from pacs_hub.trust.policy import Decision, Policy
@@ -141,8 +152,71 @@ def record_query(
         and principal.has(*policy.break_glass_roles)
     )
     decision = Decision(True, "break-glass" if break_glass else "filtered-query", break_glass)
-    entry = audit.decision_entry(
-        principal, Action.QUERY, purpose, decision, reason=reason, detail=detail
-    )
+    record_decision(database, principal, Action.QUERY, purpose, decision, reason, detail)
+
+
+def record_decision(
+    database: Database,
+    principal: Principal,
+    action: Action,
+    purpose: Purpose,
+    decision: Decision,
+    reason: str = "",
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Record a decision taken outside :meth:`Policy.decide` (a query, a remote result)."""
+    entry = audit.decision_entry(principal, action, purpose, decision, reason=reason, detail=detail)
     with database.session() as session:
         audit.record(session.connection(), entry)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteAnswer:
+    """What a federated query knows of a study only a PACS holds (no pydicom here)."""
+
+    locations: tuple[str, ...]
+    """AE titles of the PACS nodes that answered it."""
+    study_uid: str = ""
+    patient_id: str = ""
+    issuer_of_patient_id: str = ""
+
+
+def remote_visible(
+    policy: Policy,
+    conn: Connection,
+    principal: Principal,
+    purpose: Purpose,
+    answer: RemoteAnswer,
+    reason: str = "",
+) -> bool:
+    """May ``principal`` see this remote answer? (the rules of the module docstring)."""
+    if not policy.enforced:
+        return True
+    nodes = conn.execute(
+        select(Node.establishment_pk, Establishment.default_issuer)
+        .outerjoin(Establishment, Establishment.id == Node.establishment_pk)
+        .where(Node.ae_title.in_(answer.locations))
+    ).all()
+    owners = {pk for pk, _issuer in nodes if pk is not None}
+    if owners & principal.establishments:
+        return True
+    if answer.study_uid and policy.study_facts(conn, answer.study_uid) is not None:
+        return policy.decide(
+            conn, principal, Action.QUERY, purpose, study_uid=answer.study_uid, reason=reason
+        ).allowed
+    issuers = {answer.issuer_of_patient_id} if answer.issuer_of_patient_id else set()
+    issuers |= {str(issuer) for _pk, issuer in nodes if issuer} if not issuers else set()
+    regional = None
+    if answer.patient_id and issuers:
+        regional = conn.execute(
+            select(Patient.regional_patient_pk).where(
+                Patient.patient_id == answer.patient_id,
+                Patient.issuer_of_patient_id.in_(issuers),
+                Patient.regional_patient_pk.is_not(None),
+            )
+        ).scalar()
+    if regional is None:
+        return policy.visible_studies(conn, principal, purpose, reason=reason) is None
+    return policy.decide(
+        conn, principal, Action.QUERY, purpose, regional_pk=int(regional), reason=reason
+    ).allowed

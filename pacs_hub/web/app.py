@@ -19,6 +19,7 @@ from pacs_hub.storage.blobs import BlobStore
 from pacs_hub.storage.database import Database
 from pacs_hub.trust import audit_api, auth_api, sharing, users_api
 from pacs_hub.web.viewer import mount_viewer
+from pacs_hub.web.viewer_access import ViewerAccess
 
 DICOMWEB_PREFIX = "/dicom-web"
 API_PREFIX = "/api"
@@ -44,6 +45,7 @@ def create_app(
     problems.install(app)
     auth_api.install(app, settings, database)  # /auth, app.state.auth, sign-in gate
     sharing.install(app)  # /api/consents, /api/shares, /share/{token}, /patient
+    app.add_middleware(ViewerAccess)  # the policy for studies named in a viewer page
     app.include_router(users_api.router, prefix=API_PREFIX, tags=["users"])
     app.include_router(audit_api.router, prefix=API_PREFIX, tags=["audit"])
     for module in (qido, metadata, wado, rendered, stow):
