@@ -358,6 +358,22 @@ def test_api_scopes_readers_and_records_each_reading(secured_hub: Hub) -> None:
     # The CLI lists with the same filters.
     listed = secured_hub.cli("audit", "list", "--patient", "RP00000003", "--json")
     assert '"RP00000003"' in listed.stdout and "DOE" not in listed.stdout
+    # A DICOMweb query through the hub is recorded by it and exported as 110112 Query.
+    qido = httpx.get(
+        f"{secured_hub.url}/dicom-web/studies",
+        headers={"Authorization": f"Bearer {admin}"},
+        timeout=10,
+    )
+    assert qido.status_code in (200, 204), qido.text
+    out = secured_hub.data_dir.parent / "atna"
+    secured_hub.cli("audit", "export", "--out", str(out), "--action", "query")
+    queries = [etree.parse(str(p)) for p in sorted(out.glob("*-110112.xml"))]
+    assert queries
+    for doc in queries:
+        assert SCHEMA_CHECK.validate(doc), SCHEMA_CHECK.error_log
+    assert "user:auditor" in {
+        p.get("UserID") for doc in queries for p in doc.findall("ActiveParticipant")
+    }
 
 
 # --- ATNA export -----------------------------------------------------------------------
