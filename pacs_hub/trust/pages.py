@@ -57,8 +57,8 @@ def same_origin(request: Request) -> bool:
     """A form POST came from this hub's own pages (Origin or Sec-Fetch-Site), not from
     another site riding on the user's cookies (CSRF)."""
     site = request.headers.get("sec-fetch-site", "")
-    if site and site not in ("same-origin", "none"):
-        return False
+    if site:  # Fetch Metadata, sent by every current browser: the browser's own word
+        return site in ("same-origin", "none")
     origin = request.headers.get("origin", "")
     if origin and origin != "null":
         host = request.headers.get("host", "")
