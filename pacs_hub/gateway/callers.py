@@ -8,6 +8,11 @@ A-ASSOCIATE-RJ: result rejected-permanent (1), source DICOM UL service-user (1),
 reason calling-AE-title-not-recognized (3) (PS3.8 9.3.4). With ``accept`` it is let
 in (the embedded demo) and logged as unregistered. Accepted calls from a registered
 node are logged with the node's establishment.
+
+With the access policy on (``PACS_HUB_AUTH_REQUIRED=true``) the stricter admission
+of :mod:`pacs_hub.gateway.access` applies instead, whatever ``unknown_callers`` says:
+registered nodes only, from their registered host, over TLS with a client
+certificate when the node is marked ``tls``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field
 from pynetdicom import evt
 from pynetdicom.association import Association
 
+from pacs_hub.gateway import access
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.regional.nodes import NodeDirectory
 
@@ -36,6 +42,8 @@ class CallerPolicy:
     directory: NodeDirectory
     refuse_unknown: bool
     _warned: set[str] = field(default_factory=set)
+    ctx: GatewayContext | None = None
+    """Set for the hub's SCP: the access policy's admission applies when it is on."""
 
     @classmethod
     def for_gateway(cls, ctx: GatewayContext) -> CallerPolicy:
@@ -44,7 +52,7 @@ class CallerPolicy:
         One snapshot per process: once a caller is accepted as a registered node,
         the ingest of what it sends sees that node (and its default issuer) too.
         """
-        return cls(ctx.ingestor.senders, ctx.settings.unknown_callers == "refuse")
+        return cls(ctx.ingestor.senders, ctx.settings.unknown_callers == "refuse", ctx=ctx)
 
     def on_requested(self, event: evt.Event) -> None:
         """EVT_REQUESTED handler (acceptor side): reject or attribute the caller."""
@@ -54,12 +62,16 @@ class CallerPolicy:
             return
         calling = str(request.calling_ae_title).strip()
         peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
+        enforced = self.ctx is not None and access.policy_of(self.ctx.settings).enforced
         try:
             owner = self.directory.lookup(calling)
         except Exception:
             LOGGER.exception("association from %s (%s): node registry unavailable", calling, peer)
-            if self.refuse_unknown:
+            if self.refuse_unknown or enforced:
                 _reject(assoc, REJECTED_TRANSIENT, NO_REASON_GIVEN)
+            return
+        if enforced and self.ctx is not None and not access.admit(self.ctx, assoc, calling, owner):
+            _reject(assoc, REJECTED_PERMANENT, CALLING_AE_NOT_RECOGNIZED)
             return
         if owner is not None:
             LOGGER.info(
