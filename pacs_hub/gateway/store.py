@@ -4,6 +4,10 @@ The received dataset bytes are kept exactly as they arrived (no decode, no
 re-encode); the hub prefixes them with its File Meta Information (PS3.10 7.1).
 Success (0x0000) is answered only after :meth:`Ingestor.ingest` returned, i.e.
 once the blob is fsynced and the index row committed.
+
+With the access policy on, a caller without the store permission is answered
+0x0124 Refused: Not Authorized (PS3.7 C.5) and nothing is stored
+(:mod:`pacs_hub.gateway.access`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pynetdicom.events import Event
 
 from pacs_hub.dicom.part10 import part10_bytes
 from pacs_hub.errors import HubError, InvalidInstance
+from pacs_hub.gateway import access
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.gateway.status import SUCCESS, error_status, status
 from pacs_hub.storage.index import Outcome
@@ -30,6 +35,9 @@ def handle_store(event: Event, ctx: GatewayContext) -> Dataset:
     request = cast(C_STORE, event.request)
     context = event.context
     calling = event.assoc.requestor.ae_title
+    refusal = access.store_refusal(event, ctx)
+    if refusal is not None:
+        return refusal
     try:
         if request.DataSet is None or not request.AffectedSOPInstanceUID:
             raise InvalidInstance("C-STORE request without dataset or Affected SOP Instance UID")
@@ -53,6 +61,7 @@ def handle_store(event: Event, ctx: GatewayContext) -> Dataset:
     except Exception:
         LOGGER.exception("C-STORE from %s: unexpected error", calling)
         return status(0xC000, "internal error; nothing stored")
+    access.stored(event, ctx, result.study_instance_uid)
     if result.outcome is Outcome.DUPLICATE:
         LOGGER.debug("C-STORE from %s: duplicate, already stored", calling)
     return status(SUCCESS)
