@@ -25,6 +25,11 @@ names them in a ``Warning: 299`` header, the CLI and API in their output.
 A PATIENT-level federated query is refused (0xA900: patients are not de-duplicated
 across establishments, whose Patient IDs differ); a malformed Identifier gets the
 same failure statuses as the hub's own C-FIND, with an Error Comment.
+
+Access policy (:mod:`pacs_hub.gateway.access`): a caller without the query
+permission gets 0x0124; the hub's own results are restricted in SQL like its
+C-FIND's; an answer only a PACS holds is shown only to callers who see every study
+(the hub cannot yet decide on a study it does not hold).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from pynetdicom.events import Event
 
 from pacs_hub.dicom.charset import answer_charset
 from pacs_hub.errors import HubError, InvalidQuery
-from pacs_hub.gateway import find
+from pacs_hub.gateway import access, find
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.gateway.status import CANCEL, PENDING, error_status, status
 from pacs_hub.regional.federation import FederatedMatch, federated_find
@@ -119,11 +124,16 @@ def handle_federated_find(event: Event, ctx: GatewayContext) -> Iterator[tuple[i
     calling = event.assoc.requestor.ae_title
     try:
         request = _read(event, ctx.settings.regional_issuer)
+        refusal, restriction = access.find_access(event, ctx, "federated C-FIND")
+        if refusal is not None:
+            yield refusal, None
+            return
+        query = request.query if restriction is None else request.query.restricted(restriction)
         result = federated_find(
             ctx.settings,
             ctx.database,
             request.level,
-            request.query,
+            query,
             event.identifier,
             local_limit=ctx.settings.qido_max_limit,
         )
@@ -144,6 +154,8 @@ def handle_federated_find(event: Event, ctx: GatewayContext) -> Iterator[tuple[i
             ", ".join(result.unavailable_titles),
         )
     for match in result.matches:
+        if match.local is None and restriction is not None:
+            continue  # a remote-only answer: only for callers who see everything
         if event.is_cancelled:
             yield CANCEL, None
             return

@@ -9,13 +9,18 @@ Pending (0xFF00) and an Identifier holding every requested key, filled or empty
 the answers with Cancel (0xFE00). A request the SCP cannot honour gets a failure
 status with an Error Comment: 0xA900 (Identifier does not match SOP class) for
 an invalid identifier, 0xC000 (Unable to process) for anything else.
+
+Access policy (:mod:`pacs_hub.gateway.access`): a caller without the query
+permission gets 0x0124 (Refused: Not Authorized); any other caller's query is
+restricted in SQL to the studies it may see, so a study it may not see is neither
+answered nor counted (patients only through a visible study).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -27,6 +32,7 @@ from pynetdicom.events import Event
 
 from pacs_hub.dicom.charset import answer_charset, charset_terms
 from pacs_hub.errors import HubError, InvalidQuery
+from pacs_hub.gateway import access
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.gateway.status import CANCEL, PENDING, error_status, status
 from pacs_hub.storage.query import (
@@ -198,6 +204,12 @@ def handle_find(event: Event, ctx: GatewayContext) -> Iterator[tuple[int | Datas
         LOGGER.info("C-FIND from %s: unreadable identifier (%s)", calling, type(exc).__name__)
         yield status(UNABLE_TO_PROCESS, "cannot read the request Identifier"), None
         return
+    refusal, restriction = access.find_access(event, ctx, "C-FIND")
+    if refusal is not None:
+        yield refusal, None
+        return
+    if restriction is not None:
+        request = replace(request, query=request.query.restricted(restriction))
     try:
         yield from _answers(event, ctx, request)
     except HubError as exc:
