@@ -29,6 +29,13 @@ the way out: an odd-length (deflated) dataset gets the trailing NUL of PS3.5 A.5
   names but the hub does not hold are first pulled from the establishment PACS that
   has them (Pending responses meanwhile), then served like any other.
 * C-CANCEL is honoured between sub-operations (Cancel 0xFE00, C.4.2.3.2).
+* Access policy (:mod:`pacs_hub.gateway.access`): each matched study is decided
+  (RETRIEVE, purpose care) for the caller and, for C-MOVE, for the destination node
+  too (a destination that may not see the study does not receive it). Studies
+  refused are not sent: the final response is Warning 0xB000 with the withheld
+  instances counted as failed sub-operations and an empty Failed SOP Instance UID
+  List (C.4.2.1.5, C.4.3.1.4), or, when nothing may be sent, 0x0124 Refused: Not
+  Authorized (PS3.7 C.5); no UID of a refused study is returned.
 * A bad Identifier gets Failure 0xA900 (Identifier does not match SOP class) with
   an Error Comment; anything unexpected 0xC000 (Unable to process).
 """
@@ -56,7 +63,7 @@ from pynetdicom.presentation import PresentationContext
 
 from pacs_hub.dicom.part10 import dataset_offset
 from pacs_hub.errors import HubError, InvalidQuery
-from pacs_hub.gateway import on_demand
+from pacs_hub.gateway import access, on_demand
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.gateway.status import CANCEL, PENDING, error_status, status
 from pacs_hub.regional.nodes import RemoteNode, get_node
@@ -234,10 +241,18 @@ def handle_move(event: Event, ctx: GatewayContext) -> Iterator[Any]:
         yield 1
         yield matches, None
         return
+    matches, denied = access.retrieve_filter(event, ctx, matches, "C-MOVE", node.ae_title)
+    if denied and not matches:
+        yield node.host, node.port, {"contexts": [build_context(VERIFICATION)]}
+        yield 1
+        yield access.refused("C-MOVE: not authorised"), access.no_failed_uids()
+        return
     LOGGER.info("C-MOVE from %s to %s: %d instance(s)", calling, node.ae_title, len(matches))
     yield node.host, node.port, {"contexts": storage_contexts(matches)}
-    yield len(matches)
+    yield len(matches) + denied
     yield from _sub_operations(event, matches)
+    if denied:
+        yield access.withheld(denied, "C-MOVE"), access.no_failed_uids()
 
 
 def handle_get(event: Event, ctx: GatewayContext) -> Iterator[Any]:
@@ -249,6 +264,13 @@ def handle_get(event: Event, ctx: GatewayContext) -> Iterator[Any]:
         yield 1
         yield matches, None
         return
+    matches, denied = access.retrieve_filter(event, ctx, matches, "C-GET")
+    if denied and not matches:
+        yield 1
+        yield access.refused("C-GET: not authorised"), access.no_failed_uids()
+        return
     LOGGER.info("C-GET from %s: %d instance(s)", event.assoc.requestor.ae_title, len(matches))
-    yield len(matches)
+    yield len(matches) + denied
     yield from _sub_operations(event, matches)
+    if denied:
+        yield access.withheld(denied, "C-GET"), access.no_failed_uids()
