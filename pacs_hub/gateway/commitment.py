@@ -22,6 +22,10 @@ the report goes on a *new* association to that node, the hub proposing the SCP r
 wait. Otherwise the hub tries the *same* association, which works while the SCU keeps
 it open (pynetdicom pauses the association's reactor, so the N-ACTION response is
 always sent first). A report that cannot be delivered is logged; the SCU may ask again.
+
+Access policy (:mod:`pacs_hub.gateway.access`): an instance the caller neither sent
+nor may see (its establishment's studies, or studies the policy lets it query) is
+reported as failed with 0x0112 (no such object instance), as if the hub lacked it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event
 
 from pacs_hub.errors import HubError
+from pacs_hub.gateway import access
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.gateway.status import SUCCESS, error_status, status
 from pacs_hub.regional.nodes import RemoteNode, get_node
@@ -163,6 +168,20 @@ def check_commitment(ctx: GatewayContext, request: CommitmentRequest) -> Commitm
     return CommitmentResult(request.transaction_uid, tuple(committed), tuple(failed))
 
 
+def only_visible(result: CommitmentResult, seen: set[str]) -> CommitmentResult:
+    """``result`` where an instance the caller may not see is 'no such object instance'
+    (J.3.3.1.1 0x0112), whatever the hub holds: its existence is not revealed."""
+    hidden = tuple(ref for ref in result.committed if ref.sop_instance_uid not in seen)
+    failed = tuple(
+        (ref, reason if ref.sop_instance_uid in seen else NO_SUCH_OBJECT)
+        for ref, reason in result.failed
+    )
+    committed = tuple(ref for ref in result.committed if ref.sop_instance_uid in seen)
+    return CommitmentResult(
+        result.transaction_uid, committed, failed + tuple((r, NO_SUCH_OBJECT) for r in hidden)
+    )
+
+
 def _item(ref: Reference, reason: int | None = None) -> Dataset:
     item = Dataset()
     item.ReferencedSOPClassUID = ref.sop_class_uid
@@ -218,6 +237,10 @@ def report(
     """Check the request and deliver the N-EVENT-REPORT (runs in a background thread)."""
     try:
         result = check_commitment(ctx, request)
+        uids = [ref.sop_instance_uid for ref in request.references]
+        seen = access.visible_instances(ctx, assoc, uids)
+        if seen is not None:
+            result = only_visible(result, seen)
         node = get_node(ctx.database, calling)
         if node is not None:
             sent = _send_to_node(ctx, node, result)
