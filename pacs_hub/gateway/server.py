@@ -33,11 +33,11 @@ from pynetdicom import sop_class as sc
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
-from pacs_hub.gateway import commitment, federated_find, pdata, reactor, retrieve
+from pacs_hub.backup import standin
+from pacs_hub.gateway import access, commitment, pdata, reactor, retrieve
 from pacs_hub.gateway.callers import CallerPolicy
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.gateway.status import SUCCESS
-from pacs_hub.gateway.store import handle_store
 
 LOGGER = logging.getLogger(__name__)
 
@@ -168,8 +168,8 @@ def handlers(ctx: GatewayContext) -> list[evt.EventHandlerType]:
     return [
         *CallerPolicy.for_gateway(ctx).handlers(),  # unknown callers: PS3.8 9.3.4
         (evt.EVT_C_ECHO, handle_echo, []),
-        (evt.EVT_C_STORE, handle_store, [ctx]),
-        (evt.EVT_C_FIND, federated_find.handle_find, [ctx]),  # local or federated
+        (evt.EVT_C_STORE, standin.handle_store, [ctx]),  # marks stand-in arrivals for return
+        (evt.EVT_C_FIND, standin.handle_find, [ctx]),  # stand-in, local or federated
         (evt.EVT_C_MOVE, retrieve.handle_move, [ctx]),
         (evt.EVT_C_GET, retrieve.handle_get, [ctx]),
         (evt.EVT_N_ACTION, commitment.handle_n_action, [ctx]),
@@ -196,7 +196,12 @@ def serve_dicom(ctx: GatewayContext) -> ThreadedAssociationServer:
     pynetdicom._config.LOG_RESPONSE_IDENTIFIERS = False
     ae = build_ae(ctx)
     address = (ctx.settings.host, ctx.settings.dicom_port)
-    server = ae.make_server(address, evt_handlers=handlers(ctx), server_class=HubAssociationServer)
+    server = ae.make_server(
+        address,
+        evt_handlers=handlers(ctx),
+        server_class=HubAssociationServer,
+        ssl_context=access.tls_context(ctx.settings),  # TLS when PACS_HUB_DICOM_TLS_* set
+    )
     server.contexts = AcceptorContexts(server.contexts)
     ae._servers.append(server)  # as start_server does; server.shutdown() removes it
     thread = threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True)
