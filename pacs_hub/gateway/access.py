@@ -50,7 +50,14 @@ from pacs_hub.storage.models import Instance, Series, Study
 from pacs_hub.storage.query import Access
 from pacs_hub.storage.retrieval import RetrieveItem
 from pacs_hub.trust import audit
-from pacs_hub.trust.access import AuditWindow, authorize, query_access, record_query
+from pacs_hub.trust.access import (
+    AuditWindow,
+    RemoteAnswer,
+    authorize,
+    query_access,
+    record_query,
+    remote_visible,
+)
 from pacs_hub.trust.policy import Decision, Policy
 from pacs_hub.trust.principal import Action, Kind, Principal, Purpose
 
@@ -322,6 +329,26 @@ def find_access(
     if found.window.first((str(Action.QUERY), service)):
         record_query(ctx.database, policy, principal, PURPOSE, detail=_detail(event, service))
     return None, access
+
+
+def remote_shown(
+    event: Event, ctx: GatewayContext, remote: Dataset | None, locations: tuple[str, ...]
+) -> bool:
+    """May the caller see a federated answer only a PACS gave? (the rules of
+    :func:`pacs_hub.trust.access.remote_visible`, as QIDO-RS ``includeremote`` applies)."""
+    found = caller(event, ctx)
+    if found is None:
+        return True
+
+    def text(keyword: str) -> str:
+        value = remote.get(keyword) if remote is not None else None
+        return str(value or "").strip()
+
+    answer = RemoteAnswer(
+        locations, text("StudyInstanceUID"), text("PatientID"), text("IssuerOfPatientID")
+    )
+    with ctx.database.read_connection() as conn:
+        return remote_visible(policy_of(ctx.settings), conn, found.principal, PURPOSE, answer)
 
 
 # -- storage commitment ------------------------------------------------------------------

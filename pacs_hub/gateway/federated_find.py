@@ -28,8 +28,10 @@ same failure statuses as the hub's own C-FIND, with an Error Comment.
 
 Access policy (:mod:`pacs_hub.gateway.access`): a caller without the query
 permission gets 0x0124; the hub's own results are restricted in SQL like its
-C-FIND's; an answer only a PACS holds is shown only to callers who see every study
-(the hub cannot yet decide on a study it does not hold).
+C-FIND's; an answer only a PACS holds is shown by the rules QIDO-RS
+``includeremote`` applies (:func:`pacs_hub.trust.access.remote_visible`: the PACS
+belongs to the caller's establishment, or the hub knows the study or links its
+Patient ID to a regional patient the caller may see).
 """
 
 from __future__ import annotations
@@ -154,8 +156,12 @@ def handle_federated_find(event: Event, ctx: GatewayContext) -> Iterator[tuple[i
             ", ".join(result.unavailable_titles),
         )
     for match in result.matches:
-        if match.local is None and restriction is not None:
-            continue  # a remote-only answer: only for callers who see everything
+        if (
+            match.local is None
+            and restriction is not None
+            and not access.remote_shown(event, ctx, match.remote, match.locations)
+        ):
+            continue  # a remote-only answer the caller may not see
         if event.is_cancelled:
             yield CANCEL, None
             return
