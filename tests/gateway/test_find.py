@@ -414,7 +414,9 @@ class FakeEvent:
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayContext]:
     """A gateway context on a fresh data folder holding the CT series and chrFren."""
-    settings = Settings(data_dir=tmp_path_factory.mktemp("ctx"), ae_title="INPROC")
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("ctx"), ae_title="INPROC", auth_required=False
+    )
     context = GatewayContext.open(settings, run_migrations=True)
     for path in [*sorted(CT_DIR.iterdir()), DATA / "charsets/clunie/chrFren.dcm"]:
         context.ingestor.ingest(path.read_bytes(), received_from_ae="TEST")

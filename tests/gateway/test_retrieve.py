@@ -263,7 +263,9 @@ class FakeGetEvent:
 
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayContext]:
-    settings = Settings(data_dir=tmp_path_factory.mktemp("ctx"), ae_title="INPROC")
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("ctx"), ae_title="INPROC", auth_required=False
+    )
     context = GatewayContext.open(settings, run_migrations=True)
     for path in CT_FILES:
         context.ingestor.ingest(path.read_bytes(), received_from_ae="TEST")
