@@ -427,3 +427,37 @@ def test_patient_page_lists_a_radiologists_access(world: World, rad: httpx.Clien
     assert "radiologue" in accesses and uid in accesses and str(description) in accesses
     assert "vous avez été examiné(e) dans son établissement" in accesses
     assert world.audit(action="audit-read", regional_pk=pk)
+
+
+ODD_REQUESTS: list[tuple[str, str, dict]] = [  # type: ignore[type-arg]
+    ("GET", "/api/consents/text", {"params": {"purpose": "nope"}}),
+    ("GET", "/api/consents/text", {"params": {"purpose": "research", "lang": "de"}}),
+    ("GET", "/api/consents/text", {"params": {"purpose": "research", "doctor_ref": "x"}}),
+    ("GET", "/api/consents", {"params": {"patient": "no-such-patient"}}),
+    ("POST", "/api/consents", {"json": {"patient": "x", "purpose": "research"}}),
+    ("POST", "/api/consents", {"json": decision("no-such-patient", "granted", "a" * 64)}),
+    ("POST", "/api/shares", {"json": {}}),
+    ("POST", "/api/shares", {"json": {"studies": ["1.2.3.4"]}}),
+    ("POST", "/api/shares", {"json": {"studies": ["1.2"], "recipient": "not an address"}}),
+    ("POST", "/api/shares", {"json": {"studies": ["1.2"], "days": 0}}),
+    ("POST", "/api/shares", {"json": {"patient": "no-such", "scope": "patient"}}),
+    ("GET", "/api/shares/0", {}),
+    ("GET", "/api/shares/99999999999999999999999", {}),
+    ("DELETE", "/api/shares/424242", {}),
+    ("GET", "/share/not-a-token", {}),
+    ("POST", "/share/not-a-token", {"data": {"code": "1" * 32}}),
+    ("POST", "/patient/consents", {"data": {"purpose": "x", "status": "y", "text_sha256": "z"}}),
+    ("POST", "/patient/shares/1/revoke", {}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "kw"), ODD_REQUESTS)
+def test_odd_requests_get_a_clear_answer(
+    world: World,
+    rad: httpx.Client,
+    method: str,
+    path: str,
+    kw: dict,  # type: ignore[type-arg]
+) -> None:
+    answer = rad.request(method, path, **kw)
+    assert 400 <= answer.status_code < 500, (answer.status_code, answer.text)
