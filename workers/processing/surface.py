@@ -1,0 +1,133 @@
+"""Isosurfaces: marching cubes at a threshold → triangle mesh in patient mm; STL and OBJ.
+
+The volume is padded with one voxel below the threshold on every side, so the surface of
+an object touching the volume's border is closed too (a watertight mesh). Faces are wound
+so their normals point out of the object in patient space (reversed when the affine
+mirrors, as for a left-handed slice order).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from skimage.measure import marching_cubes
+
+from workers.processing.errors import ProcessingError
+from workers.processing.monitor import SILENT, Monitor
+from workers.processing.volume import Volume
+
+STL_TRIANGLE = np.dtype(
+    [("normal", "<f4", (3,)), ("vertices", "<f4", (3, 3)), ("attribute", "<u2")]
+)
+
+
+@dataclass
+class Mesh:
+    """Vertices (n, 3) in patient LPS mm and triangles (m, 3) indexing them."""
+
+    vertices: np.ndarray[Any, np.dtype[np.float32]]
+    faces: np.ndarray[Any, np.dtype[np.int64]]
+    threshold: float
+    description: str
+
+    def bounds(self) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """(minimum, maximum) corner of the axis-aligned bounding box, mm."""
+        return self.vertices.min(axis=0), self.vertices.max(axis=0)
+
+    def face_normals(self) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """Unit normal of every triangle (zero for degenerate ones)."""
+        tri = self.vertices[self.faces]
+        normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        length = np.linalg.norm(normals, axis=1, keepdims=True)
+        unit: np.ndarray[Any, np.dtype[np.float32]] = np.divide(
+            normals, length, out=np.zeros_like(normals), where=length > 0
+        )
+        return unit
+
+
+def isosurface(
+    volume: Volume, threshold: float, step_size: int = 1, monitor: Monitor = SILENT
+) -> Mesh:
+    """The surface where the volume crosses ``threshold`` (e.g. 300 HU for bone)."""
+    low, high = float(volume.voxels.min()), float(volume.voxels.max())
+    if not low < threshold < high:
+        raise ProcessingError(
+            f"threshold {threshold:g} is outside the volume's values ({low:g} to {high:g}); "
+            "no surface there"
+        )
+    monitor.report(0.0, "marching cubes")
+    padded = np.pad(volume.voxels, 1, mode="constant", constant_values=low)
+    level = _level(volume, threshold)
+    vertices, faces, _, _ = marching_cubes(  # type: ignore[no-untyped-call]
+        padded, level=level, step_size=step_size
+    )
+    monitor.report(0.8, "marching cubes")
+    upper = np.array(volume.shape, dtype=np.float64) - 1.0
+    index = np.clip(vertices.astype(np.float64) - 1.0, 0.0, upper)  # caps on the border
+    patient = index @ volume.affine[:3, :3].T + volume.affine[:3, 3]
+    faces = faces.astype(np.int64)
+    if np.linalg.det(volume.affine[:3, :3]) > 0:
+        faces = faces[:, ::-1].copy()  # skimage winds for index space; keep normals outward
+    monitor.report(1.0, "marching cubes")
+    return Mesh(patient.astype(np.float32), faces, threshold, f"isosurface {threshold:g}")
+
+
+def _level(volume: Volume, threshold: float) -> float:
+    """The marching-cubes level separating voxels >= threshold from those below.
+
+    Voxels exactly at the level give vertices on grid points, which marching cubes
+    duplicates (open edges); so when some voxel equals the threshold, the level is set
+    half-way to the next lower value present (299.5 for 300 on integer HU).
+    """
+    voxels = volume.voxels
+    if not np.any(voxels == np.float32(threshold)):
+        return threshold
+    below = float(np.max(voxels, where=voxels < threshold, initial=-np.inf))
+    return (threshold + below) / 2
+
+
+def is_watertight(mesh: Mesh) -> bool:
+    """Every edge is shared by exactly two triangles, in opposite directions (closed, oriented)."""
+    if len(mesh.faces) == 0:
+        return False
+    faces = mesh.faces.astype(np.int64)
+    tails = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2]])
+    heads = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0]])
+    size = np.int64(len(mesh.vertices))
+    forward = np.sort(tails * size + heads)
+    backward = np.sort(heads * size + tails)
+    # closed and consistently oriented: each directed edge once, and its reverse present
+    return bool(np.all(np.diff(forward) > 0) and np.array_equal(forward, backward))
+
+
+def stl_bytes(mesh: Mesh, name: str = "PACS Hub isosurface") -> bytes:
+    """The mesh as binary STL (80-byte header, triangle count, 50 bytes per triangle)."""
+    triangles = np.zeros(len(mesh.faces), dtype=STL_TRIANGLE)
+    triangles["normal"] = mesh.face_normals()
+    triangles["vertices"] = mesh.vertices[mesh.faces]
+    header = name.encode("ascii", "replace")[:80].ljust(80, b" ")
+    count = np.uint32(len(mesh.faces)).tobytes()
+    return header + count + triangles.tobytes()
+
+
+def read_stl(data: bytes) -> Mesh:
+    """Triangles of a binary STL (vertices not shared), for checks and round trips."""
+    count = int(np.frombuffer(data, "<u4", 1, 80)[0])
+    if len(data) != 84 + count * STL_TRIANGLE.itemsize:
+        raise ProcessingError(f"STL of {len(data)} bytes, expected {84 + 50 * count}")
+    triangles = np.frombuffer(data, STL_TRIANGLE, count, 84)
+    vertices = triangles["vertices"].reshape(-1, 3).copy()
+    faces = np.arange(len(vertices), dtype=np.int64).reshape(-1, 3)
+    return Mesh(vertices, faces, float("nan"), "read from STL")
+
+
+def obj_bytes(mesh: Mesh) -> bytes:
+    """The mesh as Wavefront OBJ text (units: mm, patient LPS)."""
+    out = io.StringIO()
+    out.write(f"# PACS Hub {mesh.description}, patient LPS millimetres\n")
+    np.savetxt(out, mesh.vertices, fmt="v %.4f %.4f %.4f")
+    np.savetxt(out, mesh.faces + 1, fmt="f %d %d %d")
+    return out.getvalue().encode("ascii")
