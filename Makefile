@@ -29,8 +29,9 @@ run: $(BIN)/.runtime  ## set up and run the hub (and its viewer) on the embedded
 	@viewers/ohif/fetch.sh || echo "make run: could not fetch the web viewer (reason above); starting the hub anyway"
 	PACS_HUB_UNKNOWN_CALLERS=$${PACS_HUB_UNKNOWN_CALLERS:-accept} $(BIN)/pacs-hub serve
 
-system-deps:  ## install the Debian packages the tests start as real peers
+system-deps:  ## install the Debian packages the tests start as real peers (and npm for the viewer)
 	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
