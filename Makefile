@@ -7,7 +7,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TEST_DEBS := dcmtk orthanc orthanc-dicomweb postgresql chromium
 export PACS_HUB_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: run test lint bench system-deps clean help viewer
+.PHONY: run test lint bench system-deps clean help viewer npm
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/:/'
@@ -25,7 +25,12 @@ $(BIN)/.test: $(BIN)/.runtime pyproject.toml
 viewer:  ## fetch the OHIF viewer from npm into viewers/ohif/dist (once; needs npm)
 	@viewers/ohif/fetch.sh
 
-run: $(BIN)/.runtime  ## set up and run the hub (and its viewer) on the embedded default (SQLite + ./data)
+npm:  ## install Debian's npm when the machine has none (the viewer comes from the npm registry)
+	@command -v npm >/dev/null 2>&1 || { echo "installing Debian package: npm"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q npm; } \
+	  || echo "make: could not install npm; the web viewer will be unavailable"
+
+run: $(BIN)/.runtime npm  ## set up and run the hub (and its viewer) on the embedded default (SQLite + ./data)
 	@viewers/ohif/fetch.sh || echo "make run: could not fetch the web viewer (reason above); starting the hub anyway"
 	PACS_HUB_UNKNOWN_CALLERS=$${PACS_HUB_UNKNOWN_CALLERS:-accept} $(BIN)/pacs-hub serve
 
