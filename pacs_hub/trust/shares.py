@@ -100,8 +100,11 @@ def digest(secret: str) -> str:
 
 
 def normalise_recipient(recipient: str) -> str:
-    """An RPPS-like id (11 or 12 digits) or an e-mail (lower-cased); '' for a plain link."""
+    """An RPPS (11 digits; an IDNPS, '8' + RPPS, is taken as its RPPS) or an e-mail
+    (lower-cased); '' for a plain link. Signed-in doctors are matched on these."""
     value = recipient.strip()
+    if len(value) == 12 and value.startswith("8") and value.isdigit():
+        return value[1:]
     if not value or _RPPS.match(value):
         return value
     if _EMAIL.match(value):

@@ -257,10 +257,13 @@ def test_named_doctor_share_needs_consent_then_shows_only_its_study(
     assert [e.study_uid for e in share_rows] == [shared]
 
     # the recipient sees it among the shares addressed to them; the patient sees it too
+    idnps = rad.post("/api/shares", json={**request, "recipient": "8" + GP_RPPS}).json()
+    assert idnps["share"]["recipient"] == GP_RPPS  # IDNPS = '8' + RPPS: the same doctor
     received = gp.get("/api/shares", params={"received": "true"}).json()
     assert body["share"]["id"] in [s["id"] for s in received]
     patient = world.patient_user(regional)
-    assert [s["id"] for s in patient.get("/api/shares").json()] == [body["share"]["id"]]
+    mine = [s["id"] for s in patient.get("/api/shares").json()]
+    assert mine == [idnps["share"]["id"], body["share"]["id"]]
 
     # a doctor who only sees it through the share may not share it on
     onward = gp.post("/api/shares", json={"studies": [shared], "recipient": OTHER_RPPS})
