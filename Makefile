@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-TEST_DEBS := dcmtk orthanc orthanc-dicomweb postgresql chromium
+TEST_DEBS := dcmtk orthanc orthanc-dicomweb postgresql chromium redis-server
 export PACS_HUB_DATA_DIR ?= $(CURDIR)/data
 
 .PHONY: run test lint bench system-deps clean help viewer npm
