@@ -1,0 +1,1 @@
+"""Backup target for hospitals: replication coverage, stand-in (PCA), restore (PRA)."""

@@ -1,0 +1,124 @@
+"""What an establishment PACS holds, asked by C-FIND (PS3.4 C.4.1, Study Root).
+
+Studies are listed by Study Date windows (a range matching, C.2.2.2.5) so that no
+single query asks a production PACS for its whole archive; each answer carries Number
+of Study Related Instances (0020,1208). Series of one study come with Number of Series
+Related Instances (0020,1209). Both are optional return keys for the SCP: a PACS that
+leaves them empty is counted as holding an unknown number (``None``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from pydicom.dataset import Dataset
+from pynetdicom import sop_class as sc
+
+from pacs_hub.config import Settings
+from pacs_hub.regional.scu import PacsNode, SourceUnavailable, associate, requestor_ae
+
+FIND = sc.StudyRootQueryRetrieveInformationModelFind
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteStudy:
+    """One study as the PACS describes it."""
+
+    study_instance_uid: str
+    study_date: str
+    study_time: str
+    instances: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteSeries:
+    """One series of a study as the PACS describes it."""
+
+    series_instance_uid: str
+    instances: int | None
+
+
+def windows(since: str, until: str, days: int) -> Iterator[tuple[str, str]]:
+    """``(first, last)`` Study Date ranges (YYYYMMDD) covering ``since``..``until``."""
+    first = date(int(since[:4]), int(since[4:6]), int(since[6:8]))
+    end = date(int(until[:4]), int(until[4:6]), int(until[6:8]))
+    while first <= end:
+        last = min(first + timedelta(days=days - 1), end)
+        yield first.strftime("%Y%m%d"), last.strftime("%Y%m%d")
+        first = last + timedelta(days=1)
+
+
+def _count(answer: Dataset, keyword: str) -> int | None:
+    value = answer.get(keyword)
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _find(settings: Settings, node: PacsNode, identifier: Dataset) -> list[Dataset]:
+    assoc = associate(requestor_ae(settings, [FIND]), node)
+    answers: list[Dataset] = []
+    try:
+        for status, answer in assoc.send_c_find(identifier, FIND):
+            if not status:
+                raise SourceUnavailable(f"{node.ae_title}: no C-FIND response (timeout or abort)")
+            code = int(status.Status)
+            if code in (0xFF00, 0xFF01) and answer is not None:
+                answers.append(answer)
+            elif code != 0x0000:
+                raise SourceUnavailable(f"{node.ae_title}: C-FIND failed with 0x{code:04X}")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return answers
+
+
+def find_studies(settings: Settings, node: PacsNode, first: str, last: str) -> list[RemoteStudy]:
+    """Studies whose Study Date is in ``first``-``last`` (PS3.4 C.4.1.2.1, STUDY level)."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = ""
+    identifier.StudyDate = f"{first}-{last}"
+    identifier.StudyTime = ""
+    identifier.NumberOfStudyRelatedInstances = ""
+    studies = []
+    for answer in _find(settings, node, identifier):
+        uid = str(answer.get("StudyInstanceUID", "") or "")
+        if uid:
+            studies.append(
+                RemoteStudy(
+                    uid,
+                    str(answer.get("StudyDate", "") or ""),
+                    str(answer.get("StudyTime", "") or ""),
+                    _count(answer, "NumberOfStudyRelatedInstances"),
+                )
+            )
+    return studies
+
+
+def find_all_studies(
+    settings: Settings, node: PacsNode, since: str, until: str
+) -> dict[str, RemoteStudy]:
+    """Every study of ``node`` dated ``since``..``until``, window by window, by UID."""
+    found: dict[str, RemoteStudy] = {}
+    for first, last in windows(since, until, settings.backup_window_days):
+        for study in find_studies(settings, node, first, last):
+            found[study.study_instance_uid] = study
+    return found
+
+
+def find_series(settings: Settings, node: PacsNode, study: str) -> list[RemoteSeries]:
+    """Series of ``study`` with their instance counts (SERIES level, hierarchical)."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "SERIES"
+    identifier.StudyInstanceUID = study
+    identifier.SeriesInstanceUID = ""
+    identifier.NumberOfSeriesRelatedInstances = ""
+    return [
+        RemoteSeries(str(a.SeriesInstanceUID), _count(a, "NumberOfSeriesRelatedInstances"))
+        for a in _find(settings, node, identifier)
+        if a.get("SeriesInstanceUID")
+    ]

@@ -1,0 +1,218 @@
+"""Stand-in (PCA): the hub answers as an establishment's PACS while that PACS is down.
+
+An association whose Called AE Title is the AE title of an enrolled establishment's
+PACS node reaches the hub (on the hub's DICOM port: the modalities and workstations
+change only the address they call) and, while the stand-in is *active*, is served as
+that PACS:
+
+* C-FIND answers only the establishment's studies (those recorded as its own at
+  ingest, by backfill or by the stand-in), intersected, when the access policy is on,
+  with what the calling node may see (:func:`pacs_hub.trust.access.query_access`);
+* C-STORE goes through the one ingest path; each instance stored is recorded for
+  return to the PACS (``<code>.outage``, see :mod:`pacs_hub.backup.state`) and its
+  study, when no establishment owns it yet, is recorded as the establishment's;
+* C-MOVE and C-GET are the hub's own (the studies are the hub's copies).
+
+The stand-in is active when its mode (``pacs-hub backup standin``, ``/api/backup``) is
+``on``, or ``auto`` (the default) and the PACS node's health check says ``down``.
+Every other association is served as before. Which AE titles stand in is read from the
+state files and the index at most every :data:`TTL` seconds per gateway process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any, cast
+
+from pydicom.dataset import Dataset
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
+from sqlalchemy import and_, select, update
+
+from pacs_hub.backup import state
+from pacs_hub.config import Settings
+from pacs_hub.errors import HubError
+from pacs_hub.gateway import federated_find, find, store
+from pacs_hub.gateway.context import GatewayContext
+from pacs_hub.gateway.status import CANCEL, PENDING, error_status, status
+from pacs_hub.storage.database import Database
+from pacs_hub.storage.models import Instance, Node, Patient, Series, Study
+from pacs_hub.storage.query import Access
+from pacs_hub.storage.query import find as find_rows
+
+LOGGER = logging.getLogger(__name__)
+TTL = 2.0
+PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class StandIn:
+    """An establishment whose PACS the hub stands in for."""
+
+    code: str
+    establishment_pk: int
+    ae_title: str
+
+
+_cache: dict[str, tuple[float, dict[str, StandIn]]] = {}
+_lock = threading.Lock()
+
+
+def _is_active(mode: str, health: str) -> bool:
+    return mode == "on" or (mode == "auto" and health == "down")
+
+
+def load_standins(settings: Settings, database: Database) -> dict[str, StandIn]:
+    """AE title -> :class:`StandIn`, for every active stand-in (read now)."""
+    wanted: dict[str, tuple[str, str]] = {}
+    for code in state.enrolled(settings):
+        try:
+            current = state.load(settings, code)
+        except (HubError, ValueError):
+            continue
+        if current.get("node"):
+            wanted[str(current["node"])] = (code, str(current.get("standin", "auto")))
+    if not wanted:
+        return {}
+    with database.reader() as session:
+        rows = session.execute(
+            select(Node.ae_title, Node.health_status, Node.establishment_pk).where(
+                Node.ae_title.in_(list(wanted))
+            )
+        ).all()
+    return {
+        ae: StandIn(wanted[ae][0], int(pk), ae)
+        for ae, health, pk in rows
+        if pk is not None and _is_active(wanted[ae][1], health)
+    }
+
+
+def active(settings: Settings, database: Database) -> dict[str, StandIn]:
+    """:func:`load_standins`, cached for :data:`TTL` seconds in this process."""
+    key = str(settings.data_dir)
+    with _lock:
+        hit = _cache.get(key)
+        if hit is not None and time.monotonic() - hit[0] < TTL:
+            return hit[1]
+    found = load_standins(settings, database)
+    with _lock:
+        _cache[key] = (time.monotonic(), found)
+    return found
+
+
+def called(event: Event, ctx: GatewayContext) -> StandIn | None:
+    """The stand-in the association was called for, or None."""
+    primitive = event.assoc.requestor.primitive
+    title = str(getattr(primitive, "called_ae_title", "") or "").strip() if primitive else ""
+    if not title or title == ctx.settings.ae_title.strip():
+        return None
+    return active(ctx.settings, ctx.database).get(title)
+
+
+def establishment_access(establishment_pk: int) -> Access:
+    """Only the studies (and patients with a study) of one establishment."""
+    return Access(
+        Study.establishment_pk == establishment_pk,
+        Patient.id.in_(select(Study.patient_pk).where(Study.establishment_pk == establishment_pk)),
+    )
+
+
+def _caller_access(event: Event, ctx: GatewayContext, standin: StandIn) -> Access:
+    access = establishment_access(standin.establishment_pk)
+    if not ctx.settings.auth_required:
+        return access
+    from pacs_hub.trust.access import query_access  # the policy only when it is on
+    from pacs_hub.trust.policy import Policy
+    from pacs_hub.trust.principal import Action, Kind, Principal, Purpose
+
+    owner = ctx.ingestor.senders.lookup(event.assoc.requestor.ae_title)
+    if owner is None:
+        raise PermissionError("unregistered caller")
+    principal = Principal(
+        Kind.NODE,
+        owner.ae_title,
+        establishments=frozenset({owner.establishment_pk})
+        if owner.establishment_pk
+        else frozenset(),
+        node_permissions=frozenset(Action(p) for p in owner.permissions),
+    )
+    with ctx.database.reader() as session:
+        policy = query_access(Policy(ctx.settings), session.connection(), principal, Purpose.CARE)
+    if policy is None:
+        return access
+    return Access(and_(access.studies, policy.studies), and_(access.patients, policy.patients))
+
+
+def _answers(
+    event: Event, ctx: GatewayContext, request: find.FindRequest, standin: StandIn
+) -> Iterator[tuple[int, Any]]:
+    offset = 0
+    while True:
+        with ctx.database.reader() as session:
+            rows = find_rows(session, request.level, request.query, limit=PAGE, offset=offset)
+        for row in rows:
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            yield PENDING, find.build_answer(request, row, standin.ae_title)
+        if len(rows) < PAGE:
+            return
+        offset += PAGE
+
+
+def handle_find(event: Event, ctx: GatewayContext) -> Iterator[tuple[int | Dataset, Any]]:
+    """EVT_C_FIND: as the establishment's PACS when standing in, else as before."""
+    standin = called(event, ctx)
+    if standin is None:
+        yield from federated_find.handle_find(event, ctx)
+        return
+    calling = event.assoc.requestor.ae_title
+    try:
+        request = find.read_request(event, ctx.settings.regional_issuer)
+        request = replace(
+            request, query=request.query.restricted(_caller_access(event, ctx, standin))
+        )
+        yield from _answers(event, ctx, request, standin)
+    except HubError as exc:
+        LOGGER.info("stand-in C-FIND from %s refused: %s", calling, exc.title)
+        yield error_status(exc), None
+    except PermissionError:
+        yield status(0x0124, "not authorized: unregistered caller"), None
+    except Exception:  # the adapter: anything else is a DICOM failure, never a crash
+        LOGGER.exception("stand-in C-FIND from %s: unexpected error", calling)
+        yield status(0xC000, "cannot read the request or search"), None
+
+
+def _claim_study(database: Database, sop: str, establishment_pk: int) -> None:
+    """Record the study of ``sop`` as the establishment's when nobody owns it yet."""
+    study_pk = (
+        select(Series.study_pk)
+        .join(Instance, Instance.series_pk == Series.id)
+        .where(Instance.sop_instance_uid == sop)
+        .scalar_subquery()
+    )
+    with database.session() as session:
+        session.execute(
+            update(Study)
+            .where(Study.id == study_pk, Study.establishment_pk.is_(None))
+            .values(establishment_pk=establishment_pk)
+        )
+
+
+def handle_store(event: Event, ctx: GatewayContext) -> Dataset:
+    """EVT_C_STORE: the one ingest path; while standing in, also mark for return."""
+    answer = store.handle_store(event, ctx)
+    standin = called(event, ctx)
+    if standin is None or int(answer.Status) != 0x0000:
+        return answer
+    sop = str(cast(C_STORE, event.request).AffectedSOPInstanceUID)
+    try:
+        _claim_study(ctx.database, sop, standin.establishment_pk)
+        state.mark_outage(ctx.settings, standin.code, sop)
+    except Exception:  # the adapter: the instance is stored; say so in the log
+        LOGGER.exception("stand-in for %s: %s stored but not marked for return", standin.code, sop)
+    return answer

@@ -1,0 +1,150 @@
+"""Durable state of each enrolled establishment: one JSON file in ``DATA_DIR/backup/``.
+
+No table holds it (no migration): ``<code>.json`` keeps the enrolment (the PACS node),
+the stand-in mode, the backfill (every study found on the PACS, with its instance count
+and whether it is safe in the hub), the last reconciliation and each restore's progress
+per study. Every change is a read-modify-write under an exclusive ``flock`` on
+``<code>.lock`` (the hub's task thread, the CLI and the API may write at once), written
+to a temporary file, fsynced and renamed over the old one: a crash (kill -9) leaves the
+previous or the new state, never half of one, so backfills and restores resume.
+
+Instances stored through the stand-in AE title are appended to ``<code>.outage``
+(one SOP Instance UID a line, ``O_APPEND``), which several gateway processes can share.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pacs_hub.config import Settings
+from pacs_hub.errors import HubError
+
+State = dict[str, Any]
+CODE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+STANDIN_MODES = ("auto", "on", "off")
+
+
+class NotEnrolled(HubError):
+    """The establishment is not enrolled as a backup client."""
+
+    dicom_status = 0xC000
+    http_status = 404
+    title = "Establishment not enrolled for backup"
+
+
+def now_iso() -> str:
+    """The current UTC time, ISO 8601 with a Z."""
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def folder(settings: Settings) -> Path:
+    """``DATA_DIR/backup``, created when missing."""
+    path = settings.data_dir / "backup"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _path(settings: Settings, code: str, suffix: str) -> Path:
+    if not CODE.match(code):
+        raise NotEnrolled(f"establishment code {code[:40]!r}: expected 1-32 of A-Z a-z 0-9 _ . -")
+    return folder(settings) / f"{code}{suffix}"
+
+
+def enrolled(settings: Settings) -> list[str]:
+    """Codes of every enrolled establishment, sorted."""
+    return sorted(p.stem for p in folder(settings).glob("*.json"))
+
+
+def load(settings: Settings, code: str) -> State:
+    """The state of ``code``; :class:`NotEnrolled` when it has none."""
+    path = _path(settings, code, ".json")
+    try:
+        data: State = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise NotEnrolled(
+            f"establishment {code!r} is not enrolled ('pacs-hub backup enrol')"
+        ) from None
+    return data
+
+
+def _write(path: Path, state: State) -> None:
+    temporary = path.with_suffix(f".tmp{os.getpid()}")
+    with temporary.open("w") as fp:
+        json.dump(state, fp, separators=(",", ":"), sort_keys=True)
+        fp.flush()
+        os.fsync(fp.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+@contextmanager
+def _locked(settings: Settings, code: str) -> Iterator[None]:
+    with _path(settings, code, ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def update(
+    settings: Settings, code: str, change: Callable[[State], None], *, create: bool = False
+) -> State:
+    """Apply ``change`` to the state of ``code`` atomically; the new state."""
+    with _locked(settings, code):
+        path = _path(settings, code, ".json")
+        if path.exists():
+            state: State = json.loads(path.read_text())
+        elif create:
+            state = {"establishment": code}
+        else:
+            raise NotEnrolled(f"establishment {code!r} is not enrolled ('pacs-hub backup enrol')")
+        change(state)
+        state["updated_at"] = now_iso()
+        _write(path, state)
+        return state
+
+
+@contextmanager
+def exclusive(settings: Settings, code: str, job: str) -> Iterator[bool]:
+    """Hold the ``job`` lock of ``code`` without waiting: yields False when another has it."""
+    with _path(settings, code, f".{job}.lock").open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def mark_outage(settings: Settings, code: str, sop_instance_uid: str) -> None:
+    """Record an instance stored while the hub stood in for ``code``'s PACS."""
+    path = _path(settings, code, ".outage")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, sop_instance_uid.encode("ascii", "replace") + b"\n")
+    finally:
+        os.close(fd)
+
+
+def outage_instances(settings: Settings, code: str) -> list[str]:
+    """SOP Instance UIDs stored during an outage of ``code``'s PACS (oldest first, once)."""
+    path = _path(settings, code, ".outage")
+    if not path.exists():
+        return []
+    return list(dict.fromkeys(line for line in path.read_text().split("\n") if line))

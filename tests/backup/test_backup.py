@@ -1,0 +1,364 @@
+"""Backup target for hospitals, end to end with real peers (Orthanc, dcmtk, the hub).
+
+One scenario, in order (the module's tests share it): an Orthanc PACS with 300 small
+instances is enrolled and backfilled (the hub killed -9 mid-way and restarted), the
+reconciliation finds nothing missing; Orthanc dies and loses its storage, the hub
+stands in for its AE title (findscu, movescu from a workstation, storescu from a
+modality); an empty Orthanc comes back and is restored (the restore killed -9
+mid-way and run again), the reconciliation finds nothing missing or different,
+outage studies included; an Orthanc that refuses a transfer syntax gets a restore
+report naming what it refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from tests.conftest import DATA, HUB_AE, Hub, _healthy, dcmtk, free_port, wait_until
+from tests.peers import OrthancPeer, start_orthanc
+from tests.regional.study_factory import make_study, storescu
+
+PACS_AE = "HOSP_PACS"
+STUDIES, SERIES, PER_SERIES = 20, 3, 5
+JPEG = DATA / "modalities" / "nm_nema_wg04_nm1_jpeg_lossless.dcm"
+
+
+@dataclass
+class Scenario:
+    """Everything the steps share."""
+
+    root: Path
+    hub: Hub
+    pacs: OrthancPeer
+    env: dict[str, str]
+    studies: list[str]
+    outage: list[str] = field(default_factory=list)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.hub.cli(*args, check=check)
+
+    def state(self, code: str = "H1") -> dict[str, Any]:
+        path = self.hub.data_dir / "backup" / f"{code}.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def reconcile(self) -> dict[str, Any]:
+        done = self.cli("backup", "reconcile", "H1", "--json", check=False)
+        assert done.returncode in (0, 1), done.stderr
+        found: dict[str, Any] = json.loads(done.stdout)
+        return found
+
+
+def hub_env(dicom_port: int, http_port: int) -> dict[str, str]:
+    return {
+        "PACS_HUB_DICOM_PORT": str(dicom_port),
+        "PACS_HUB_HTTP_PORT": str(http_port),
+        "PACS_HUB_HEALTH_CHECK_INTERVAL": "1",
+        "PACS_HUB_BACKUP_INTERVAL": "1",
+        "PACS_HUB_BACKUP_SINCE": "20200101",
+        "PACS_HUB_BACKUP_RATE_LIMIT": "60",
+        "PACS_HUB_BACKUP_RESTORE_ASSOCIATIONS": "1",
+        "PACS_HUB_ACSE_TIMEOUT": "5",
+        "PACS_HUB_PREFETCH_ENABLED": "false",
+    }
+
+
+def start_hub(data_dir: Path, **extra_env: str) -> Hub:
+    """conftest's start_hub with a deadline for a loaded machine (2 shared cores)."""
+    env = dict(os.environ)
+    env.update(
+        PACS_HUB_DATA_DIR=str(data_dir),
+        PACS_HUB_AE_TITLE=HUB_AE,
+        PACS_HUB_HOST="127.0.0.1",
+        PACS_HUB_GATEWAY_PROCESSES="1",
+        PACS_HUB_UNKNOWN_CALLERS="accept",
+        PACS_HUB_AUTH_REQUIRED="false",
+        **extra_env,
+    )
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    log = (data_dir.parent / "hub.log").open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pacs_hub.cli", "serve"], env=env, stdout=log, stderr=log
+    )
+    hub = Hub(
+        process, data_dir, int(env["PACS_HUB_DICOM_PORT"]), int(env["PACS_HUB_HTTP_PORT"]), env
+    )
+    try:
+        wait_until(lambda: _healthy(hub.url) or process.poll() is not None, 120, what="hub")
+    except AssertionError:
+        hub.stop()
+        raise
+    assert process.poll() is None, f"hub exited; see {log.name}"
+    return hub
+
+
+def make_archive(folder: Path) -> tuple[list[str], list[Path]]:
+    studies, files = [], []
+    for index in range(STUDIES):
+        study = pydicom.uid.generate_uid()
+        date = f"202{3 + index % 3}0{1 + index % 9}1{index % 10}"
+        for _series in range(SERIES):
+            _uid, written = make_study(
+                folder / str(index),
+                patient_id=f"P{index:03d}",
+                study_uid=study,
+                study_date=date,
+                count=PER_SERIES,
+            )
+            files += written
+        studies.append(study)
+    return studies, files
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+    root = tmp_path_factory.mktemp("backup")
+    env = hub_env(free_port(), free_port())
+    hub = start_hub(root / "data", **env)
+    pacs = start_orthanc(
+        root / "pacs1", aet=PACS_AE, modalities={"HUB": ("PACS_HUB", "127.0.0.1", hub.dicom_port)}
+    )
+    studies, files = make_archive(root / "archive")
+    storescu("MODALITY", PACS_AE, pacs.dicom_port, files)
+    hub.cli("establishments", "add", "H1", "Hospital 1")
+    hub.cli("nodes", "add", PACS_AE, "127.0.0.1", str(pacs.dicom_port), "--establishment", "H1")
+    found = Scenario(root, hub, pacs, env, studies)
+    yield found
+    found.hub.stop()
+    found.pacs.stop()
+
+
+def test_backfill_survives_a_kill_and_reconciles_to_zero_missing(scenario: Scenario) -> None:
+    # Another establishment's study in the hub: never shown by the stand-in.
+    _other, files = make_study(scenario.root / "other", patient_id="OTHER", count=2)
+    storescu("ELSEWHERE", "PACS_HUB", scenario.hub.dicom_port, files)
+    scenario.cli("backup", "enrol", "H1")  # requests the backfill: the hub's task runs it
+
+    def some_done() -> bool:
+        studies = (scenario.state().get("backfill") or {}).get("studies") or {}
+        return sum(1 for s in studies.values() if s.get("done")) >= 3
+
+    wait_until(some_done, timeout=60, what="first studies backfilled")
+    assert scenario.hub.stop(signal.SIGKILL) == -signal.SIGKILL
+    run = scenario.state()["backfill"]
+    assert run["state"] == "running"
+    assert sum(1 for s in run["studies"].values() if s["done"]) < STUDIES
+    scenario.hub = start_hub(scenario.root / "data", **scenario.env)  # same ports
+    shown = scenario.cli("backup", "backfill", "H1", "--resume")  # follows the hub's run
+    assert "backfill done: 20/20 studies, 300 instances" in shown.stdout
+    found = scenario.reconcile()
+    assert found["pacs_studies"] == STUDIES and found["hub_studies"] == STUDIES
+    assert found["missing"] == [] and found["different"] == [] and found["extra"] == []
+    assert found["matched"] and found["last_matched"] and found["rpo_seconds"] == 0
+    status = json.loads(scenario.cli("backup", "status", "H1", "--json").stdout)[0]
+    assert status["backfill"]["instances_done"] == STUDIES * SERIES * PER_SERIES
+    assert status["backfill"]["bytes_done"] == status["backfill"]["bytes_total"] > 0
+    assert status["rpo_alert"] is False
+
+
+def _findscu(scenario: Scenario, outdir: Path) -> list[pydicom.Dataset]:
+    outdir.mkdir(parents=True)
+    command = [
+        dcmtk("findscu"),
+        "-S",
+        "-aet",
+        "WORKSTATION",
+        "-aec",
+        PACS_AE,
+        "-X",
+        "-od",
+        str(outdir),
+        "127.0.0.1",
+        str(scenario.hub.dicom_port),
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        "StudyInstanceUID",
+        "-k",
+        "PatientID",
+        "-k",
+        "RetrieveAETitle",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return [pydicom.dcmread(p) for p in sorted(outdir.glob("rsp*.dcm"))]
+
+
+@pytest.fixture
+def workstation(scenario: Scenario, tmp_path: Path) -> Iterator[Path]:
+    port, outdir = free_port(), tmp_path / "ws"
+    outdir.mkdir()
+    process = subprocess.Popen(
+        [dcmtk("storescp"), "-aet", "WORKSTATION", "-od", str(outdir), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def listening() -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(listening, what="storescp")
+    scenario.cli(
+        "nodes",
+        "add",
+        "WORKSTATION",
+        "127.0.0.1",
+        str(port),
+        "--establishment",
+        "H1",
+        "--role",
+        "workstation",
+    )
+    yield outdir
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_the_hub_stands_in_while_the_pacs_is_down(
+    scenario: Scenario, workstation: Path, tmp_path: Path
+) -> None:
+    scenario.pacs.stop()
+    shutil.rmtree(scenario.pacs.workdir / "storage")  # storage and index lost
+
+    def standing_in() -> bool:
+        status = json.loads(scenario.cli("backup", "status", "H1", "--json").stdout)[0]
+        return bool(status["standin_active"])
+
+    wait_until(standing_in, timeout=30, what="stand-in active (health down)")
+    answers = _findscu(scenario, tmp_path / "find")
+    assert sorted(str(a.StudyInstanceUID) for a in answers) == sorted(scenario.studies)
+    assert {str(a.RetrieveAETitle) for a in answers} == {PACS_AE}
+    study = scenario.studies[0]
+    done = subprocess.run(
+        [
+            dcmtk("movescu"),
+            "-S",
+            "-aet",
+            "WORKSTATION",
+            "-aec",
+            PACS_AE,
+            "-aem",
+            "WORKSTATION",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={study}",
+            "127.0.0.1",
+            str(scenario.hub.dicom_port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(list(workstation.iterdir())) == SERIES * PER_SERIES
+    new, files = make_study(tmp_path / "new", patient_id="P900", study_date="20260110", count=4)
+    storescu("MODALITY", PACS_AE, scenario.hub.dicom_port, files)
+    scenario.outage.append(new)
+    status = json.loads(scenario.cli("backup", "status", "H1", "--json").stdout)[0]
+    assert status["outage_instances"] == 4
+    answers = _findscu(scenario, tmp_path / "find2")
+    assert new in {str(a.StudyInstanceUID) for a in answers}
+
+
+def _restore(scenario: Scenario, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pacs_hub.cli",
+            "restore",
+            "--establishment",
+            "H1",
+            "--to",
+            PACS_AE,
+            "--json",
+            *args,
+        ],
+        env=scenario.hub.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_restore_survives_a_kill_and_reconciles_to_zero_missing(scenario: Scenario) -> None:
+    scenario.pacs = start_orthanc(
+        scenario.root / "pacs1-rebuilt",
+        aet=PACS_AE,
+        dicom_port=scenario.pacs.dicom_port,
+        modalities={"HUB": ("PACS_HUB", "127.0.0.1", scenario.hub.dicom_port)},
+    )
+    scenario.cli("backup", "standin", "H1", "off")
+    first = _restore(scenario)
+
+    def some_restored() -> bool:
+        studies = (scenario.state().get("restore") or {}).get("studies") or {}
+        return sum(1 for s in studies.values() if s.get("done")) >= 2 or first.poll() is not None
+
+    wait_until(some_restored, timeout=60, what="first studies restored")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    run = scenario.state()["restore"]
+    assert run["state"] == "running", "the restore finished before it could be killed"
+    second = _restore(scenario)
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err
+    report = json.loads(out)
+    assert report["complete"] and report["refused"] == [] and report["count_mismatches"] == []
+    assert report["studies"] == STUDIES + 1
+    assert report["byte_check"]["sampled"] == 5 and report["byte_check"]["identical"] == 5
+    assert report["verdict"].startswith("COMPLETE")
+    assert len(scenario.pacs.api.studies.get_all_ids()) == STUDIES + 1
+    instances = len(scenario.pacs.api.instances.get_all_ids())
+    assert instances == STUDIES * SERIES * PER_SERIES + 4  # nothing missing, nothing twice
+    found = scenario.reconcile()
+    assert found["missing"] == [] and found["different"] == [] and found["extra"] == []
+    assert found["pacs_studies"] == STUDIES + 1 and scenario.outage[0] not in found["missing"]
+
+
+def test_a_pacs_refusing_a_transfer_syntax_is_named_in_the_report(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    refuser = start_orthanc(
+        tmp_path / "refuser",
+        aet="REFUSER",
+        extra_config={"AcceptedTransferSyntaxes": ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"]},
+    )
+    try:
+        scenario.cli("establishments", "add", "H2", "Hospital 2")
+        scenario.cli(
+            "nodes", "add", "REFUSER", "127.0.0.1", str(refuser.dicom_port), "--establishment", "H2"
+        )
+        make_study(tmp_path / "h2", patient_id="H2P", count=2)
+        shutil.copy(JPEG, tmp_path / "h2" / "jpeg.dcm")
+        scenario.cli("import", "--received-from", "REFUSER", str(tmp_path / "h2"))
+        scenario.cli("backup", "enrol", "H2", "--no-backfill")
+        done = scenario.cli(
+            "restore", "--establishment", "H2", "--to", "REFUSER", "--json", check=False
+        )
+        assert done.returncode == 1, done.stderr
+        report = json.loads(done.stdout)
+        jpeg = pydicom.dcmread(JPEG, stop_before_pixels=True)
+        assert [r["sop_instance_uid"] for r in report["refused"]] == [str(jpeg.SOPInstanceUID)]
+        assert "presentation context not accepted" in report["refused"][0]["reason"]
+        assert report["restored"] == 2 and report["count_mismatches"] == []
+        assert (
+            report["verdict"].startswith("INCOMPLETE")
+            and "1 refused by REFUSER" in report["verdict"]
+        )
+    finally:
+        refuser.stop()
