@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pacs_hub.backup import cli as backup_cli
 from pacs_hub.cli_common import DataDir, load_settings, open_database
 from pacs_hub.errors import HubError
 from pacs_hub.regional import establishments_cli, federation_cli, identity_cli, routing_cli
@@ -36,6 +37,8 @@ app.add_typer(federation_cli.app, name="federation")
 app.add_typer(routing_cli.app, name="routing")
 app.add_typer(users_cli.app, name="users")
 app.add_typer(audit_cli.app, name="audit")
+app.add_typer(backup_cli.app, name="backup")
+app.command("restore")(backup_cli.restore)
 console = Console()
 
 
