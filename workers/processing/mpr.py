@@ -75,7 +75,8 @@ def reformat_plane(
 def _slab_offsets(volume: Volume, thickness: float) -> list[float]:
     if thickness <= 0:
         return [0.0]
-    count = max(2, math.ceil(thickness / min(volume.spacing)) + 1)
+    count = max(3, math.ceil(thickness / min(volume.spacing)) + 1)
+    count += 1 - count % 2  # odd: the centre plane is always one of them
     return [float(x) for x in np.linspace(-thickness / 2, thickness / 2, count)]
 
 

@@ -29,7 +29,7 @@ from workers.processing.outputs import (
 )
 from workers.processing.projection import ProjectionMode, project, rotating_mip
 from workers.processing.render import render
-from workers.processing.surface import isosurface, obj_bytes, stl_bytes
+from workers.processing.surface import isosurface, obj_bytes
 from workers.processing.validation import validate
 from workers.processing.volume import assemble_volumes
 
@@ -52,6 +52,7 @@ class PipelineOptions:
     threshold: float = 300.0
     mesh_step: int = 1
     preset: str = "bone"
+    image_size: int = 512
     time_point: int = 0
     backend: BackendName = "auto"
 
@@ -104,15 +105,24 @@ def run_pipeline(
             image = project(volume, options.projection_axis, options.projection, backend)
             datasets = projection_datasets(volume, [image], 911)
         elif step == "rotating_mip":
-            cine = rotating_mip(volume, options.rotating_angles, backend=backend, monitor=sub)
+            cine = rotating_mip(
+                volume,
+                options.rotating_angles,
+                backend=backend,
+                monitor=sub,
+                max_size=options.image_size // 2,
+            )
             datasets = projection_datasets(volume, cine, 912)
         elif step == "surface":
             mesh = isosurface(volume, options.threshold, options.mesh_step, sub)
             datasets = [mesh_dataset(volume, mesh, 921)]
-            result.downloads["surface.stl"] = stl_bytes(mesh)
+            length = int(datasets[0].EncapsulatedDocumentLength)
+            result.downloads["surface.stl"] = bytes(datasets[0].EncapsulatedDocument[:length])
             result.downloads["surface.obj"] = obj_bytes(mesh)
         else:
-            view = render(volume, options.preset, backend=backend, monitor=sub)
+            view = render(
+                volume, options.preset, backend=backend, monitor=sub, max_size=options.image_size
+            )
             datasets = rendering_datasets(volume, [view], 931)
         result.datasets += datasets
     for number, dataset in enumerate(result.datasets):

@@ -65,7 +65,19 @@ def view_towards(
         size,
         size,
     )
-    steps = math.floor(2 * radius / depth_step) + 1
+    # march only where the volume is: from its nearest to its farthest corner
+    depth = (corners - origin) @ d
+    first = max(math.floor(float(depth.min()) / depth_step), 0)
+    origin = origin + first * depth_step * d
+    steps = math.floor((float(depth.max()) - first * depth_step) / depth_step) + 1
+    plane = Plane(
+        (float(origin[0]), float(origin[1]), float(origin[2])),
+        plane.row_direction,
+        plane.column_direction,
+        plane.pixel_spacing,
+        plane.rows,
+        plane.columns,
+    )
     return View(plane, (float(d[0]), float(d[1]), float(d[2])), depth_step, steps)
 
 
