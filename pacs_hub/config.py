@@ -148,6 +148,41 @@ class Settings(BaseSettings):
     backup_interval: float = Field(
         default=5.0, ge=0, description="Seconds between turns of the backfill task; 0 = off"
     )
+    # Post-processing jobs (issue 7): Celery broker, queues, rules.
+    broker_url: str = Field(
+        default="",
+        description="Celery broker of the processing jobs; '' = a SQLite file in the data folder"
+        " (kombu's SQLAlchemy transport, no server); production: redis://host:6379/0",
+    )
+    result_backend: str = Field(
+        default="",
+        description="Celery result backend (job state, progress); '' = a SQLite file in the data"
+        " folder; production: redis://host:6379/1",
+    )
+    embedded_worker: bool = Field(
+        default=True, description="serve starts a Celery worker on the cpu, gpu and io queues"
+    )
+    processing_queue: str = Field(
+        default="gpu", pattern="^(cpu|gpu)$", description="Queue of post-processing jobs"
+    )
+    processing_auto_min_slices: int = Field(
+        default=100,
+        ge=0,
+        description="A new CT series with more slices than this gets processing_auto_pipeline;"
+        " 0 = off",
+    )
+    processing_auto_pipeline: str = Field(
+        default="mpr,mip", description="Steps run automatically on a new large CT series"
+    )
+    processing_interval: float = Field(
+        default=5.0, ge=0, description="Seconds between turns of the processing rules; 0 = off"
+    )
+    processing_settle_seconds: float = Field(
+        default=10.0, ge=0, description="A study is processed once unchanged for this long"
+    )
+    processing_stale_after: float = Field(
+        default=60.0, gt=0, description="A running job silent this long (s) is run again"
+    )
     log_level: str = "INFO"
     viewer_dir: Path | None = Field(
         default_factory=bundled_viewer_dir,
