@@ -293,7 +293,7 @@ def principal_for(session: Session, user: User) -> Principal:
         establishments=frozenset(establishments),
         user_pk=user.id,
         rpps=user.rpps,
-        email=user.email,
+        email=user.email.strip().lower(),  # share grants store recipients in lower case
         regional_patient_pk=user.regional_patient_pk,
     )
 
