@@ -71,3 +71,21 @@ def test_stl_and_obj_export() -> None:
 def test_threshold_outside_the_values_is_refused() -> None:
     with pytest.raises(ProcessingError, match="outside the volume's values"):
         isosurface(synthetic(sphere()), 5000.0)
+
+
+@pytest.mark.parametrize("chunk", [2, 7, 16])
+def test_chunked_marching_cubes_gives_the_same_closed_mesh(chunk) -> None:  # type: ignore[no-untyped-def]
+    volume = synthetic(sphere(centre=(20.0, 20.0, 3.0)), spacing=(2.0, 1.0, 1.0))
+    whole = isosurface(volume, 0.0, chunk_slices=1000)
+    chunked = isosurface(volume, 0.0, chunk_slices=chunk)
+    assert is_watertight(chunked)
+    assert len(chunked.faces) == len(whole.faces)
+    assert len(chunked.vertices) == len(whole.vertices)
+    assert enclosed_volume(chunked) == pytest.approx(enclosed_volume(whole), rel=1e-6)
+
+
+def test_step_size_gives_a_coarser_closed_mesh() -> None:
+    volume = synthetic(sphere())
+    fine, coarse = isosurface(volume, 0.0), isosurface(volume, 0.0, step_size=2)
+    assert is_watertight(coarse) and len(coarse.faces) < len(fine.faces) / 3
+    assert enclosed_volume(coarse) == pytest.approx(enclosed_volume(fine), rel=0.1)

@@ -49,43 +49,85 @@ class Mesh:
 
 
 def isosurface(
-    volume: Volume, threshold: float, step_size: int = 1, monitor: Monitor = SILENT
+    volume: Volume,
+    threshold: float,
+    step_size: int = 1,
+    monitor: Monitor = SILENT,
+    chunk_slices: int = 128,
 ) -> Mesh:
-    """The surface where the volume crosses ``threshold`` (e.g. 300 HU for bone)."""
-    low, high = float(volume.voxels.min()), float(volume.voxels.max())
+    """The surface where the volume crosses ``threshold`` (e.g. 300 HU for bone).
+
+    ``step_size`` > 1 samples every n-th voxel (a coarser, smaller mesh). The volume is
+    processed ``chunk_slices`` slices at a time (one slice shared between neighbours), so
+    the extra memory is one padded chunk, not a padded copy of the whole volume; vertices
+    on the shared slices are computed identically on both sides and merged.
+    """
+    voxels = volume.voxels[::step_size, ::step_size, ::step_size]
+    low, high = float(voxels.min()), float(voxels.max())
     if not low < threshold < high:
         raise ProcessingError(
             f"threshold {threshold:g} is outside the volume's values ({low:g} to {high:g}); "
             "no surface there"
         )
-    monitor.report(0.0, "marching cubes")
-    padded = np.pad(volume.voxels, 1, mode="constant", constant_values=low)
-    level = _level(volume, threshold)
-    vertices, faces, _, _ = marching_cubes(  # type: ignore[no-untyped-call]
-        padded, level=level, step_size=step_size
-    )
-    monitor.report(0.8, "marching cubes")
-    upper = np.array(volume.shape, dtype=np.float64) - 1.0
-    index = np.clip(vertices.astype(np.float64) - 1.0, 0.0, upper)  # caps on the border
+    if voxels.shape[0] < 2:
+        raise ProcessingError(f"{voxels.shape[0]} slice(s) after step {step_size}; need 2")
+    level = _level(voxels, threshold)
+    count = voxels.shape[0]
+    starts = list(range(0, count - 1, max(chunk_slices, 2) - 1))
+    pieces: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = []
+    offset = 0
+    for number, start in enumerate(starts):
+        monitor.report(0.9 * number / len(starts), "marching cubes")
+        stop = min(start + max(chunk_slices, 2), count)
+        before, after = int(start == 0), int(stop == count)
+        chunk = np.pad(voxels[start:stop], ((before, after), (1, 1), (1, 1)), constant_values=low)
+        if not chunk.min() < level < chunk.max():
+            continue
+        vertices, faces, _, _ = marching_cubes(chunk, level=level)  # type: ignore[no-untyped-call]
+        vertices = vertices.astype(np.float64) + np.array([start - before, -1.0, -1.0])
+        pieces.append((vertices, faces.astype(np.int64) + offset))
+        offset += len(vertices)
+    vertices, faces = _stitch(pieces, [float(s) for s in starts[1:]])
+    upper = np.array(voxels.shape, dtype=np.float64) - 1.0
+    index = np.clip(vertices, 0.0, upper) * step_size  # caps on the border
     patient = index @ volume.affine[:3, :3].T + volume.affine[:3, 3]
-    faces = faces.astype(np.int64)
     if np.linalg.det(volume.affine[:3, :3]) > 0:
         faces = faces[:, ::-1].copy()  # skimage winds for index space; keep normals outward
     monitor.report(1.0, "marching cubes")
     return Mesh(patient.astype(np.float32), faces, threshold, f"isosurface {threshold:g}")
 
 
-def _level(volume: Volume, threshold: float) -> float:
+def _stitch(
+    pieces: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]], seams: list[float]
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Concatenate chunk meshes, merging the vertices that lie on a shared slice."""
+    if not pieces:
+        return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
+    vertices = np.concatenate([v for v, _ in pieces])
+    faces = np.concatenate([f for _, f in pieces])
+    on_seam = np.flatnonzero(np.isin(vertices[:, 0], seams))
+    if len(on_seam) == 0:
+        return vertices, faces
+    _, first, inverse = np.unique(vertices[on_seam], axis=0, return_index=True, return_inverse=True)
+    mapping = np.arange(len(vertices))
+    mapping[on_seam] = on_seam[first][inverse.reshape(-1)]
+    faces = mapping[faces]
+    used, compact = np.unique(faces, return_inverse=True)
+    return vertices[used], compact.reshape(faces.shape)
+
+
+def _level(voxels: np.ndarray[Any, Any], threshold: float) -> float:
     """The marching-cubes level separating voxels >= threshold from those below.
 
     Voxels exactly at the level give vertices on grid points, which marching cubes
     duplicates (open edges); so when some voxel equals the threshold, the level is set
-    half-way to the next lower value present (299.5 for 300 on integer HU).
+    half-way to the next lower value present (299.5 for 300 on integer HU). Scanned a
+    slice at a time (no volume-sized temporary).
     """
-    voxels = volume.voxels
-    if not np.any(voxels == np.float32(threshold)):
+    target = np.float32(threshold)
+    if not any(np.any(plane == target) for plane in voxels):
         return threshold
-    below = float(np.max(voxels, where=voxels < threshold, initial=-np.inf))
+    below = max(float(np.max(p, where=p < threshold, initial=-np.inf)) for p in voxels)
     return (threshold + below) / 2
 
 
