@@ -5,7 +5,9 @@ reused while its ``complete.json`` marker exists:
 
 * ``ct512``: 2 studies x 1 series x N slices of 512x512 16-bit (about 526 KB each);
 * ``ct64``: S studies on S/2 patients x 2 series x 5 slices of 64x64 (about 9.6 KB);
-* ``idx``: N single-instance 8x8 studies on N/2 patients (the C-FIND index).
+* ``idx``: N single-instance 8x8 studies on N/2 patients (the C-FIND index);
+* ``fed1``..``fed3``: laid out as ``ct64``, one per establishment PACS of the
+  federation section (the same patients, by name, under each one's own Patient IDs).
 
 Every identifier (patient, study date, UIDs) is a pure function of the indexes, so
 queries can be built without reading the files back. Files are spread round-robin
@@ -30,7 +32,7 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 PARTS = 4
 FIRST_DAY = date(2000, 1, 1)
 DATE_SPAN_DAYS = 7300
-CODES = {"ct512": 1, "ct64": 2, "idx": 3}
+CODES = {"ct512": 1, "ct64": 2, "idx": 3, "fed1": 4, "fed2": 5, "fed3": 6}
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +226,7 @@ def corpus(out: Path, kind: str, count_param: int) -> Corpus:
         return Corpus(kind, root, meta["count"], meta["total_bytes"])
     if kind == "ct512":
         slices, size, z = ct512_slices(count_param), 512, count_param
-    elif kind == "ct64":
+    elif kind == "ct64" or kind.startswith("fed"):
         slices, size, z = ct64_slices(count_param), 64, 5
     else:
         slices, size, z = idx_slices(count_param), 8, 1

@@ -109,10 +109,15 @@ def build_queries(studies: int, per_type: int, seed: int = 7) -> list[Query]:
 
 def findscu(target: Target, query: Query) -> tuple[float, int, bool]:
     """Run one findscu; (seconds, matches, ok)."""
-    args = [dcmtk("findscu"), "-v", "-S", "-aet", BENCH_AE, "-aec", target.ae_title]
+    return findscu_at(target.ae_title, target.dicom_port, query)
+
+
+def findscu_at(ae_title: str, port: int, query: Query) -> tuple[float, int, bool]:
+    """Run one findscu to ``ae_title`` on loopback ``port``; (seconds, matches, ok)."""
+    args = [dcmtk("findscu"), "-v", "-S", "-aet", BENCH_AE, "-aec", ae_title]
     for key in query.keys:
         args += ["-k", key]
-    args += [LOOPBACK, str(target.dicom_port)]
+    args += [LOOPBACK, str(port)]
     start = time.perf_counter()
     out = subprocess.run(args, capture_output=True, text=True, env=dcmtk_env(), timeout=300)
     seconds = time.perf_counter() - start

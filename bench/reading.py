@@ -7,6 +7,7 @@ machine); they are explanations to check, not measurements of this run.
 
 from __future__ import annotations
 
+from bench.federation_reading import fed_paragraph
 from bench.find import QUERY_TYPES
 from bench.report import Results
 from bench.web_reading import web_paragraph
@@ -98,6 +99,7 @@ def reading(res: Results) -> list[str]:
         _find_paragraph(res),
         _move_paragraph(res),
         web_paragraph(res),
+        *fed_paragraph(res),
     ]
     out: list[str] = []
     for text in paragraphs:

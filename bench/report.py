@@ -12,6 +12,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 from bench.dicomweb import WebResults
+from bench.federation import FedResults
+from bench.federation_report import fed_checks, fed_method, fed_section, fed_summary
 from bench.find import QUERY_TYPES, Latency
 from bench.fmt import NA, latency_table, le_p95
 from bench.fmt import fmt as _fmt
@@ -59,6 +61,7 @@ class Results:
     dicomweb: dict[str, WebResults] = field(default_factory=dict)
     web_series: int = 0
     web_index: dict[str, int] = field(default_factory=dict)
+    federation: FedResults | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -155,6 +158,7 @@ def method_section(res: Results) -> list[str]:
         f"registered as move destination in both; {cfg['move_reps']} rep(s) per mode, median. "
         "Timed window: the movescu process.",
         *web_method(res),
+        *fed_method(res),
         "* **Ceilings**: dcmtk `storescp +B` (C++ receive and write, no index) in the ingest "
         f"matrix; `dd` {res.dd_mib} MiB `bs=1M conv=fdatasync`.",
         "",
@@ -254,7 +258,7 @@ def _move_cell(s: MoveSummary | None, res: Results, name: str) -> str:
 
 
 def ceilings_section(res: Results) -> list[str]:
-    lines = ["## 6. Machine ceilings", ""]
+    lines = ["## 7. Machine ceilings", ""]
     if res.dd:
         med, lo, hi = res.dd
         lines.append(
@@ -290,6 +294,7 @@ def targets_section(res: Results) -> list[str]:
             )
         )
     checks += web_checks(res)
+    checks += fed_checks(res)
     lines = ["## Targets (reported, not asserted)", "", "| target | met |", "|---|---|"]
     word = {True: "yes", False: "**no**", None: NA}
     lines += [f"| {name} | {word[ok]} |" for name, ok in checks]
@@ -313,11 +318,13 @@ def render(res: Results, reading: Sequence[str]) -> str:
         machine_section,
         method_section,
         targets_section,
+        fed_summary,
         ingest_section,
         index_section,
         find_section,
         move_section,
         web_section,
+        fed_section,
         ceilings_section,
     ):
         lines += section(res)

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import data, dicomweb, find, ingest, move, stow
+from bench.federation import run_federation
 from bench.procs import run_parallel, storescu, sync
 from bench.reading import reading
 from bench.report import IndexBuild, Results, render
@@ -52,12 +53,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--skip",
         action="append",
         default=[],
-        choices=("ingest", "index", "dicomweb", "backup"),
+        choices=("ingest", "index", "dicomweb", "backup", "federation"),
         help="skip a section (index: C-FIND and C-MOVE; dicomweb: QIDO/WADO/STOW-RS;"
+        " federation: federated C-FIND and retrieve on demand;"
         " backup: backfill and restore)",
     )
     parser.add_argument(
         "--backup-slices", type=int, default=1000, help="ct512 slices per study for backup (x2)"
+    )
+    parser.add_argument(
+        "--fed-studies", type=int, default=300, help="studies (10 inst) per federated PACS"
     )
     parser.add_argument("--out", type=Path, default=HERE / "out", help="cache and work folder")
     parser.add_argument("--results", type=Path, default=None, help="markdown output")
@@ -66,6 +71,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.reps, args.ct512_slices, args.ct64_studies = 1, 20, 12
         args.index_studies, args.queries, args.move_reps, args.dd_mib = 2000, 5, 1, 128
         args.web_reps = 1
+        args.fed_studies = 20
         args.backup_slices = args.ct512_slices
     if args.results is None:
         args.results = args.out / "RESULTS.quick.md" if args.quick else HERE / "RESULTS.md"
@@ -235,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.backup import run_backup
 
         backup_lines = run_backup(args.out, data.corpus(args.out, "ct512", args.backup_slices), log)
+    if "federation" not in args.skip:
+        res.federation = run_federation(args, log)
     res.finished = datetime.now(UTC)
     res.notes.append(f"Total bench runtime: {(time.monotonic() - t0) / 60:.1f} min.")
     args.results.write_text(render(res, reading(res)) + "\n".join(backup_lines))
