@@ -34,7 +34,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 from pacs_hub.backup import standin
-from pacs_hub.gateway import access, commitment, pdata, reactor, retrieve
+from pacs_hub.gateway import access, commitment, pdata, reactor
 from pacs_hub.gateway.callers import CallerPolicy
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.gateway.status import SUCCESS
@@ -137,9 +137,25 @@ class HubAssociationServer(ThreadedAssociationServer):
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
+    handshake_timeout = 10.0
+    """Seconds a TLS client has to finish its handshake (pynetdicom does it in the
+    accept loop: a client that connects and says nothing would otherwise hold it)."""
+
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = super().get_request()
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context is None:
+            client, address = super().get_request()
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return client, address
+        assert self.socket is not None
+        raw, address = self.socket.accept()
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        raw.settimeout(self.handshake_timeout)
+        try:
+            client = self.ssl_context.wrap_socket(raw, server_side=True)
+        except BaseException:
+            raw.close()
+            raise
+        client.settimeout(None)
         return client, address
 
 
@@ -170,8 +186,8 @@ def handlers(ctx: GatewayContext) -> list[evt.EventHandlerType]:
         (evt.EVT_C_ECHO, handle_echo, []),
         (evt.EVT_C_STORE, standin.handle_store, [ctx]),  # marks stand-in arrivals for return
         (evt.EVT_C_FIND, standin.handle_find, [ctx]),  # stand-in, local or federated
-        (evt.EVT_C_MOVE, retrieve.handle_move, [ctx]),
-        (evt.EVT_C_GET, retrieve.handle_get, [ctx]),
+        (evt.EVT_C_MOVE, standin.handle_move, [ctx]),  # stand-in: its establishment only
+        (evt.EVT_C_GET, standin.handle_get, [ctx]),
         (evt.EVT_N_ACTION, commitment.handle_n_action, [ctx]),
     ]
 
