@@ -18,7 +18,9 @@ the path fails with 0xA900 and is not stored.
 Access (issue 4): the caller must be allowed to store (action store: a regional or
 establishment administrator, a radiologist, a service account; never a share link,
 a patient or a referring doctor), decided and audited before the body is read: 403
-otherwise.
+otherwise. A part that adds to a study the hub already holds and the caller may not
+see fails with 0x0124 (Refused: Not Authorized, PS3.7 C.5) and is not stored; the
+refusal is audited.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ DICOM = "application/dicom"
 CANNOT_UNDERSTAND = 0xC000
 MISMATCH = 0xA900
 PROCESSING_FAILURE = 0x0110
+NOT_AUTHORIZED = 0x0124
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,15 +114,32 @@ async def _spool(request: Request, hub: HubState, boundary: str) -> MultipartSpo
     return spooler
 
 
-def _store_part(hub: HubState, part: Part, study: str | None, ae: str) -> IngestResult | Failure:
+def _may_add_to(caller: Caller, study_uid: str) -> bool:
+    """A new study, or one the caller may see (a refusal is audited)."""
+    if not caller.enforced:
+        return True
+    decision = caller.decide(Action.STORE, study_uid=study_uid, resource="stow")
+    return decision.allowed or decision.rule == "not-found"
+
+
+def _store_part(
+    hub: HubState, caller: Caller, part: Part, study: str | None, ae: str
+) -> IngestResult | Failure:
     media, _params = media_type(part.content_type or DICOM)
     if media != DICOM:
         return Failure("", "", CANNOT_UNDERSTAND, f"part of type {media!r}, not {DICOM}")
     try:
         _add_missing_preamble(part.path)
-        if study is not None:
+        if study is not None or caller.enforced:
             header = parse_instance(part.path)[0]
-            if header.study_instance_uid != study:
+            if not _may_add_to(caller, header.study_instance_uid):
+                return Failure(
+                    header.sop_class_uid,
+                    header.sop_instance_uid,
+                    NOT_AUTHORIZED,
+                    "not authorised to add to this study",
+                )
+            if study is not None and header.study_instance_uid != study:
                 return Failure(
                     header.sop_class_uid,
                     header.sop_instance_uid,
@@ -205,7 +225,7 @@ async def _store(request: Request, hub: HubState, caller: Caller, study: str | N
     ae = "STOW-RS"
     try:
         for part in spooler.parts:
-            outcome = await run_in_threadpool(_store_part, hub, part, study, ae)
+            outcome = await run_in_threadpool(_store_part, hub, caller, part, study, ae)
             if isinstance(outcome, Failure):
                 LOGGER.info("STOW-RS part refused: 0x%04X %s", outcome.reason, outcome.comment)
                 failed.append(outcome)
