@@ -14,6 +14,8 @@ modalities. B also holds study 1 of ``ct512``, which the hub does not.
   storescp (``+B``), once directly from B and once through the hub (which locates it by
   a federated C-FIND, pulls it from B by C-MOVE into its archive, then sends it), per
   repetition; a fresh hub for each repetition, so that it never holds the study before.
+  Then the two halves alone on the last hub: storing ct512 study 2 (as large) from one
+  storescu association, and C-MOVEing study 1 again now that the hub holds it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from bench import data, move
 from bench.fed_find import FedLatency, build_queries, run_queries
 from bench.ingest import send, settle_count
 from bench.move import MoveRun, MoveSummary
-from bench.procs import LOOPBACK, free_port, run_parallel, storescu
+from bench.procs import LOOPBACK, free_port, run_parallel, storescu, sync
 from bench.stow import study_files
 from bench.targets import HUB_AE, Destination, HubTarget, OrthancTarget, keep_logs
 
@@ -52,6 +54,10 @@ class RetrieveResults:
     runs: list[MoveRun] = field(default_factory=list)
     pull_seconds: list[float] = field(default_factory=list)
     """Per hub run: the hub's retrieve job, started to finished (its C-MOVE from B)."""
+    ingest_seconds: float | None = None
+    """The last hub storing ct512 study 2 (as large) sent by one storescu association."""
+    send_seconds: float | None = None
+    """The last hub C-MOVEing study 1 again, held now, to the storescp."""
 
     def summary(self, route: str) -> MoveSummary | None:
         return move.summarize(self.runs, route, self.mean_bytes)
@@ -183,6 +189,30 @@ def retrieve_once(region: Region, res: RetrieveResults, rep: int, log: Log) -> N
         )
 
 
+def hub_baselines(region: Region, res: RetrieveResults, ct512: data.Corpus, log: Log) -> None:
+    """The two halves of a retrieve through the hub, timed alone on the last hub: plain
+    ingest of a study as large (ct512 study 2, one storescu association) and sending
+    the pulled study again, held now, by C-MOVE."""
+    hub = region.hub
+    assert hub is not None
+    count = res.instances
+    files = [ct512.root / f"part{i % data.PARTS}" / f"{i:07d}.dcm" for i in range(count, 2 * count)]
+    before = hub.count()
+    sync()
+    timed = run_parallel([storescu(hub.ae_title, hub.dicom_port, files)])
+    if timed.ok and settle_count(hub, before + count) == before + count:
+        res.ingest_seconds = timed.seconds
+    uid = data.study_uid("ct512", 0)
+    again = move.move_once(hub, region.dest, uid, count, region.work / "scp", "files")
+    if again.ok:
+        res.send_seconds = again.seconds
+    log(
+        f"federation: hub alone, ingest {count / timed.seconds:.0f} inst/s"
+        f"{'' if res.ingest_seconds else ' FAILED'}, C-MOVE of the held study "
+        f"{again.received / again.seconds:.0f} inst/s{'' if again.ok else ' FAILED'}"
+    )
+
+
 def measure(args: argparse.Namespace, region: Region, fed: FedResults, log: Log) -> None:
     corpora = {ae: data.corpus(args.out, kind, args.fed_studies) for ae, kind in CORPORA.items()}
     ct512 = data.corpus(args.out, "ct512", args.ct512_slices)
@@ -201,6 +231,7 @@ def measure(args: argparse.Namespace, region: Region, fed: FedResults, log: Log)
     fed.retrieve = RetrieveResults(ct512.count // 2, ct512.mean_bytes)
     for rep in range(args.move_reps):
         retrieve_once(region, fed.retrieve, rep, log)
+    hub_baselines(region, fed.retrieve, ct512, log)
 
 
 def run_federation(args: argparse.Namespace, log: Log) -> FedResults:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bench.fed_find import QUERY_TYPES, FedLatency
-from bench.federation import HOLDER, HUB_COPY_FRACTION, PACS, FedResults
+from bench.federation import HOLDER, HUB_COPY_FRACTION, PACS, FedResults, RetrieveResults
 from bench.find import WARMUPS, Latency
 from bench.fmt import fmt, ratio
 from bench.move import MoveSummary
@@ -45,7 +45,9 @@ def fed_method(res: Results) -> list[str]:
         "locates it by a federated C-FIND, pulls it by C-MOVE from the PACS into its "
         "archive, then sends it); a fresh hub for every through-the-hub run; "
         f"{cfg['move_reps']} rep(s) per route, median. Timed window: the movescu process; "
-        "the pull is the hub's retrieve job, started to finished.",
+        "the pull is the hub's retrieve job, started to finished. Then, once, on the last "
+        "hub: `ct512` study 2 (as large) sent by one `storescu` association (plain ingest) "
+        "and study 1 C-MOVEd again to the storescp now that the hub holds it (its send).",
     ]
 
 
@@ -124,10 +126,28 @@ def _retrieve_rows(fed: FedResults) -> list[str]:
             f"{max(0.0, total - pull):.2f} s, is the federated locate and the hub sending "
             "to the storescp.",
         ]
+    lines += _halves(ret)
     failed = [f"{r.mode}: {r.error or f'{r.received}/{r.expected}'}" for r in ret.runs if not r.ok]
     if failed:
         lines += ["", "Failed runs (excluded): " + "; ".join(f"`{e}`" for e in failed)]
     return lines
+
+
+def _halves(ret: RetrieveResults) -> list[str]:
+    parts = []
+    if ret.ingest_seconds:
+        parts.append(
+            f"storing a study as large sent by one storescu association "
+            f"{ret.instances / ret.ingest_seconds:.0f} inst/s"
+        )
+    if ret.send_seconds:
+        parts.append(
+            f"C-MOVE of the pulled study, held now, to the storescp "
+            f"{ret.instances / ret.send_seconds:.0f} inst/s"
+        )
+    if not parts:
+        return []
+    return ["", "The two halves alone, on the last hub: " + "; ".join(parts) + "."]
 
 
 def fed_section(res: Results) -> list[str]:
