@@ -191,3 +191,17 @@ def test_outputs_pass_dicom_validator(ct_result, tmp_path) -> None:  # type: ign
         timeout=600,
     )
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_iter_pipeline_streams_the_same_outputs_one_at_a_time() -> None:
+    from workers.processing import iter_pipeline
+
+    options = PipelineOptions(steps=("mpr",), orientations=("coronal",), slice_spacing=50.0)
+    stream = iter_pipeline(files(CT), options)
+    first = next(stream)
+    assert problems(first.dataset) == [] and first.data[128:132] == b"DICM"
+    rest = list(stream)
+    whole = run_pipeline(files(CT), options)
+    assert [o.dataset.SOPInstanceUID for o in [first, *rest]] == [
+        d.SOPInstanceUID for d in whole.datasets
+    ]

@@ -15,7 +15,13 @@ from workers.processing.outputs import (
     reformat_datasets,
     rendering_datasets,
 )
-from workers.processing.pipeline import PipelineOptions, PipelineResult, run_pipeline
+from workers.processing.pipeline import (
+    Output,
+    PipelineOptions,
+    PipelineResult,
+    iter_pipeline,
+    run_pipeline,
+)
 from workers.processing.projection import project, rotating_mip
 from workers.processing.render import PRESETS, render
 from workers.processing.surface import is_watertight, isosurface, obj_bytes, stl_bytes
@@ -26,6 +32,7 @@ __all__ = [
     "PRESETS",
     "Backend",
     "Monitor",
+    "Output",
     "PipelineOptions",
     "PipelineResult",
     "ProcessingCancelled",
@@ -36,6 +43,7 @@ __all__ = [
     "get_backend",
     "is_watertight",
     "isosurface",
+    "iter_pipeline",
     "mesh_dataset",
     "obj_bytes",
     "project",

@@ -8,6 +8,7 @@ at most one voxel apart across its thickness (average, maximum or minimum).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -96,6 +97,24 @@ def reformat(
     in patient LPS. Defaults: pixel spacing = the finest in-plane voxel size, slice spacing
     = the finest voxel size, no slab.
     """
+    stack = plan_stack(volume, orientation, slice_spacing, slab_thickness, mode, pixel_spacing)
+    first = stack.planes[0]
+    images = np.empty((len(stack.planes), first.rows, first.columns), dtype=np.float32)
+    for index, image in enumerate(iter_reformat(volume, stack, backend, monitor)):
+        images[index] = image
+    stack.images = images
+    return stack
+
+
+def plan_stack(
+    volume: Volume,
+    orientation: Orientation | tuple[Any, Any],
+    slice_spacing: float | None = None,
+    slab_thickness: float = 0.0,
+    mode: SlabMode = "average",
+    pixel_spacing: float | None = None,
+) -> Reformat:
+    """The planes and description of a reformat, no pixels yet (``images`` is empty)."""
     if isinstance(orientation, str):
         row_dir, col_dir = ORIENTATIONS[orientation]
         name: str = orientation
@@ -108,16 +127,23 @@ def reformat(
     step = slice_spacing if slice_spacing is not None else min(volume.spacing)
     count = math.floor((depth.max() - depth.min()) / step) + 1
     planes = [centre_plane.shifted(float(depth.min() + i * step)) for i in range(count)]
-    data = backend.asarray(volume.voxels)
-    images = np.empty((count, centre_plane.rows, centre_plane.columns), dtype=np.float32)
-    for index, plane in enumerate(planes):
-        images[index] = reformat_plane(volume, plane, slab_thickness, mode, backend, data)
-        if index % 8 == 0:
-            monitor.report(index / count, f"{name} reformat")
-    monitor.report(1.0, f"{name} reformat")
     slab = f", {slab_thickness:g} mm {mode} slab" if slab_thickness > 0 else ""
     description = f"MPR {name} {step:g} mm{slab}"
-    return Reformat(images, planes, step, slab_thickness, mode, description)
+    empty = np.zeros((0, centre_plane.rows, centre_plane.columns), dtype=np.float32)
+    return Reformat(empty, planes, step, slab_thickness, mode, description)
+
+
+def iter_reformat(
+    volume: Volume, stack: Reformat, backend: Backend = CPU, monitor: Monitor = SILENT
+) -> Iterator[FloatArray]:
+    """The images of ``stack``, one plane at a time (memory: one image, not the stack)."""
+    data = backend.asarray(volume.voxels)
+    count = len(stack.planes)
+    for index, plane in enumerate(stack.planes):
+        yield reformat_plane(volume, plane, stack.slab_thickness, stack.mode, backend, data)
+        if index % 8 == 0:
+            monitor.report(index / count, stack.description)
+    monitor.report(1.0, stack.description)
 
 
 def resample_isotropic(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,15 +109,20 @@ def new_series(
 
 def reformat_datasets(volume: Volume, result: Reformat, series_number: int = 901) -> list[Dataset]:
     """One CT/MR image per reformatted plane (DERIVED\\SECONDARY\\REFORMATTED)."""
+    return list(iter_reformat_datasets(volume, result, iter(result.images), series_number))
+
+
+def iter_reformat_datasets(
+    volume: Volume, stack: Reformat, images: Iterator[Any], series_number: int = 901
+) -> Iterator[Dataset]:
+    """The datasets of ``stack`` as its ``images`` come (streaming, one at a time)."""
     code = codes.DCM.MultiplanarReformatting
-    if result.slab_thickness > 0:
-        code = MODE_CODES[result.mode][0] if result.mode != "average" else _AVERAGE
-    series = new_series(volume, result.description, code, "REFORMATTED", series_number)
-    thickness = result.slab_thickness or result.slice_spacing
-    return [
-        grayscale_dataset(volume, series, index + 1, image, plane, thickness)
-        for index, (image, plane) in enumerate(zip(result.images, result.planes, strict=True))
-    ]
+    if stack.slab_thickness > 0:
+        code = MODE_CODES[stack.mode][0] if stack.mode != "average" else _AVERAGE
+    series = new_series(volume, stack.description, code, "REFORMATTED", series_number)
+    thickness = stack.slab_thickness or stack.slice_spacing
+    for index, (image, plane) in enumerate(zip(images, stack.planes, strict=True)):
+        yield grayscale_dataset(volume, series, index + 1, image, plane, thickness)
 
 
 def projection_datasets(
