@@ -11,7 +11,8 @@ that PACS:
 * C-STORE goes through the one ingest path; each instance stored is recorded for
   return to the PACS (``<code>.outage``, see :mod:`pacs_hub.backup.state`) and its
   study, when no establishment owns it yet, is recorded as the establishment's;
-* C-MOVE and C-GET are the hub's own (the studies are the hub's copies).
+* C-MOVE and C-GET serve the hub's copies, refused (0xC000 with an Error Comment,
+  nothing sent) when the Identifier names an instance of another establishment.
 
 The stand-in is active when its mode (``pacs-hub backup standin``, ``/api/backup``) is
 ``on``, or ``auto`` (the default) and the PACS node's health check says ``down``.
@@ -29,14 +30,15 @@ from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
+from pynetdicom import build_context
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, func, or_, select, update
 
 from pacs_hub.backup import state
 from pacs_hub.config import Settings
 from pacs_hub.errors import HubError
-from pacs_hub.gateway import federated_find, find, store
+from pacs_hub.gateway import federated_find, find, retrieve, store
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.gateway.status import CANCEL, PENDING, error_status, status
 from pacs_hub.storage.database import Database
@@ -185,6 +187,67 @@ def handle_find(event: Event, ctx: GatewayContext) -> Iterator[tuple[int | Datas
     except Exception:  # the adapter: anything else is a DICOM failure, never a crash
         LOGGER.exception("stand-in C-FIND from %s: unexpected error", calling)
         yield status(0xC000, "cannot read the request or search"), None
+
+
+def _foreign(event: Event, ctx: GatewayContext, standin: StandIn) -> int:
+    """Instances the retrieve names that are not the establishment's (0 if unreadable:
+    the hub's own handler then answers the bad Identifier)."""
+    try:
+        items = retrieve.read_matches(event, ctx)
+    except Exception:  # the retrieve handler reports it with its own status
+        return 0
+    uids = [item.sop_instance_uid for item in items]
+    foreign = 0
+    with ctx.database.reader() as session:
+        for start in range(0, len(uids), PAGE):
+            stmt = (
+                select(func.count(Instance.id))
+                .join(Series, Series.id == Instance.series_pk)
+                .join(Study, Study.id == Series.study_pk)
+                .where(
+                    Instance.sop_instance_uid.in_(uids[start : start + PAGE]),
+                    or_(
+                        Study.establishment_pk.is_(None),
+                        Study.establishment_pk != standin.establishment_pk,
+                    ),
+                )
+            )
+            foreign += int(session.scalar(stmt) or 0)
+    return foreign
+
+
+def _refusal(standin: StandIn, foreign: int) -> Dataset:
+    LOGGER.info(
+        "stand-in for %s: retrieve of %d foreign instance(s) refused", standin.code, foreign
+    )
+    return status(0xC000, f"not held for {standin.ae_title[:16]}: {foreign} instance(s)")
+
+
+def handle_move(event: Event, ctx: GatewayContext) -> Iterator[Any]:
+    """EVT_C_MOVE: as the hub, refused when standing in for data of another establishment."""
+    standin = called(event, ctx)
+    foreign = _foreign(event, ctx, standin) if standin is not None else 0
+    if standin is None or not foreign:
+        yield from retrieve.handle_move(event, ctx)
+        return
+    node = retrieve._destination(event, ctx)
+    if node is None:
+        yield None, None
+        return
+    yield node.host, node.port, {"contexts": [build_context(retrieve.VERIFICATION)]}
+    yield 1
+    yield _refusal(standin, foreign), None
+
+
+def handle_get(event: Event, ctx: GatewayContext) -> Iterator[Any]:
+    """EVT_C_GET: as the hub, refused when standing in for data of another establishment."""
+    standin = called(event, ctx)
+    foreign = _foreign(event, ctx, standin) if standin is not None else 0
+    if standin is None or not foreign:
+        yield from retrieve.handle_get(event, ctx)
+        return
+    yield 1
+    yield _refusal(standin, foreign), None
 
 
 def _claim_study(database: Database, sop: str, establishment_pk: int) -> None:

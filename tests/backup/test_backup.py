@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pydicom
 import pytest
 
@@ -46,6 +47,7 @@ class Scenario:
     env: dict[str, str]
     studies: list[str]
     outage: list[str] = field(default_factory=list)
+    other: str = ""
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.hub.cli(*args, check=check)
@@ -142,7 +144,8 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
 
 def test_backfill_survives_a_kill_and_reconciles_to_zero_missing(scenario: Scenario) -> None:
     # Another establishment's study in the hub: never shown by the stand-in.
-    _other, files = make_study(scenario.root / "other", patient_id="OTHER", count=2)
+    other, files = make_study(scenario.root / "other", patient_id="OTHER", count=2)
+    scenario.other = other
     storescu("ELSEWHERE", "PACS_HUB", scenario.hub.dicom_port, files)
     scenario.cli("backup", "enrol", "H1")  # requests the backfill: the hub's task runs it
 
@@ -155,6 +158,9 @@ def test_backfill_survives_a_kill_and_reconciles_to_zero_missing(scenario: Scena
     run = scenario.state()["backfill"]
     assert run["state"] == "running"
     assert sum(1 for s in run["studies"].values() if s["done"]) < STUDIES
+    partial = scenario.reconcile()  # the hub is down: the CLI asks the PACS itself
+    assert 0 < len(partial["missing"]) < STUDIES and not partial["matched"]
+    assert partial["rpo_seconds"] > 3600 and partial["rpo_alert"] is True  # studies of 2023-25
     scenario.hub = start_hub(scenario.root / "data", **scenario.env)  # same ports
     shown = scenario.cli("backup", "backfill", "H1", "--resume")  # follows the hub's run
     assert "backfill done: 20/20 studies, 300 instances" in shown.stdout
@@ -166,6 +172,13 @@ def test_backfill_survives_a_kill_and_reconciles_to_zero_missing(scenario: Scena
     assert status["backfill"]["instances_done"] == STUDIES * SERIES * PER_SERIES
     assert status["backfill"]["bytes_done"] == status["backfill"]["bytes_total"] > 0
     assert status["rpo_alert"] is False
+    again = scenario.cli("backup", "backfill", "H1")  # the same backfill twice: nothing to pull
+    assert "backfill done: 20/20 studies, 300 instances" in again.stdout
+    assert scenario.reconcile()["hub_studies"] == STUDIES
+    api = httpx.get(f"{scenario.hub.url}/api/backup/H1", timeout=30)
+    assert api.status_code == 200, api.text
+    assert api.json()["backfill"]["state"] == "done"
+    assert api.json()["backfill"]["studies_done"] == api.json()["backfill"]["studies_total"] == 20
 
 
 def _findscu(scenario: Scenario, outdir: Path) -> list[pydicom.Dataset]:
@@ -194,6 +207,30 @@ def _findscu(scenario: Scenario, outdir: Path) -> list[pydicom.Dataset]:
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return [pydicom.dcmread(p) for p in sorted(outdir.glob("rsp*.dcm"))]
+
+
+def _movescu(scenario: Scenario, study: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            dcmtk("movescu"),
+            "-S",
+            "-aet",
+            "WORKSTATION",
+            "-aec",
+            PACS_AE,
+            "-aem",
+            "WORKSTATION",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={study}",
+            "127.0.0.1",
+            str(scenario.hub.dicom_port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture
@@ -241,29 +278,12 @@ def test_the_hub_stands_in_while_the_pacs_is_down(
     answers = _findscu(scenario, tmp_path / "find")
     assert sorted(str(a.StudyInstanceUID) for a in answers) == sorted(scenario.studies)
     assert {str(a.RetrieveAETitle) for a in answers} == {PACS_AE}
-    study = scenario.studies[0]
-    done = subprocess.run(
-        [
-            dcmtk("movescu"),
-            "-S",
-            "-aet",
-            "WORKSTATION",
-            "-aec",
-            PACS_AE,
-            "-aem",
-            "WORKSTATION",
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            f"StudyInstanceUID={study}",
-            "127.0.0.1",
-            str(scenario.hub.dicom_port),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _movescu(scenario, scenario.studies[0])
     assert done.returncode == 0, done.stderr
+    assert len(list(workstation.iterdir())) == SERIES * PER_SERIES
+    refused = _movescu(scenario, scenario.other)  # another establishment's study
+    final = (refused.stdout + refused.stderr).split("Final Move Response")[-1][:200]
+    assert "Success" not in final, final
     assert len(list(workstation.iterdir())) == SERIES * PER_SERIES
     new, files = make_study(tmp_path / "new", patient_id="P900", study_date="20260110", count=4)
     storescu("MODALITY", PACS_AE, scenario.hub.dicom_port, files)
@@ -303,6 +323,8 @@ def test_restore_survives_a_kill_and_reconciles_to_zero_missing(scenario: Scenar
         modalities={"HUB": ("PACS_HUB", "127.0.0.1", scenario.hub.dicom_port)},
     )
     scenario.cli("backup", "standin", "H1", "off")
+    empty = scenario.reconcile()
+    assert empty["missing"] == [] and len(empty["extra"]) == STUDIES + 1
     first = _restore(scenario)
 
     def some_restored() -> bool:
