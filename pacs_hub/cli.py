@@ -21,6 +21,7 @@ from pacs_hub.errors import HubError
 from pacs_hub.regional import establishments_cli, federation_cli, identity_cli, routing_cli
 from pacs_hub.regional import nodes as node_registry
 from pacs_hub.trust import audit_cli, users_cli
+from workers import cli as workers_cli
 
 app = typer.Typer(
     help="PACS Hub: regional cloud PACS. Settings come from PACS_HUB_* environment variables.",
@@ -39,6 +40,8 @@ app.add_typer(users_cli.app, name="users")
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(backup_cli.app, name="backup")
 app.command("restore")(backup_cli.restore)
+app.command("worker")(workers_cli.worker)
+app.command("process")(workers_cli.process)
 console = Console()
 
 
