@@ -21,6 +21,7 @@ from pacs_hub.storage.database import Database
 from pacs_hub.trust import audit_api, auth_api, sharing, users_api
 from pacs_hub.web.viewer import mount_viewer
 from pacs_hub.web.viewer_access import ViewerAccess
+from workers import api as processing_api
 
 DICOMWEB_PREFIX = "/dicom-web"
 API_PREFIX = "/api"
@@ -50,6 +51,7 @@ def create_app(
     app.include_router(users_api.router, prefix=API_PREFIX, tags=["users"])
     app.include_router(audit_api.router, prefix=API_PREFIX, tags=["audit"])
     app.include_router(backup_api.router, prefix=API_PREFIX, tags=["backup"])
+    app.include_router(processing_api.router, prefix=API_PREFIX, tags=["processing"])
     for module in (qido, metadata, wado, rendered, stow):
         app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=["dicomweb"])
     for api in (establishments_api, identity_api, federation_api, routing_api):
