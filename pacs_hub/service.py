@@ -24,6 +24,8 @@ from pacs_hub.storage.database import Database
 from pacs_hub.trust.auth_api import sign_in_banner
 from pacs_hub.web.app import create_app
 from pacs_hub.web.viewer import viewer_banner
+from workers import rules as processing_rules  # noqa: F401 (registers the processing task)
+from workers.embedded import EmbeddedWorker
 
 LOGGER = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
@@ -118,10 +120,13 @@ def serve(settings: Settings) -> None:
         WorkerContext(settings, database, BlobStore(settings.data_dir), threading.Event())
     )
     worker.start()
+    jobs_worker = EmbeddedWorker(settings)  # Celery worker on every queue (embedded default)
+    jobs_worker.start()
     try:
         server.run()
     finally:
         worker.stop()
+        jobs_worker.stop()
         for proc in gateways:
             proc.terminate()
         for proc in gateways:
