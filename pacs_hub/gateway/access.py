@@ -400,6 +400,18 @@ def visible_instances(
 # -- C-MOVE / C-GET ----------------------------------------------------------------------
 
 
+def may_retrieve(event: Event, ctx: GatewayContext) -> bool:
+    """False when the caller may retrieve nothing at all (a node without the retrieve
+    permission): the hub then pulls nothing on its behalf (retrieve on demand)."""
+    found = caller(event, ctx)
+    if found is None:
+        return True
+    principal = found.principal
+    if principal.kind is Kind.NODE:
+        return Action.RETRIEVE in principal.node_permissions
+    return principal.kind is not Kind.ANONYMOUS
+
+
 def retrieve_filter(
     event: Event,
     ctx: GatewayContext,

@@ -235,7 +235,8 @@ def handle_move(event: Event, ctx: GatewayContext) -> Iterator[Any]:
         yield None, None
         return
     matches = _matches_or_failure(event, ctx)
-    matches = on_demand.complete(event, ctx, matches, lambda: _matches_or_failure(event, ctx))
+    if access.may_retrieve(event, ctx):  # no pull on behalf of a node that may not retrieve
+        matches = on_demand.complete(event, ctx, matches, lambda: _matches_or_failure(event, ctx))
     if isinstance(matches, Dataset):
         yield node.host, node.port, {"contexts": [build_context(VERIFICATION)]}
         yield 1
@@ -259,7 +260,8 @@ def handle_get(event: Event, ctx: GatewayContext) -> Iterator[Any]:
     """EVT_C_GET handler: number of matches, then (status, dataset) pairs (C.4.3.2)."""
     enable_stored_file_sends()
     matches = _matches_or_failure(event, ctx)
-    matches = on_demand.complete(event, ctx, matches, lambda: _matches_or_failure(event, ctx))
+    if access.may_retrieve(event, ctx):  # no pull on behalf of a node that may not retrieve
+        matches = on_demand.complete(event, ctx, matches, lambda: _matches_or_failure(event, ctx))
     if isinstance(matches, Dataset):
         yield 1
         yield matches, None

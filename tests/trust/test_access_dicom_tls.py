@@ -76,13 +76,24 @@ def _certificate(folder: Path, name: str, issuer: tuple[Any, Any] | None = None)
     return key, cert
 
 
+def _start_hub(data_dir: Path, **env: str) -> Hub:
+    """start_hub, tried again when the hub is not healthy within its 30 s (a loaded
+    machine: the gateway process imports slowly); the same data folder is reused."""
+    for _attempt in range(2):
+        try:
+            return start_hub(data_dir, **env)
+        except AssertionError:
+            continue
+    return start_hub(data_dir, **env)
+
+
 @pytest.fixture(scope="module")
 def tls_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub, Path]]:
     folder = tmp_path_factory.mktemp("access-tls")
     ca = _certificate(folder, "CA")
     for name in ("HUB", "PACS_T", "OTHER"):
         _certificate(folder, name, ca)
-    hub = start_hub(
+    hub = _start_hub(
         folder / "data",
         PACS_HUB_AUTH_REQUIRED="true",
         PACS_HUB_PREFETCH_ENABLED="false",
