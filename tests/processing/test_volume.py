@@ -161,3 +161,24 @@ def test_progress_reports_and_cancellation() -> None:
     assert [p for p, _ in seen] == sorted(p for p, _ in seen)
     with pytest.raises(ProcessingCancelled):
         assemble_volume(files(CT), Monitor(cancelled=lambda: True))
+
+
+def test_enhanced_ct_frames_are_read_through_functional_groups() -> None:
+    from tests.conftest import DATA
+
+    enhanced_ct = DATA / "multiframe" / "ct_enhanced_nema_2frames_supplemental_lut.dcm"
+    with pytest.raises(ProcessingError, match="2 slice position"):
+        assemble_volume([enhanced_ct])
+
+
+def test_a_time_point_of_the_4d_series_goes_through_the_pipeline() -> None:
+    from workers.processing import PipelineOptions, run_pipeline
+
+    result = run_pipeline(files(MR_4D), PipelineOptions(steps=("mip",), time_point=3))
+    (mip,) = result.datasets
+    fourth = assemble_volumes(files(MR_4D))[3]
+    assert {r.ReferencedSOPInstanceUID for r in mip.SourceImageSequence} == {
+        s.sop_instance_uid for s in fourth.sources
+    }
+    with pytest.raises(ProcessingError, match="time point 10 asked, the series has 10"):
+        run_pipeline(files(MR_4D), PipelineOptions(steps=("mip",), time_point=10))

@@ -29,7 +29,7 @@ class Mesh:
     """Vertices (n, 3) in patient LPS mm and triangles (m, 3) indexing them."""
 
     vertices: np.ndarray[Any, np.dtype[np.float32]]
-    faces: np.ndarray[Any, np.dtype[np.int64]]
+    faces: np.ndarray[Any, np.dtype[np.signedinteger[Any]]]
     threshold: float
     description: str
 
@@ -84,17 +84,22 @@ def isosurface(
         if not chunk.min() < level < chunk.max():
             continue
         vertices, faces, _, _ = marching_cubes(chunk, level=level)  # type: ignore[no-untyped-call]
-        vertices = vertices.astype(np.float64) + np.array([start - before, -1.0, -1.0])
-        pieces.append((vertices, faces.astype(np.int64) + offset))
+        vertices += np.array([start - before, -1.0, -1.0], dtype=np.float32)
+        pieces.append((vertices, faces + offset))
+        del chunk
         offset += len(vertices)
     vertices, faces = _stitch(pieces, [float(s) for s in starts[1:]])
-    upper = np.array(voxels.shape, dtype=np.float64) - 1.0
-    index = np.clip(vertices, 0.0, upper) * step_size  # caps on the border
-    patient = index @ volume.affine[:3, :3].T + volume.affine[:3, 3]
+    upper = np.array(voxels.shape, dtype=np.float32) - 1
+    np.clip(vertices, 0, upper, out=vertices)  # caps on the border
+    # float32 throughout: 1e-4 mm at 1 m from the origin, half the memory of float64
+    vertices *= np.float32(step_size)
+    vertices = vertices @ volume.affine[:3, :3].T.astype(np.float32)
+    vertices += volume.affine[:3, 3].astype(np.float32)
     if np.linalg.det(volume.affine[:3, :3]) > 0:
-        faces = faces[:, ::-1].copy()  # skimage winds for index space; keep normals outward
+        faces = faces[:, ::-1]  # skimage winds for index space; keep normals outward
+    faces = faces.astype(np.int32 if len(vertices) < 2**31 else np.int64)
     monitor.report(1.0, "marching cubes")
-    return Mesh(patient.astype(np.float32), faces, threshold, f"isosurface {threshold:g}")
+    return Mesh(vertices, faces, threshold, f"isosurface {threshold:g}")
 
 
 def _stitch(
@@ -102,9 +107,10 @@ def _stitch(
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """Concatenate chunk meshes, merging the vertices that lie on a shared slice."""
     if not pieces:
-        return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
+        return np.zeros((0, 3), dtype=np.float32), np.zeros((0, 3), dtype=np.int64)
     vertices = np.concatenate([v for v, _ in pieces])
     faces = np.concatenate([f for _, f in pieces])
+    pieces.clear()
     on_seam = np.flatnonzero(np.isin(vertices[:, 0], seams))
     if len(on_seam) == 0:
         return vertices, faces
@@ -112,8 +118,11 @@ def _stitch(
     mapping = np.arange(len(vertices))
     mapping[on_seam] = on_seam[first][inverse.reshape(-1)]
     faces = mapping[faces]
-    used, compact = np.unique(faces, return_inverse=True)
-    return vertices[used], compact.reshape(faces.shape)
+    del mapping
+    used = np.zeros(len(vertices), dtype=bool)
+    used[faces] = True  # drop the merged duplicates: renumber without sorting
+    renumber = np.cumsum(used) - 1
+    return vertices[used], renumber[faces]
 
 
 def _level(voxels: np.ndarray[Any, Any], threshold: float) -> float:
