@@ -172,14 +172,22 @@ def resample_isotropic(
     out = np.empty(counts, dtype=np.float32)
     low0, w0 = (backend.to_host(a) for a in weights[0])
     (low1, w1), (low2, w2) = weights[1], weights[2]
+    # an axis already at the target spacing keeps its samples: no interpolation there
+    keep_rows, keep_columns = (
+        counts[a] == volume.shape[a] and abs(volume.spacing[a] - step) <= 1e-6 * step
+        for a in (1, 2)
+    )
     for index in range(counts[0]):
         k, w = int(low0[index]), np.float32(w0[index])
-        plane = data[k] * (1 - w) + data[min(k + 1, volume.shape[0] - 1)] * w
-        plane = (
-            plane[low1] * (1 - w1[:, None])
-            + plane[xp.minimum(low1 + 1, volume.shape[1] - 1)] * w1[:, None]
-        )
-        plane = plane[:, low2] * (1 - w2) + plane[:, xp.minimum(low2 + 1, volume.shape[2] - 1)] * w2
+        plane = data[k] if w == 0 else data[k] * (1 - w) + data[k + 1] * w
+        if not keep_rows:
+            plane = (
+                plane[low1] * (1 - w1[:, None])
+                + plane[xp.minimum(low1 + 1, volume.shape[1] - 1)] * w1[:, None]
+            )
+        if not keep_columns:
+            last = volume.shape[2] - 1
+            plane = plane[:, low2] * (1 - w2) + plane[:, xp.minimum(low2 + 1, last)] * w2
         out[index] = backend.to_host(plane)
         if index % 32 == 0:
             monitor.report(index / counts[0], "isotropic resample")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -37,12 +37,15 @@ def view_towards(
     pixel_spacing: float | None = None,
     step: float | None = None,
     max_size: int = 512,
+    fit: Literal["sphere", "box"] = "sphere",
 ) -> View:
     """A view looking along ``direction`` (LPS), ``up`` towards the image top, whole volume in view.
 
-    The image covers the volume's bounding sphere, so every angle of a rotation has the
-    same image size. Default pixel spacing: the finest in-plane voxel size, coarsened so
-    the image is at most ``max_size`` pixels wide; default depth step: the pixel spacing.
+    ``fit="sphere"``: the image covers the volume's bounding sphere, so every angle of a
+    rotation has the same image size; ``fit="box"``: just the volume's projected corners
+    (fewer rays for a single view). Default pixel spacing: the finest in-plane voxel
+    size, coarsened so the image is at most ``max_size`` pixels wide; default depth step:
+    the pixel spacing.
     """
     d = unit(direction)
     up_vector = np.asarray(up, dtype=np.float64)
@@ -51,32 +54,29 @@ def view_towards(
     corners = volume.corners()
     centre = corners.mean(axis=0)
     radius = float(np.max(np.linalg.norm(corners - centre, axis=1)))
+    if fit == "sphere":
+        low_u = low_v = -radius
+        high_u = high_v = radius
+    else:
+        along_u, along_v = (corners - centre) @ u, (corners - centre) @ v
+        low_u, high_u = float(along_u.min()), float(along_u.max())
+        low_v, high_v = float(along_v.min()), float(along_v.max())
     spacing = pixel_spacing
     if spacing is None:
-        spacing = max(min(volume.spacing[1:]), 2 * radius / (max_size - 1))
+        widest = max(high_u - low_u, high_v - low_v)
+        spacing = max(min(volume.spacing[1:]), widest / (max_size - 1))
     depth_step = step if step is not None else spacing
-    size = math.floor(2 * radius / spacing) + 1
-    origin = centre - radius * (u + v) - radius * d
+    # march only where the volume is: from its nearest to its farthest corner
+    depth = (corners - centre) @ d
+    origin = centre + low_u * u + low_v * v + float(depth.min()) * d
+    steps = math.floor(float(depth.max() - depth.min()) / depth_step) + 1
     plane = Plane(
         (float(origin[0]), float(origin[1]), float(origin[2])),
         (float(u[0]), float(u[1]), float(u[2])),
         (float(v[0]), float(v[1]), float(v[2])),
         (spacing, spacing),
-        size,
-        size,
-    )
-    # march only where the volume is: from its nearest to its farthest corner
-    depth = (corners - origin) @ d
-    first = max(math.floor(float(depth.min()) / depth_step), 0)
-    origin = origin + first * depth_step * d
-    steps = math.floor((float(depth.max()) - first * depth_step) / depth_step) + 1
-    plane = Plane(
-        (float(origin[0]), float(origin[1]), float(origin[2])),
-        plane.row_direction,
-        plane.column_direction,
-        plane.pixel_spacing,
-        plane.rows,
-        plane.columns,
+        math.floor((high_v - low_v) / spacing) + 1,
+        math.floor((high_u - low_u) / spacing) + 1,
     )
     return View(plane, (float(d[0]), float(d[1]), float(d[2])), depth_step, steps)
 

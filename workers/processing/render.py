@@ -83,7 +83,7 @@ def render(
             raise ValueError(f"transfer function {preset!r}, expected one of {sorted(PRESETS)}")
         preset = PRESETS[preset]
     xp = backend.xp
-    view = view_towards(volume, direction, up, pixel_spacing, step, max_size)
+    view = view_towards(volume, direction, up, pixel_spacing, step, max_size, "box")
     low, scale, table = _lookup_table(preset, view.step)
     lut = xp.asarray(table)
     shape = (view.plane.rows, view.plane.columns)
