@@ -205,3 +205,19 @@ def test_iter_pipeline_streams_the_same_outputs_one_at_a_time() -> None:
     assert [o.dataset.SOPInstanceUID for o in [first, *rest]] == [
         d.SOPInstanceUID for d in whole.datasets
     ]
+
+
+def test_oblique_slab_mpr_through_the_pipeline() -> None:
+    oblique = ((1.0, 1.0, 0.0), (0.0, 0.0, -1.0))
+    options = PipelineOptions(
+        steps=("mpr",), orientations=(oblique,), slice_spacing=60.0, slab_thickness=3.0
+    )
+    result = run_pipeline(files(CT), options)
+    assert result.datasets and all(problems(ds) == [] for ds in result.datasets)
+    first = result.datasets[0]
+    root = 2**-0.5
+    np.testing.assert_allclose(
+        [float(x) for x in first.ImageOrientationPatient], [root, root, 0, 0, 0, -1], atol=1e-5
+    )
+    assert first.SeriesDescription == "MPR oblique 60 mm, 3 mm average slab"
+    assert float(first.SliceThickness) == 3.0

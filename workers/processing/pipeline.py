@@ -33,6 +33,7 @@ from workers.processing.surface import isosurface, obj_bytes
 from workers.processing.validation import validate
 from workers.processing.volume import Volume, assemble_volumes
 
+Direction = tuple[float, float, float]
 Step = Literal["mpr", "mip", "rotating_mip", "surface", "render"]
 STEPS: tuple[Step, ...] = ("mpr", "mip", "rotating_mip", "surface", "render")
 
@@ -42,7 +43,12 @@ class PipelineOptions:
     """What to run and how; defaults suit a CT series."""
 
     steps: tuple[Step, ...] = ("mpr", "mip", "surface", "render")
-    orientations: tuple[Orientation, ...] = ("axial", "coronal", "sagittal")
+    #: named views, or oblique ones as (row direction, column direction) in patient LPS
+    orientations: tuple[Orientation | tuple[Direction, Direction], ...] = (
+        "axial",
+        "coronal",
+        "sagittal",
+    )
     slice_spacing: float | None = None
     slab_thickness: float = 0.0
     slab_mode: SlabMode = "average"
