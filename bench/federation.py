@@ -90,6 +90,7 @@ class Region:
         self.dest = move.destination()
         self.pacs: dict[str, OrthancTarget] = {}
         self.hub: HubTarget | None = None
+        self.hubs = 0
 
     def start_pacs(self) -> None:
         known = [Destination(HUB_AE, self.hub_port), self.dest]
@@ -97,10 +98,11 @@ class Region:
             self.pacs[ae] = OrthancTarget(self.work / ae, name=ae, ae_title=ae).start(known)
 
     def start_hub(self) -> HubTarget:
-        """A fresh hub (empty archive) knowing the three PACS and the destination."""
+        """A fresh hub (empty archive, a new folder) knowing the three PACS and the
+        destination."""
         self.stop_hub()
-        workdir = self.work / "hub"
-        shutil.rmtree(workdir, ignore_errors=True)
+        self.hubs += 1
+        workdir = self.work / f"hub-{self.hubs}"
         workdir.mkdir(parents=True)
         hub = HubTarget(workdir, processes=self.hub_processes, dicom_port=self.hub_port)
         for ae, pacs in self.pacs.items():
@@ -244,7 +246,7 @@ def run_federation(args: argparse.Namespace, log: Log) -> FedResults:
         measure(args, region, fed, log)
     except Exception as exc:  # a broken region costs this section, not the whole run
         kept = args.out / "logs" / "federation"
-        for name in (*PACS, "hub"):
+        for name in (*PACS, *(f"hub-{n}" for n in range(1, region.hubs + 1))):
             keep_logs(work / name, kept, name)
         log(f"federation failed: {exc!r}; logs in {kept}")
         fed.errors.append(f"{type(exc).__name__}: {str(exc)[:200]} (logs: {kept})")
