@@ -4,7 +4,8 @@ A child process ``pacs-hub worker -Q cpu,gpu,io`` with the hub's settings (passe
 ``PACS_HUB_*`` variables), restarted if it dies while the hub runs (a killed worker's
 job then runs again: :mod:`workers.rules`), stopped with the hub: SIGTERM (Celery's warm
 shutdown), then SIGKILL after a grace period. Linux also SIGTERMs it when the hub dies
-(``PR_SET_PDEATHSIG``).
+(``PR_SET_PDEATHSIG``). It runs at a lower CPU priority (nice 10) than the DICOM and
+HTTP serving.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from workers.celery_app import QUEUES
 LOGGER = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 RESTART_DELAY = 2.0
+NICENESS = 10
 
 
 def worker_environment(settings: Settings) -> dict[str, str]:
@@ -37,9 +39,12 @@ def worker_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:  # pragma: no cover (runs in the child, before exec)
+def _child_setup() -> None:  # pragma: no cover (runs in the child, before exec)
+    """Die with the hub; yield the CPU to the DICOM and HTTP serving (nice 10)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    with contextlib.suppress(OSError):
+        os.nice(NICENESS)
 
 
 @dataclass
@@ -65,7 +70,7 @@ class EmbeddedWorker:
         command = [sys.executable, "-m", "pacs_hub.cli", "worker", "-Q", ",".join(QUEUES)]
         self._spawned_at = time.monotonic()
         self.process = subprocess.Popen(
-            command, env=worker_environment(self.settings), preexec_fn=_die_with_parent
+            command, env=worker_environment(self.settings), preexec_fn=_child_setup
         )
         LOGGER.info("embedded worker started (pid %d)", self.process.pid)
 
