@@ -28,6 +28,7 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 
+import tests.conftest as shared
 from tests.conftest import Hub, start_hub
 from tests.regional.study_factory import make_study, storescu
 from tests.trust.test_auth import code_flow
@@ -160,15 +161,16 @@ def _shares(base: str, tokens: dict[str, str | None], pa: str) -> str:
 
 
 def _start_hub(root: Path) -> Hub:
-    """A hub with the policy on; again (3 tries) when a loaded machine made it miss the
-    30 s /health deadline of :func:`start_hub`."""
-    for attempt in range(3):
-        try:
-            return start_hub(root / f"data{attempt}", PACS_HUB_AUTH_REQUIRED="true")
-        except AssertionError:
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    """A hub with the policy on, given 120 s (not 30) to answer /health: the machine
+    running these tests may be loaded."""
+    original = shared.wait_until
+
+    def patient_wait(predicate: Any, timeout: float = 30.0, **kw: Any) -> None:
+        original(predicate, timeout=max(timeout, 120.0), **kw)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(shared, "wait_until", patient_wait)
+        return start_hub(root / "data", PACS_HUB_AUTH_REQUIRED="true")
 
 
 @pytest.fixture(scope="module")
