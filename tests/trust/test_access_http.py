@@ -423,6 +423,29 @@ def test_regional_apis(world: World, role: str) -> None:
             assert "PAT-P-B" not in answer.text
 
 
+JOB_READERS = {"regional-admin", "establishment-admin-A", "radiologist-A", "radiologist-C"}
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_retrieve_api(world: World, role: str) -> None:
+    """/api/retrieve: a pull of Q's study is decided like a retrieve of it (allowed: it is
+    already here and no PACS holds it, 404; refused: 403); jobs are listed to staff."""
+    qc = world.studies["QC"]
+    headers = world.headers(role)
+    answer = httpx.post(
+        f"{world.hub.url}/api/retrieve", json={"study": qc.uid}, headers=headers, timeout=60
+    )
+    if role in {"regional-admin", "radiologist-C"}:
+        assert answer.status_code == 404, (role, answer.text[:300])
+    else:
+        _refused(world, role, answer, "QC", "/api/retrieve")
+    jobs = world.get(role, "/api/retrieve")
+    if role in JOB_READERS:
+        assert jobs.status_code == 200, (role, jobs.text[:300])
+    else:
+        _refused(world, role, jobs, "QC", "/api/retrieve")
+
+
 def _audit(world: World, **params: str) -> list[dict[str, Any]]:
     answer = world.get("regional-admin", "/api/audit", params={**params, "limit": "1000"})
     assert answer.status_code == 200, answer.text[:300]
