@@ -1,7 +1,8 @@
 """Backfill: copy the history of an establishment PACS into the hub, resumably.
 
 1. *Inventory*: the PACS's studies, Study Date window by window (C-FIND STUDY level with
-   Number of Study Related Instances, :mod:`pacs_hub.backup.remote`), recorded in the
+   Number of Study Related Instances, :mod:`pacs_hub.backup.remote`; a PACS that leaves
+   it empty is asked at SERIES level and the series' counts are summed), recorded in the
    establishment's state file; a study the hub already holds with at least as many
    instances is safe from the start.
 2. *Pull*: every other study by :func:`pacs_hub.regional.pull.pull_study` (C-MOVE to
@@ -131,6 +132,14 @@ def request(settings: Settings, code: str, since: str = "", until: str = "") -> 
     state.update(settings, code, change)
 
 
+def series_total(settings: Settings, client: inventory.Client, study: str) -> int | None:
+    """Instances of ``study`` on the PACS from its SERIES-level counts (None if unknown)."""
+    counts = [s.instances for s in remote.find_series(settings, client.node, study)]
+    if not counts or any(c is None for c in counts):
+        return None
+    return sum(c for c in counts if c is not None)
+
+
 def _inventory(settings: Settings, database: Database, client: inventory.Client) -> None:
     run = state.load(settings, client.code)["backfill"]
     found = remote.find_all_studies(settings, client.node, run["since"], run["until"])
@@ -138,11 +147,14 @@ def _inventory(settings: Settings, database: Database, client: inventory.Client)
     studies: dict[str, dict[str, Any]] = {}
     for uid, study in found.items():
         count, size = held.get(uid, (0, 0))
-        safe = study.instances is not None and count >= study.instances
+        expected = study.instances
+        if expected is None:  # no study-level count: the sum of the series' counts
+            expected = series_total(settings, client, uid)
+        safe = expected is not None and count >= expected
         studies[uid] = {
             "d": study.study_date,
             "t": study.study_time,
-            "n": study.instances if study.instances is not None else count,
+            "n": expected if expected is not None else count,
             "done": safe,
             "bytes": size if safe else 0,
         }

@@ -7,7 +7,8 @@ that PACS:
 
 * C-FIND answers only the establishment's studies (those recorded as its own at
   ingest, by backfill or by the stand-in), intersected, when the access policy is on,
-  with what the calling node may see (:func:`pacs_hub.trust.access.query_access`);
+  with what the calling node may see (:func:`pacs_hub.gateway.access.find_access`:
+  decided and audited as the hub's own C-FIND);
 * C-STORE goes through the one ingest path; each instance stored is recorded for
   return to the PACS (``<code>.outage``, see :mod:`pacs_hub.backup.state`) and its
   study, when no establishment owns it yet, is recorded as the establishment's;
@@ -38,7 +39,7 @@ from sqlalchemy import and_, func, or_, select, update
 from pacs_hub.backup import state
 from pacs_hub.config import Settings
 from pacs_hub.errors import HubError
-from pacs_hub.gateway import federated_find, find, retrieve, store
+from pacs_hub.gateway import access, federated_find, find, retrieve, store
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.gateway.status import CANCEL, PENDING, error_status, status
 from pacs_hub.storage.database import Database
@@ -123,30 +124,12 @@ def establishment_access(establishment_pk: int) -> Access:
     )
 
 
-def _caller_access(event: Event, ctx: GatewayContext, standin: StandIn) -> Access:
-    access = establishment_access(standin.establishment_pk)
-    if not ctx.settings.auth_required:
-        return access
-    from pacs_hub.trust.access import query_access  # the policy only when it is on
-    from pacs_hub.trust.policy import Policy
-    from pacs_hub.trust.principal import Action, Kind, Principal, Purpose
-
-    owner = ctx.ingestor.senders.lookup(event.assoc.requestor.ae_title)
-    if owner is None:
-        raise PermissionError("unregistered caller")
-    principal = Principal(
-        Kind.NODE,
-        owner.ae_title,
-        establishments=frozenset({owner.establishment_pk})
-        if owner.establishment_pk
-        else frozenset(),
-        node_permissions=frozenset(Action(p) for p in owner.permissions),
-    )
-    with ctx.database.reader() as session:
-        policy = query_access(Policy(ctx.settings), session.connection(), principal, Purpose.CARE)
+def _restriction(standin: StandIn, policy: Access | None) -> Access:
+    """The establishment's studies, and (policy on) only those the caller may see."""
+    own = establishment_access(standin.establishment_pk)
     if policy is None:
-        return access
-    return Access(and_(access.studies, policy.studies), and_(access.patients, policy.patients))
+        return own
+    return Access(and_(own.studies, policy.studies), and_(own.patients, policy.patients))
 
 
 def _answers(
@@ -175,15 +158,15 @@ def handle_find(event: Event, ctx: GatewayContext) -> Iterator[tuple[int | Datas
     calling = event.assoc.requestor.ae_title
     try:
         request = find.read_request(event, ctx.settings.regional_issuer)
-        request = replace(
-            request, query=request.query.restricted(_caller_access(event, ctx, standin))
-        )
+        refusal, policy = access.find_access(event, ctx, "C-FIND")  # as the hub's C-FIND
+        if refusal is not None:
+            yield refusal, None
+            return
+        request = replace(request, query=request.query.restricted(_restriction(standin, policy)))
         yield from _answers(event, ctx, request, standin)
     except HubError as exc:
         LOGGER.info("stand-in C-FIND from %s refused: %s", calling, exc.title)
         yield error_status(exc), None
-    except PermissionError:
-        yield status(0x0124, "not authorized: unregistered caller"), None
     except Exception:  # the adapter: anything else is a DICOM failure, never a crash
         LOGGER.exception("stand-in C-FIND from %s: unexpected error", calling)
         yield status(0xC000, "cannot read the request or search"), None

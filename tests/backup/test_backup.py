@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,20 @@ class Scenario:
         path = self.hub.data_dir / "backup" / f"{code}.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
+    def status(self) -> dict[str, Any]:
+        """GET /api/backup/H1 (a CLI start costs seconds on this machine)."""
+        answer = httpx.get(f"{self.hub.url}/api/backup/H1", timeout=60)
+        assert answer.status_code == 200, answer.text
+        found: dict[str, Any] = answer.json()
+        return found
+
+    def api_reconcile(self) -> dict[str, Any]:
+        """POST /api/backup/H1/reconcile."""
+        answer = httpx.post(f"{self.hub.url}/api/backup/H1/reconcile", timeout=120)
+        assert answer.status_code == 200, answer.text
+        found: dict[str, Any] = answer.json()
+        return found
+
     def reconcile(self) -> dict[str, Any]:
         done = self.cli("backup", "reconcile", "H1", "--json", check=False)
         assert done.returncode in (0, 1), done.stderr
@@ -87,8 +102,8 @@ def start_hub(data_dir: Path, **extra_env: str) -> Hub:
         PACS_HUB_GATEWAY_PROCESSES="1",
         PACS_HUB_UNKNOWN_CALLERS="accept",
         PACS_HUB_AUTH_REQUIRED="false",
-        **extra_env,
     )
+    env.update(extra_env)
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     log = (data_dir.parent / "hub.log").open("ab")
     process = subprocess.Popen(
@@ -104,6 +119,60 @@ def start_hub(data_dir: Path, **extra_env: str) -> Hub:
         raise
     assert process.poll() is None, f"hub exited; see {log.name}"
     return hub
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A node to register: AE title, port, establishment, role, permissions."""
+
+    ae_title: str
+    port: int
+    establishment: str
+    role: str = "pacs"
+    permissions: tuple[str, ...] = ("store", "query", "retrieve")
+
+
+def register(
+    data_dir: Path,
+    establishments: list[str],
+    nodes: list[NodeSpec],
+    imports: dict[str, Path],
+    enrol: str,
+    standin: str = "auto",
+) -> None:
+    """What the CLI would do, in this process (each CLI start costs seconds here)."""
+    from rich.console import Console
+
+    from pacs_hub.backup import inventory
+    from pacs_hub.backup.status import set_standin
+    from pacs_hub.config import Settings
+    from pacs_hub.importer import run_import
+    from pacs_hub.regional.establishments import create_establishment
+    from pacs_hub.regional.nodes import add_node
+    from pacs_hub.storage.database import Database
+
+    settings = Settings(data_dir=data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    database = Database(settings.index_url)
+    for code in establishments:
+        create_establishment(database, code, f"Hospital {code}")
+    for node in nodes:
+        add_node(
+            database,
+            node.ae_title,
+            "127.0.0.1",
+            node.port,
+            node.establishment,
+            role=node.role,
+            permissions=node.permissions,
+        )
+    quiet = Console(quiet=True)
+    for sender, folder in imports.items():
+        run_import(settings, [folder], received_from=sender, workers=1, console=quiet)
+    if enrol:
+        inventory.enrol(settings, database, enrol)
+        set_standin(settings, enrol, standin)
+    database.engine.dispose()
 
 
 def make_archive(folder: Path) -> tuple[list[str], list[Path]]:
@@ -128,14 +197,14 @@ def make_archive(folder: Path) -> tuple[list[str], list[Path]]:
 def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     root = tmp_path_factory.mktemp("backup")
     env = hub_env(free_port(), free_port())
-    hub = start_hub(root / "data", **env)
+    hub_port = int(env["PACS_HUB_DICOM_PORT"])
     pacs = start_orthanc(
-        root / "pacs1", aet=PACS_AE, modalities={"HUB": ("PACS_HUB", "127.0.0.1", hub.dicom_port)}
+        root / "pacs1", aet=PACS_AE, modalities={"HUB": ("PACS_HUB", "127.0.0.1", hub_port)}
     )
     studies, files = make_archive(root / "archive")
     storescu("MODALITY", PACS_AE, pacs.dicom_port, files)
-    hub.cli("establishments", "add", "H1", "Hospital 1")
-    hub.cli("nodes", "add", PACS_AE, "127.0.0.1", str(pacs.dicom_port), "--establishment", "H1")
+    register(root / "data", ["H1"], [NodeSpec(PACS_AE, pacs.dicom_port, "H1")], {}, "")
+    hub = start_hub(root / "data", **env)
     found = Scenario(root, hub, pacs, env, studies)
     yield found
     found.hub.stop()
@@ -164,21 +233,19 @@ def test_backfill_survives_a_kill_and_reconciles_to_zero_missing(scenario: Scena
     scenario.hub = start_hub(scenario.root / "data", **scenario.env)  # same ports
     shown = scenario.cli("backup", "backfill", "H1", "--resume")  # follows the hub's run
     assert "backfill done: 20/20 studies, 300 instances" in shown.stdout
-    found = scenario.reconcile()
+    found = scenario.api_reconcile()
     assert found["pacs_studies"] == STUDIES and found["hub_studies"] == STUDIES
     assert found["missing"] == [] and found["different"] == [] and found["extra"] == []
     assert found["matched"] and found["last_matched"] and found["rpo_seconds"] == 0
-    status = json.loads(scenario.cli("backup", "status", "H1", "--json").stdout)[0]
+    status = json.loads(scenario.cli("backup", "status", "H1", "--json").stdout)[0]  # the CLI
     assert status["backfill"]["instances_done"] == STUDIES * SERIES * PER_SERIES
     assert status["backfill"]["bytes_done"] == status["backfill"]["bytes_total"] > 0
     assert status["rpo_alert"] is False
     again = scenario.cli("backup", "backfill", "H1")  # the same backfill twice: nothing to pull
     assert "backfill done: 20/20 studies, 300 instances" in again.stdout
-    assert scenario.reconcile()["hub_studies"] == STUDIES
-    api = httpx.get(f"{scenario.hub.url}/api/backup/H1", timeout=30)
-    assert api.status_code == 200, api.text
-    assert api.json()["backfill"]["state"] == "done"
-    assert api.json()["backfill"]["studies_done"] == api.json()["backfill"]["studies_total"] == 20
+    assert scenario.api_reconcile()["hub_studies"] == STUDIES
+    backfill = scenario.status()["backfill"]  # the API
+    assert backfill["state"] == "done" and backfill["studies_done"] == backfill["studies_total"]
 
 
 def _findscu(scenario: Scenario, outdir: Path) -> list[pydicom.Dataset]:
@@ -248,16 +315,8 @@ def workstation(scenario: Scenario, tmp_path: Path) -> Iterator[Path]:
             return sock.connect_ex(("127.0.0.1", port)) == 0
 
     wait_until(listening, what="storescp")
-    scenario.cli(
-        "nodes",
-        "add",
-        "WORKSTATION",
-        "127.0.0.1",
-        str(port),
-        "--establishment",
-        "H1",
-        "--role",
-        "workstation",
+    register(
+        scenario.hub.data_dir, [], [NodeSpec("WORKSTATION", port, "H1", "workstation")], {}, ""
     )
     yield outdir
     process.terminate()
@@ -271,8 +330,7 @@ def test_the_hub_stands_in_while_the_pacs_is_down(
     shutil.rmtree(scenario.pacs.workdir / "storage")  # storage and index lost
 
     def standing_in() -> bool:
-        status = json.loads(scenario.cli("backup", "status", "H1", "--json").stdout)[0]
-        return bool(status["standin_active"])
+        return bool(scenario.status()["standin_active"])
 
     wait_until(standing_in, timeout=30, what="stand-in active (health down)")
     answers = _findscu(scenario, tmp_path / "find")
@@ -288,8 +346,7 @@ def test_the_hub_stands_in_while_the_pacs_is_down(
     new, files = make_study(tmp_path / "new", patient_id="P900", study_date="20260110", count=4)
     storescu("MODALITY", PACS_AE, scenario.hub.dicom_port, files)
     scenario.outage.append(new)
-    status = json.loads(scenario.cli("backup", "status", "H1", "--json").stdout)[0]
-    assert status["outage_instances"] == 4
+    assert scenario.status()["outage_instances"] == 4
     answers = _findscu(scenario, tmp_path / "find2")
     assert new in {str(a.StudyInstanceUID) for a in answers}
 
@@ -323,7 +380,7 @@ def test_restore_survives_a_kill_and_reconciles_to_zero_missing(scenario: Scenar
         modalities={"HUB": ("PACS_HUB", "127.0.0.1", scenario.hub.dicom_port)},
     )
     scenario.cli("backup", "standin", "H1", "off")
-    empty = scenario.reconcile()
+    empty = scenario.api_reconcile()
     assert empty["missing"] == [] and len(empty["extra"]) == STUDIES + 1
     first = _restore(scenario)
 
@@ -361,14 +418,15 @@ def test_a_pacs_refusing_a_transfer_syntax_is_named_in_the_report(
         extra_config={"AcceptedTransferSyntaxes": ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"]},
     )
     try:
-        scenario.cli("establishments", "add", "H2", "Hospital 2")
-        scenario.cli(
-            "nodes", "add", "REFUSER", "127.0.0.1", str(refuser.dicom_port), "--establishment", "H2"
-        )
         make_study(tmp_path / "h2", patient_id="H2P", count=2)
         shutil.copy(JPEG, tmp_path / "h2" / "jpeg.dcm")
-        scenario.cli("import", "--received-from", "REFUSER", str(tmp_path / "h2"))
-        scenario.cli("backup", "enrol", "H2", "--no-backfill")
+        register(
+            scenario.hub.data_dir,
+            ["H2"],
+            [NodeSpec("REFUSER", refuser.dicom_port, "H2")],
+            {"REFUSER": tmp_path / "h2"},
+            "H2",
+        )
         done = scenario.cli(
             "restore", "--establishment", "H2", "--to", "REFUSER", "--json", check=False
         )
@@ -384,3 +442,58 @@ def test_a_pacs_refusing_a_transfer_syntax_is_named_in_the_report(
         )
     finally:
         refuser.stop()
+
+
+def test_with_the_policy_on_the_stand_in_shows_what_the_caller_may_see(tmp_path: Path) -> None:
+    dead = free_port()  # the PACS are down: nothing listens there
+    mine, _ = make_study(tmp_path / "h1", patient_id="A1", count=2)
+    make_study(tmp_path / "h2", patient_id="B1", count=2)
+    register(
+        tmp_path / "data",
+        ["H1", "H2"],
+        [
+            NodeSpec(PACS_AE, dead, "H1"),
+            NodeSpec("H2_PACS", dead, "H2"),
+            NodeSpec("WS1", dead, "H1", "workstation", ("query", "retrieve")),
+            NodeSpec("WS2", dead, "H2", "workstation", ("query", "retrieve")),
+            NodeSpec("WS1_NOQ", dead, "H1", "workstation", ("retrieve",)),
+        ],
+        {PACS_AE: tmp_path / "h1", "H2_PACS": tmp_path / "h2"},
+        "H1",
+        standin="on",
+    )
+    env = hub_env(free_port(), free_port())
+    hub = start_hub(tmp_path / "data", **env, PACS_HUB_AUTH_REQUIRED="true")
+    try:
+
+        def found(calling: str, name: str) -> list[str]:
+            outdir = tmp_path / name
+            outdir.mkdir()
+            command = [
+                dcmtk("findscu"),
+                "-S",
+                "-aet",
+                calling,
+                "-aec",
+                PACS_AE,
+                "-X",
+                "-od",
+                str(outdir),
+                "127.0.0.1",
+                str(hub.dicom_port),
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                "StudyInstanceUID",
+            ]
+            subprocess.run(command, capture_output=True, text=True, timeout=60)
+            return [str(pydicom.dcmread(p).StudyInstanceUID) for p in outdir.glob("rsp*.dcm")]
+
+        wait_until(
+            lambda: found("WS1", f"w{time.monotonic_ns()}") == [mine], 10, what="stand-in active"
+        )
+        assert found("WS2", "ws2") == []  # H2's node: none of H1's studies, nor its own here
+        assert found("WS1_NOQ", "noq") == []  # no query permission: refused
+        assert found("UNKNOWN", "unknown") == []  # not a registered node: no association
+    finally:
+        hub.stop()
