@@ -61,25 +61,35 @@ def _find_text(fed: FedResults) -> str:
 def _hops(fed: FedResults) -> str:
     """Whether the federated p50 is about the hub's own answer plus the slowest PACS."""
     sums = [
-        (kind, lat.federated.p50_ms, hub.p50_ms + lat.slowest.p50_ms)
+        (kind, lat.federated.p50_ms, hub.p50_ms + lat.slowest.p50_ms, lat.federated.matches)
         for kind, lat in fed.find.items()
         for hub in [lat.sources.get("hub")]
         if hub and hub.samples and lat.federated.samples and lat.slowest.samples
     ]
-    near = [f"{k} {f:.0f} vs {added:.0f} ms" for k, f, added in sums if f <= 1.2 * added]
-    beyond = [f"{k} {f:.0f} vs {added:.0f} ms" for k, f, added in sums if f > 1.2 * added]
+    near = [(f"{k} {f:.0f} vs {added:.0f} ms", m) for k, f, added, m in sums if f <= 1.2 * added]
+    beyond = [
+        (f"{k} {f:.0f} vs {added:.0f} ms, {m:.0f} matches", m)
+        for k, f, added, m in sums
+        if f > 1.2 * added
+    ]
     out = ""
     if near:
         out += (
             " The federated p50 is about the hub's archive asked alone plus the slowest PACS "
-            f"for {', '.join(near)}: the client's association to the hub and the hub's own "
-            "associations to the PACS come one after the other, which a client asking the "
-            "PACS itself does not pay; the three remote queries do overlap."
+            f"for {', '.join(t for t, _ in near)}: the client's association to the hub and "
+            "the hub's own associations to the PACS come one after the other, which a client "
+            "asking the PACS itself does not pay; the three remote queries do overlap."
         )
     if beyond:
         out += (
             " It exceeds the hub's archive alone plus the slowest PACS by more than 20 % for "
-            f"{', '.join(beyond)}: time inside the hub beyond the two hops."
+            f"{', '.join(t for t, _ in beyond)}: time inside the hub beyond the two hops"
+            + (
+                ", on the type(s) with the most matches (each remote answer decoded and each "
+                "merged one encoded in Python, one by one)."
+                if near and min(m for _, m in beyond) > max(m for _, m in near)
+                else "."
+            )
         )
     return out
 
