@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,9 +27,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 
-import tests.conftest as shared
-from tests.conftest import Hub, start_hub
+from tests.conftest import Hub
 from tests.regional.study_factory import make_study, storescu
+from tests.trust.test_access_http import _api, _start_hub
 from tests.trust.test_auth import code_flow
 
 PASSWORD = "openapi-matrix-password"
@@ -58,27 +57,6 @@ class Seeded:
     @property
     def secrets(self) -> tuple[str, ...]:
         return (*self.uids.values(), SECRET_ID, SECRET_NAME.split("^")[0])
-
-
-def _api(base: str, token: str, method: str, path: str, body: Any = None) -> Any:
-    answer = httpx.request(
-        method, f"{base}{path}", json=body, headers={"Authorization": f"Bearer {token}"}
-    )
-    assert answer.status_code < 300, (path, answer.status_code, answer.text)
-    return answer.json() if answer.content else None
-
-
-def _start_hub(root: Path) -> Hub:
-    """A hub with the policy on, given 120 s (not 30) to answer /health: the machine
-    running these tests may be loaded."""
-    original = shared.wait_until
-
-    def patient_wait(predicate: Any, timeout: float = 30.0, **kw: Any) -> None:
-        original(predicate, timeout=max(timeout, 120.0), **kw)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(shared, "wait_until", patient_wait)
-        return start_hub(root / "data", PACS_HUB_AUTH_REQUIRED="true")
 
 
 @pytest.fixture(scope="module")
