@@ -122,7 +122,9 @@ class HubTarget:
     def start(self, destinations: list[Destination]) -> HubTarget:
         self.workdir.mkdir(parents=True, exist_ok=True)
         for dest in destinations:
-            self.cli("nodes", "add", dest.ae_title, LOOPBACK, str(dest.port))
+            self.cli(
+                "nodes", "add", dest.ae_title, LOOPBACK, str(dest.port), "--role", "destination"
+            )
         log = (self.workdir / "hub.log").open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pacs_hub.cli", "serve"], env=self.env(), stdout=log, stderr=log

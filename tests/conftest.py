@@ -115,7 +115,12 @@ def start_hub(data_dir: Path, processes: int = 1, **extra_env: str) -> Hub:
     )
     hub = Hub(process, data_dir, dicom_port, http_port, env)
     try:
-        wait_until(lambda: _healthy(hub.url) or process.poll() is not None, what="hub health")
+        # Generous: a loaded 2-core CI machine can take long to start the gateways.
+        wait_until(
+            lambda: _healthy(hub.url) or process.poll() is not None,
+            timeout=120,
+            what="hub health",
+        )
     except AssertionError:
         hub.stop()
         raise

@@ -21,7 +21,8 @@ Rules, in order (the first that applies decides; ``rule`` names it in the audit)
   ``regional-sharing`` consent refused or withdrawn; CSP L1110-4 III-IV);
 * ``consent`` — anyone else needs the patient's granted ``regional-sharing`` consent;
 * ``break-glass`` — purpose ``emergency`` with a reason, for the configured roles:
-  allowed and flagged for review;
+  allowed, even over an objection (R1110-3: the patient is informed afterwards), and
+  flagged for review;
 * ``no-rule`` — denied.
 
 Unknown studies are reported as such (``not-found``): Study Instance UIDs are not
@@ -220,11 +221,15 @@ class Policy:
             return Decision(own, "own-record" if own else "not-own-record")
         if principal.kind is Kind.NODE or principal.has(*STAFF_ROLES):
             staff = self._staff(conn, principal, facts, regional)
-            if staff is not None:
+            if staff is not None and staff.allowed:
                 return staff
+        else:
+            staff = None
+        # Emergency access overrides an objection (R1110-3: the patient is told
+        # afterwards), as visible_studies does; it is flagged for review.
         if self._break_glass(principal, purpose, reason):
             return Decision(True, "break-glass", break_glass=True)
-        return Decision(False, "no-rule")
+        return staff if staff is not None else Decision(False, "no-rule")
 
     @staticmethod
     def _caller(principal: Principal, action: Action) -> Decision | None:

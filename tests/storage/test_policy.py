@@ -265,3 +265,13 @@ def test_audit_chain_detects_edit_and_deletion(database: Database) -> None:
         conn.execute(text("DELETE FROM audit_events WHERE id = 5"))
     with database.read_connection() as conn:
         assert [b.problem for b in audit.verify(conn)] == ["the newest entries were removed"]
+
+
+def test_break_glass_overrides_an_objection_in_both_forms(
+    database: Database, world: dict[str, int], policy: Policy
+) -> None:
+    consent(database, world, "P", "refused")
+    radiologist_c = staff(world, "C")
+    assert both(database, policy, radiologist_c) == {"1.3"}
+    emergency = {"purpose": Purpose.EMERGENCY, "reason": "unconscious, ER"}
+    assert both(database, policy, radiologist_c, **emergency) == {"1.1", "1.2", "1.3"}  # type: ignore[arg-type]
