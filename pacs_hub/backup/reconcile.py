@@ -24,7 +24,6 @@ from typing import Any
 
 from pacs_hub.backup import inventory, remote, state
 from pacs_hub.config import Settings
-from pacs_hub.regional.scu import PacsNode
 from pacs_hub.storage.database import Database
 
 
@@ -94,13 +93,10 @@ def _when(study: remote.RemoteStudy) -> datetime | None:
 
 
 def compare_study(
-    settings: Settings, database: Database, node: PacsNode, study: remote.RemoteStudy, held: int
+    database: Database, finder: remote.SeriesFinder, study: remote.RemoteStudy, held: int
 ) -> Difference | None:
     """Compare one study held by both sides, series by series."""
-    theirs = {
-        s.series_instance_uid: s.instances
-        for s in remote.find_series(settings, node, study.study_instance_uid)
-    }
+    theirs = {s.series_instance_uid: s.instances for s in finder.series(study.study_instance_uid)}
     ours = inventory.hub_series(database, study.study_instance_uid)
     series = {
         uid: (theirs.get(uid), ours.get(uid, 0))
@@ -124,11 +120,12 @@ def compare(
     missing = sorted(uid for uid in pacs if uid not in held)
     extra = sorted(uid for uid in ours if uid not in pacs)
     different = []
-    for uid, study in sorted(pacs.items()):
-        if uid in held:
-            found = compare_study(settings, database, client.node, study, held[uid][0])
-            if found is not None:
-                different.append(found)
+    with remote.series_finder(settings, client.node) as finder:
+        for uid, study in sorted(pacs.items()):
+            if uid in held:
+                found = compare_study(database, finder, study, held[uid][0])
+                if found is not None:
+                    different.append(found)
     return missing, extra, different
 
 

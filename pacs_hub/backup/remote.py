@@ -10,11 +10,13 @@ leaves them empty is counted as holding an unknown number (``None``).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 
 from pydicom.dataset import Dataset
 from pynetdicom import sop_class as sc
+from pynetdicom.association import Association
 
 from pacs_hub.config import Settings
 from pacs_hub.regional.scu import PacsNode, SourceUnavailable, associate, requestor_ae
@@ -58,22 +60,56 @@ def _count(answer: Dataset, keyword: str) -> int | None:
         return None
 
 
+def _answers(assoc: Association, node: PacsNode, identifier: Dataset) -> list[Dataset]:
+    answers: list[Dataset] = []
+    for status, answer in assoc.send_c_find(identifier, FIND):
+        if not status:
+            raise SourceUnavailable(f"{node.ae_title}: no C-FIND response (timeout or abort)")
+        code = int(status.Status)
+        if code in (0xFF00, 0xFF01) and answer is not None:
+            answers.append(answer)
+        elif code != 0x0000:
+            raise SourceUnavailable(f"{node.ae_title}: C-FIND failed with 0x{code:04X}")
+    return answers
+
+
 def _find(settings: Settings, node: PacsNode, identifier: Dataset) -> list[Dataset]:
     assoc = associate(requestor_ae(settings, [FIND]), node)
-    answers: list[Dataset] = []
     try:
-        for status, answer in assoc.send_c_find(identifier, FIND):
-            if not status:
-                raise SourceUnavailable(f"{node.ae_title}: no C-FIND response (timeout or abort)")
-            code = int(status.Status)
-            if code in (0xFF00, 0xFF01) and answer is not None:
-                answers.append(answer)
-            elif code != 0x0000:
-                raise SourceUnavailable(f"{node.ae_title}: C-FIND failed with 0x{code:04X}")
+        return _answers(assoc, node, identifier)
     finally:
         if assoc.is_established:
             assoc.release()
-    return answers
+
+
+class SeriesFinder:
+    """SERIES-level C-FINDs of many studies over one association (reopened if dropped)."""
+
+    def __init__(self, settings: Settings, node: PacsNode) -> None:
+        self.settings = settings
+        self.node = node
+        self.assoc: Association | None = None
+
+    def series(self, study: str) -> list[RemoteSeries]:
+        """Series of ``study`` with their instance counts."""
+        if self.assoc is None or not self.assoc.is_established:
+            self.assoc = associate(requestor_ae(self.settings, [FIND]), self.node)
+        return _series(_answers(self.assoc, self.node, _series_identifier(study)))
+
+    def close(self) -> None:
+        """Release the association."""
+        if self.assoc is not None and self.assoc.is_established:
+            self.assoc.release()
+
+
+@contextmanager
+def series_finder(settings: Settings, node: PacsNode) -> Iterator[SeriesFinder]:
+    """A :class:`SeriesFinder`, released at the end."""
+    finder = SeriesFinder(settings, node)
+    try:
+        yield finder
+    finally:
+        finder.close()
 
 
 def find_studies(settings: Settings, node: PacsNode, first: str, last: str) -> list[RemoteStudy]:
@@ -110,15 +146,23 @@ def find_all_studies(
     return found
 
 
-def find_series(settings: Settings, node: PacsNode, study: str) -> list[RemoteSeries]:
-    """Series of ``study`` with their instance counts (SERIES level, hierarchical)."""
+def _series_identifier(study: str) -> Dataset:
     identifier = Dataset()
     identifier.QueryRetrieveLevel = "SERIES"
     identifier.StudyInstanceUID = study
     identifier.SeriesInstanceUID = ""
     identifier.NumberOfSeriesRelatedInstances = ""
+    return identifier
+
+
+def _series(answers: list[Dataset]) -> list[RemoteSeries]:
     return [
         RemoteSeries(str(a.SeriesInstanceUID), _count(a, "NumberOfSeriesRelatedInstances"))
-        for a in _find(settings, node, identifier)
+        for a in answers
         if a.get("SeriesInstanceUID")
     ]
+
+
+def find_series(settings: Settings, node: PacsNode, study: str) -> list[RemoteSeries]:
+    """Series of ``study`` with their instance counts (SERIES level, hierarchical)."""
+    return _series(_find(settings, node, _series_identifier(study)))

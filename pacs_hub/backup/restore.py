@@ -265,23 +265,31 @@ def verify(
     settings: Settings, database: Database, where: PacsNode, run: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """Studies whose counts on the PACS differ from what was restored (C-FIND)."""
-    problems = []
-    for uid, entry in sorted(run["studies"].items()):
-        refused = {r["sop_instance_uid"] for r in entry.get("refused", [])}
-        expected = inventory.hub_series(database, uid)
-        if refused:
-            expected = _less_refused(database, uid, refused, expected)
-        found = {
-            s.series_instance_uid: s.instances for s in remote.find_series(settings, where, uid)
-        }
-        diff = {
-            s: {"restored": expected.get(s, 0), "pacs": found.get(s)}
-            for s in sorted(set(expected) | set(found))
-            if expected.get(s, 0) != (found.get(s) or 0)
-        }
-        if diff:
-            problems.append({"study": uid, "series": diff})
-    return problems
+    with remote.series_finder(settings, where) as finder:
+        return [
+            p
+            for p in (
+                _verify_study(database, finder, u, e) for u, e in sorted(run["studies"].items())
+            )
+            if p is not None
+        ]
+
+
+def _verify_study(
+    database: Database, finder: remote.SeriesFinder, uid: str, entry: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The series of ``uid`` whose count on the PACS is not what was restored, or None."""
+    refused = {r["sop_instance_uid"] for r in entry.get("refused", [])}
+    expected = inventory.hub_series(database, uid)
+    if refused:
+        expected = _less_refused(database, uid, refused, expected)
+    found = {s.series_instance_uid: s.instances for s in finder.series(uid)}
+    diff = {
+        s: {"restored": expected.get(s, 0), "pacs": found.get(s)}
+        for s in sorted(set(expected) | set(found))
+        if expected.get(s, 0) != (found.get(s) or 0)
+    }
+    return {"study": uid, "series": diff} if diff else None
 
 
 def _less_refused(
