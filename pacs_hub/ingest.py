@@ -76,18 +76,27 @@ class Ingestor:
             header, dataset, blob, lambda: self.blobs.put(part10, sha256), received_from_ae
         )
 
-    def ingest_file(self, path: Path, received_from_ae: str = "") -> IngestResult:
+    def ingest_file(
+        self, path: Path, received_from_ae: str = "", establishment_pk: int | None = None
+    ) -> IngestResult:
         """Store one Part 10 file spooled to a temp file of the blob store (STOW-RS).
 
         Same checks and guarantees as :meth:`ingest`, without holding the file in
         memory: pixel data is neither read nor copied, the temp file is moved in.
         The temp file is consumed when stored; the caller removes it otherwise.
+        ``establishment_pk`` is recorded on a new study (the storing user's
+        establishment); by default it is the sending node's.
         """
         header, dataset = parse_instance(path)
         sha256 = sha256_file(path)
         blob = StoredBlob(self.blobs.key_for(sha256), sha256, path.stat().st_size)
         return self._store(
-            header, dataset, blob, lambda: self.blobs.put_file(path, sha256), received_from_ae
+            header,
+            dataset,
+            blob,
+            lambda: self.blobs.put_file(path, sha256),
+            received_from_ae,
+            establishment_pk,
         )
 
     def _store(
@@ -97,6 +106,7 @@ class Ingestor:
         blob: StoredBlob,
         write_blob: Callable[[], str],
         received_from_ae: str,
+        establishment_pk: int | None = None,
     ) -> IngestResult:
         if received_from_ae and not header.issuer_of_patient_id:
             header = self._default_issuer(header, received_from_ae)
@@ -108,7 +118,7 @@ class Ingestor:
                 raise self._conflict(header)
         metadata = dicomjson.encode(dataset)  # before the blob moves: deferred values
         write_blob()
-        outcome = self._index(header, blob, received_from_ae, metadata)
+        outcome = self._index(header, blob, received_from_ae, metadata, establishment_pk)
         if outcome is Outcome.CONFLICT:
             raise self._conflict(header)
         return self._result(outcome, header, blob)
@@ -129,11 +139,18 @@ class Ingestor:
             f"{header.sop_instance_uid}"
         )
 
-    def _index(self, header: InstanceHeader, blob: StoredBlob, ae: str, metadata: bytes) -> Outcome:
+    def _index(
+        self,
+        header: InstanceHeader,
+        blob: StoredBlob,
+        ae: str,
+        metadata: bytes,
+        establishment_pk: int | None = None,
+    ) -> Outcome:
         delay = 0.01
         for attempt in range(RETRIES):
             try:
-                return self._index_once(header, blob, ae, metadata)
+                return self._index_once(header, blob, ae, metadata, establishment_pk)
             except IntegrityError:
                 # A concurrent ingest created the same patient/study/series: retry reads it.
                 if attempt == RETRIES - 1:
@@ -146,14 +163,21 @@ class Ingestor:
         raise AssertionError("unreachable")
 
     def _index_once(
-        self, header: InstanceHeader, blob: StoredBlob, ae: str, metadata: bytes
+        self,
+        header: InstanceHeader,
+        blob: StoredBlob,
+        ae: str,
+        metadata: bytes,
+        establishment_pk: int | None = None,
     ) -> Outcome:
         now = datetime.now(UTC).replace(tzinfo=None)
         with self.database.engine.begin() as conn:
             known = existing_instance(conn, header.sop_instance_uid)
             if known is None:
-                owner = self.senders.lookup(ae) if ae else None
-                establishment = owner.establishment_pk if owner is not None else None
+                establishment = establishment_pk
+                if establishment is None and ae:
+                    owner = self.senders.lookup(ae)
+                    establishment = owner.establishment_pk if owner is not None else None
                 add_instance(conn, header, blob, ae, now, metadata, establishment)
                 return Outcome.STORED
             if known.sha256 == blob.sha256:

@@ -25,6 +25,7 @@ refusal is audited.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import shutil
@@ -53,6 +54,8 @@ DICOM = "application/dicom"
 CANNOT_UNDERSTAND = 0xC000
 MISMATCH = 0xA900
 PROCESSING_FAILURE = 0x0110
+PARALLEL_PARTS = 4
+"""Parts of one request stored at once."""
 NOT_AUTHORIZED = 0x0124
 
 
@@ -122,6 +125,13 @@ def _may_add_to(caller: Caller, study_uid: str) -> bool:
     return decision.allowed or decision.rule == "not-found"
 
 
+def _establishment_of(caller: Caller) -> int | None:
+    """The establishment a study stored by this caller belongs to (its lowest key when
+    the user works for several), so its staff see what they uploaded."""
+    establishments = caller.principal.establishments
+    return min(establishments) if establishments else None
+
+
 def _store_part(
     hub: HubState, caller: Caller, part: Part, study: str | None, ae: str
 ) -> IngestResult | Failure:
@@ -146,7 +156,7 @@ def _store_part(
                     MISMATCH,
                     f"Study Instance UID {header.study_instance_uid} is not {study}",
                 )
-        return hub.ingestor.ingest_file(part.path, ae)
+        return hub.ingestor.ingest_file(part.path, ae, _establishment_of(caller))
     except HubError as exc:
         uids = _uids(part)
         return Failure(uids[0], uids[1], exc.dicom_status, exc.message)
@@ -223,16 +233,24 @@ async def _store(request: Request, hub: HubState, caller: Caller, study: str | N
     stored: list[IngestResult] = []
     failed: list[Failure] = []
     ae = "STOW-RS"
+    gate = asyncio.Semaphore(PARALLEL_PARTS)
+
+    async def store_one(part: Part) -> IngestResult | Failure:
+        async with gate:
+            return await run_in_threadpool(_store_part, hub, caller, part, study, ae)
+
     try:
-        for part in spooler.parts:
-            outcome = await run_in_threadpool(_store_part, hub, caller, part, study, ae)
-            if isinstance(outcome, Failure):
-                LOGGER.info("STOW-RS part refused: 0x%04X %s", outcome.reason, outcome.comment)
-                failed.append(outcome)
-            else:
-                stored.append(outcome)
+        # Parts are independent instances: storing several at once overlaps their
+        # fsyncs and index commits (each is still durable before it is reported).
+        outcomes = await asyncio.gather(*(store_one(part) for part in spooler.parts))
     finally:
         spooler.discard()
+    for outcome in outcomes:
+        if isinstance(outcome, Failure):
+            LOGGER.info("STOW-RS part refused: 0x%04X %s", outcome.reason, outcome.comment)
+            failed.append(outcome)
+        else:
+            stored.append(outcome)
     if not stored and not failed:
         raise Problem(400, "Malformed multipart", "the request holds no part")
     base = str(request.base_url).rstrip("/") + "/dicom-web"

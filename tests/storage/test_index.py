@@ -226,3 +226,29 @@ def test_concurrent_ingest_of_one_new_study(ingestor: Ingestor, database: Databa
     assert (row["num_series"], row["num_instances"]) == (8, total)
     assert row["modalities_in_study"] == "CT\\MR\\OT\\PT"
     assert_counters_consistent(database)
+
+
+def test_a_file_ingested_for_an_establishment_records_it_on_the_new_study(
+    ingestor: Ingestor, database: Database, tmp_path: Path
+) -> None:
+    """STOW-RS by a user: the study belongs to the user's establishment (access policy)."""
+    from datetime import datetime
+
+    from pacs_hub.storage.models import Establishment
+
+    with database.session() as session:
+        est = Establishment(code="E1", name="E1", created_at=datetime(2026, 1, 1))
+        session.add(est)
+        session.flush()
+        est_pk = est.id
+    study = generate_uid()
+    temp = ingestor.blobs.temp_path()
+    temp.write_bytes(as_part10(synthetic_dataset(study)))
+    result = ingestor.ingest_file(temp, "STOW-RS", est_pk)
+    assert result.outcome is Outcome.STORED
+    with database.reader() as session:
+        assert (
+            session.scalar(select(Study.establishment_pk).where(Study.study_instance_uid == study))
+            == est_pk
+        )
+    assert not temp.exists()  # moved in as the blob
