@@ -194,6 +194,25 @@ def test_worker_killed_mid_job_completes_on_retry(ct_hub: tuple[Hub, str, str]) 
     assert total == final["instances"]
 
 
+def test_whole_worker_killed_job_resubmitted_by_the_hub(ct_hub: tuple[Hub, str, str]) -> None:
+    """Worker and its pool process killed: the embedded broker lost the message; the hub
+    restarts the worker and sends the silent job again."""
+    hub, study, series = ct_hub
+    key = submit(hub, series, SLOW).json()["id"]
+    wait_until(lambda: 20 < job_state(hub, key)["percent"] < 85, timeout=180, interval=0.1)
+    child = int(_worker_pid(hub, key))
+    main = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    for pid in (main, child):
+        os.kill(pid, signal.SIGKILL)
+    final = wait_done(hub, key, timeout=300)
+    assert final["state"] == "succeeded", final
+    assert final["runs"] >= 2 and final["attempt"] >= 2
+    listed = {_uid(s, "0020000E"): s for s in _series(hub, study)}
+    assert len(listed) == 5
+    total = sum(int(listed[s]["00201209"]["Value"][0]) for s in final["result_series"])
+    assert total == final["instances"]
+
+
 def _worker_pid(hub: Hub, key: str) -> str:
     """The pid of the process running ``key``, from the job record (host:pid)."""
     from pacs_hub.config import Settings
