@@ -23,6 +23,7 @@ from tests.conftest import Hub, dcmtk, free_port, start_hub, wait_until
 from tests.processing.helpers import CT, SR
 
 FAST = {"pipeline": ["mip"], "parameters": {}}
+PASSWORD = "correct horse battery staple"
 SLOW = {"pipeline": ["mpr", "mip"], "parameters": {"slice_spacing": 2.0}}
 ENV = {
     "PACS_HUB_PROCESSING_AUTO_MIN_SLICES": "0",
@@ -211,6 +212,47 @@ def test_whole_worker_killed_job_resubmitted_by_the_hub(ct_hub: tuple[Hub, str, 
     assert len(listed) == 5
     total = sum(int(listed[s]["00201209"]["Value"][0]) for s in final["result_series"])
     assert total == final["instances"]
+
+
+def _token(hub: Hub, username: str, *args: str) -> dict[str, str]:
+    """The bearer header of a service account (client_credentials)."""
+    hub.cli("users", "add", username, "--role", "service", *args, "--password", PASSWORD)
+    answer = httpx.post(
+        f"{hub.url}/auth/token",
+        data={"grant_type": "client_credentials"},
+        auth=(username, PASSWORD),
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    return {"Authorization": f"Bearer {answer.json()['access_token']}"}
+
+
+def test_access_policy_on_jobs(tmp_path: Path) -> None:
+    hub = boot(tmp_path, PACS_HUB_AUTH_REQUIRED="true")
+    try:
+        hub.cli("import", str(CT))
+        hub.cli("establishments", "add", "ESTB", "Clinique B")
+        admin = _token(hub, "admin-svc", "--role", "regional-admin")
+        outsider = _token(hub, "outsider", "--role", "radiologist", "--establishment", "ESTB")
+        (series,) = httpx.get(f"{hub.url}/dicom-web/series", headers=admin).json()
+        study, series_uid = _uid(series, "0020000D"), _uid(series, "0020000E")
+        body = {"series_uid": series_uid, **FAST}
+        url = f"{hub.url}/api/processing/jobs"
+        assert httpx.post(url, json=body).status_code == 401
+        assert httpx.post(url, json=body, headers=outsider).status_code == 403
+        allowed = httpx.post(url, json=body, headers=admin, timeout=30)
+        assert allowed.status_code == 202, allowed.text
+        key = allowed.json()["id"]
+        assert httpx.get(f"{url}/{key}", headers=outsider).status_code == 403
+        assert httpx.get(url, headers=outsider).json() == []  # not listed either
+        assert [j["id"] for j in httpx.get(url, headers=admin).json()] == [key]
+        trail = httpx.get(
+            f"{hub.url}/api/audit", params={"study": study, "action": "view"}, headers=admin
+        ).json()["entries"]
+        outcomes = {(e["actor"].split(":")[-1], e["outcome"]) for e in trail}
+        assert {("outsider", "deny"), ("admin-svc", "allow")} <= outcomes, trail
+    finally:
+        hub.stop()
 
 
 def _worker_pid(hub: Hub, key: str) -> str:
