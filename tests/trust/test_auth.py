@@ -546,3 +546,20 @@ def test_pro_sante_connect_claims_mapping() -> None:
 def test_acr_levels_are_ordered() -> None:
     assert acr_rank(None) < acr_rank("eidas1") < acr_rank("eidas2") < acr_rank("EIDAS3")
     assert acr_rank("eidas0") == acr_rank("loa-low") == 0
+
+
+def test_sign_ins_are_audited_success_and_failure(auth_hub: AuthHub) -> None:
+    """User Authentication (110114) entries: who, outcome; a failed name is not kept."""
+    import sqlite3
+
+    with pytest.raises(AssertionError):
+        code_flow(auth_hub.hub.url, "admin", "not-the-password")
+    code_flow(auth_hub.hub.url, "admin", auth_hub.admin_password)
+    with sqlite3.connect(auth_hub.hub.data_dir / "index.sqlite3") as db:
+        rows = db.execute(
+            "SELECT actor_id, outcome FROM audit_events WHERE action = 'login' ORDER BY id"
+        ).fetchall()
+    assert ("user:?", "failed") in rows
+    assert rows[-1] == ("user:admin", "ok")
+    verify = auth_hub.hub.cli("audit", "verify", check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
