@@ -8,11 +8,14 @@
 * ``GET /api/processing/jobs/{id}`` gives the state (queued, running, retrying,
   succeeded, failed, cancelled), ``percent``, ``stage``, ``error`` and, when done, the
   result series;
-* ``POST /api/processing/jobs/{id}/cancel`` cancels a job not yet storing its results.
+* ``POST /api/processing/jobs/{id}/cancel`` cancels a job not yet storing its results;
+* ``GET /api/processing/jobs/{id}/surface.stl`` (or ``.obj``) downloads the isosurface
+  of a finished ``surface`` job: the STL document of its stored Encapsulated STL
+  instance (PS3.3 A.85), so the download and the DICOM object are the same mesh.
 
 Access (issue 4): the caller must be allowed to view the input study (purpose ``care``
 or break-glass): the policy's ``view`` decision on the study, audited; jobs of studies
-the caller may not view are not listed.
+the caller may not view are not listed. A download is a ``retrieve`` of the study.
 """
 
 from __future__ import annotations
@@ -21,17 +24,21 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
+from pydicom import dcmread
 from sqlalchemy import select
 
-from pacs_hub.dicomweb.access import CallerDep
+from pacs_hub.dicomweb.access import Caller, CallerDep
 from pacs_hub.dicomweb.problems import Problem
 from pacs_hub.storage.models import Series, Study
+from pacs_hub.storage.query import Level
+from pacs_hub.storage.retrieval import RetrieveRequest, select_instances
 from pacs_hub.trust.principal import Action
 from workers import jobs
 from workers.celery_app import HubCelery
 from workers.rules import hub_app
 
 router = APIRouter(prefix="/processing")
+ENCAPSULATED_STL = "1.2.840.10008.5.1.4.1.1.104.3"
 
 
 class JobIn(BaseModel):
@@ -138,6 +145,40 @@ def list_jobs(
 def get_job(job_id: str, request: Request, caller: CallerDep) -> JobOut:
     """One job's state and progress."""
     return _out(_job(request, caller, job_id)[1])
+
+
+def _stl(caller: Caller, series: list[str]) -> bytes | None:
+    with caller.hub.database.reader() as session:
+        for uid in series:
+            request = RetrieveRequest(Level.SERIES, {Level.SERIES: (uid,)})
+            for item in select_instances(session, caller.hub.blobs, request):
+                if item.sop_class_uid == ENCAPSULATED_STL:
+                    dataset = dcmread(item.path)
+                    document = bytes(dataset.EncapsulatedDocument)
+                    length = dataset.get("EncapsulatedDocumentLength")  # before even padding
+                    return document[: int(length)] if length else document
+    return None
+
+
+@router.get("/jobs/{job_id}/surface.{fmt}", response_class=Response)
+def surface_download(job_id: str, fmt: str, request: Request, caller: CallerDep) -> Response:
+    """The isosurface of a finished ``surface`` job as an STL or OBJ file."""
+    if fmt not in ("stl", "obj"):
+        raise Problem(404, "Not found", f"surface.{fmt[:8]}: expected surface.stl or surface.obj")
+    _app, job = _job(request, caller, job_id)
+    caller.check_study(Action.RETRIEVE, job.spec.study_uid, download=f"surface.{fmt}")
+    document = _stl(caller, [str(s) for s in job.state.result.get("series", [])])
+    if job.state.state != "succeeded" or document is None:
+        raise Problem(404, "Not found", "this job has no finished surface (step 'surface')")
+    if fmt == "obj":
+        from workers.processing.surface import obj_bytes, read_stl
+
+        document = obj_bytes(read_stl(document))
+    return Response(
+        document,
+        media_type="model/stl" if fmt == "stl" else "model/obj",
+        headers={"Content-Disposition": f'attachment; filename="{job.key}.{fmt}"'},
+    )
 
 
 @router.post("/jobs/{job_id}/cancel")

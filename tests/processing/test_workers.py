@@ -21,9 +21,9 @@ import pytest
 
 from tests.conftest import Hub, dcmtk, free_port, start_hub, wait_until
 from tests.processing.helpers import CT, SR
+from tests.trust.test_audit import service_token
 
 FAST = {"pipeline": ["mip"], "parameters": {}}
-PASSWORD = "correct horse battery staple"
 SLOW = {"pipeline": ["mpr", "mip"], "parameters": {"slice_spacing": 2.0}}
 ENV = {
     "PACS_HUB_PROCESSING_AUTO_MIN_SLICES": "0",
@@ -136,10 +136,17 @@ def test_submitted_twice_runs_once_with_progress_and_results(
 
 def test_cli_process_follows_the_job(ct_hub: tuple[Hub, str, str]) -> None:
     hub, _study, series = ct_hub
-    done = hub.cli("process", series, "--pipeline", "mip")
+    done = hub.cli("process", series, "--pipeline", "surface")
     assert "succeeded" in done.stdout, done.stdout
-    again = hub.cli("process", series, "--pipeline", "mip", "--no-wait")
+    again = hub.cli("process", series, "--pipeline", "surface", "--no-wait")
     assert "already succeeded" in again.stdout
+    (job,) = httpx.get(f"{hub.url}/api/processing/jobs", timeout=30).json()
+    stl = httpx.get(f"{hub.url}/api/processing/jobs/{job['id']}/surface.stl", timeout=60)
+    assert stl.status_code == 200 and stl.headers["content-type"] == "model/stl"
+    triangles = int.from_bytes(stl.content[80:84], "little")  # binary STL
+    assert triangles > 100 and len(stl.content) == 84 + 50 * triangles
+    obj = httpx.get(f"{hub.url}/api/processing/jobs/{job['id']}/surface.obj", timeout=60)
+    assert obj.status_code == 200 and obj.text.count("\nf ") == triangles
 
 
 def test_bad_input_fails_clearly_and_writes_nothing(tmp_path: Path) -> None:
@@ -214,17 +221,10 @@ def test_whole_worker_killed_job_resubmitted_by_the_hub(ct_hub: tuple[Hub, str, 
     assert total == final["instances"]
 
 
-def _token(hub: Hub, username: str, *args: str) -> dict[str, str]:
-    """The bearer header of a service account (client_credentials)."""
-    hub.cli("users", "add", username, "--role", "service", *args, "--password", PASSWORD)
-    answer = httpx.post(
-        f"{hub.url}/auth/token",
-        data={"grant_type": "client_credentials"},
-        auth=(username, PASSWORD),
-        timeout=30,
-    )
-    assert answer.status_code == 200, answer.text
-    return {"Authorization": f"Bearer {answer.json()['access_token']}"}
+def _token(hub: Hub, username: str, *roles: str, establishment: str = "") -> dict[str, str]:
+    """The bearer header of a service account holding ``roles``."""
+    token = service_token(hub, username, *roles, establishment=establishment)
+    return {"Authorization": f"Bearer {token}"}
 
 
 def test_access_policy_on_jobs(tmp_path: Path) -> None:
@@ -232,8 +232,8 @@ def test_access_policy_on_jobs(tmp_path: Path) -> None:
     try:
         hub.cli("import", str(CT))
         hub.cli("establishments", "add", "ESTB", "Clinique B")
-        admin = _token(hub, "admin-svc", "--role", "regional-admin")
-        outsider = _token(hub, "outsider", "--role", "radiologist", "--establishment", "ESTB")
+        admin = _token(hub, "admin-svc", "regional-admin")
+        outsider = _token(hub, "outsider", "radiologist", establishment="ESTB")
         (series,) = httpx.get(f"{hub.url}/dicom-web/series", headers=admin).json()
         study, series_uid = _uid(series, "0020000D"), _uid(series, "0020000E")
         body = {"series_uid": series_uid, **FAST}
