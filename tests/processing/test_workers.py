@@ -339,3 +339,30 @@ def test_rule_processes_a_new_large_ct_series(tmp_path: Path) -> None:
         assert len(httpx.get(f"{hub.url}/api/processing/jobs").json()) == 1
     finally:
         hub.stop()
+
+
+@pytest.mark.browser
+def test_result_opens_in_the_viewer(ct_hub: tuple[Hub, str, str], tmp_path: Path) -> None:
+    """The MIP series a job wrote, opened alone in OHIF (Debian's chromium), renders."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.viewers.test_browser import CHROMIUM, _launch, _wait_rendered
+
+    if not CHROMIUM.exists():
+        raise RuntimeError(f"{CHROMIUM} is missing: run 'make test' (installs Debian's chromium)")
+    hub, study, series = ct_hub
+    final = wait_done(hub, submit(hub, series, FAST).json()["id"])
+    assert final["state"] == "succeeded", final
+    (mip,) = final["result_series"]
+    with sync_playwright() as playwright:
+        browser = _launch(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            asked: list[str] = []
+            page.on("request", lambda request: asked.append(request.url))
+            page.goto(f"{hub.url}/viewer?StudyInstanceUIDs={study}&SeriesInstanceUIDs={mip}")
+            _wait_rendered(page, 1, tmp_path)
+            assert any(f"/series/{mip}" in url for url in asked), asked
+            assert not any(f"/series/{series}/" in url for url in asked)  # the result alone
+        finally:
+            browser.close()
