@@ -166,10 +166,10 @@ class Settings(BaseSettings):
         default="gpu", pattern="^(cpu|gpu)$", description="Queue of post-processing jobs"
     )
     processing_auto_min_slices: int = Field(
-        default=100,
+        default=0,
         ge=0,
         description="A new CT series with more slices than this gets processing_auto_pipeline;"
-        " 0 = off",
+        " 0 = off (the default: results add series to the archive, e.g. 100)",
     )
     processing_auto_pipeline: str = Field(
         default="mpr,mip", description="Steps run automatically on a new large CT series"
