@@ -38,6 +38,7 @@ import os
 import queue
 import select
 import threading
+import weakref
 from typing import Any
 
 from pynetdicom import evt
@@ -164,6 +165,7 @@ def _attach(assoc: Association) -> None:
         if checkpoint.is_set():
             assoc_wake.set()
 
+    weakref.finalize(dul, waker.close)  # if the DUL thread never runs (failed connect)
     dul._pacs_waker = waker  # type: ignore[attr-defined]
     dul._pacs_lock = threading.RLock()  # type: ignore[attr-defined]
     assoc._pacs_wake = assoc_wake  # type: ignore[attr-defined]
