@@ -344,12 +344,45 @@ def restore(
         ]
         checked = sample.check_bytes(settings, database, where, items, sample_size)
         report_ = _report(client, where, run, refused, problems, checked)
+        report_["outage_returned"] = _return_outage(settings, database, code, run, problems)
 
         def change(current: state.State) -> None:
             current["restore"].update(state="done", finished_at=state.now_iso(), report=report_)
 
         state.update(settings, code, change)
         return report_
+
+
+def _return_outage(
+    settings: Settings,
+    database: Database,
+    code: str,
+    run: dict[str, Any],
+    problems: list[dict[str, Any]],
+) -> int:
+    """Clear the outage marks of instances now verified on the PACS; how many."""
+    marked = state.outage_instances(settings, code)
+    if not marked:
+        return 0
+    unverified = {p["study"] for p in problems}
+    refused = {r["sop_instance_uid"] for s in run["studies"].values() for r in s.get("refused", [])}
+    base = (
+        select(Instance.sop_instance_uid, Study.study_instance_uid)
+        .join(Series, Series.id == Instance.series_pk)
+        .join(Study, Study.id == Series.study_pk)
+    )
+    returned: set[str] = set()
+    with database.reader() as session:
+        for start in range(0, len(marked), inventory.CHUNK):
+            chunk = marked[start : start + inventory.CHUNK]
+            returned.update(
+                sop
+                for sop, study in session.execute(
+                    base.where(Instance.sop_instance_uid.in_(chunk))
+                ).all()
+                if study in run["studies"] and study not in unverified and sop not in refused
+            )
+    return state.clear_outage(settings, code, returned)
 
 
 def _report(

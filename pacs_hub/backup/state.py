@@ -149,3 +149,21 @@ def outage_instances(settings: Settings, code: str) -> list[str]:
     if not path.exists():
         return []
     return list(dict.fromkeys(line for line in path.read_text().split("\n") if line))
+
+
+def clear_outage(settings: Settings, code: str, returned: set[str]) -> int:
+    """Forget the outage marks of ``returned`` instances (restored to the PACS); how many.
+
+    Rewritten atomically under the state lock; run once the stand-in has ended (the
+    gateway appends without the lock).
+    """
+    with _locked(settings, code):
+        kept = [uid for uid in outage_instances(settings, code) if uid not in returned]
+        path = _path(settings, code, ".outage")
+        before = len(outage_instances(settings, code))
+        if before == len(kept):
+            return 0
+        temporary = path.with_suffix(f".tmp{os.getpid()}")
+        temporary.write_text("".join(f"{uid}\n" for uid in kept))
+        os.replace(temporary, path)
+        return before - len(kept)

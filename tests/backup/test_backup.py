@@ -401,6 +401,7 @@ def test_restore_survives_a_kill_and_reconciles_to_zero_missing(scenario: Scenar
     assert report["studies"] == STUDIES + 1
     assert report["byte_check"]["sampled"] == 5 and report["byte_check"]["identical"] == 5
     assert report["verdict"].startswith("COMPLETE")
+    assert report["outage_returned"] == 4 and scenario.status()["outage_instances"] == 0
     assert len(scenario.pacs.api.studies.get_all_ids()) == STUDIES + 1
     instances = len(scenario.pacs.api.instances.get_all_ids())
     assert instances == STUDIES * SERIES * PER_SERIES + 4  # nothing missing, nothing twice

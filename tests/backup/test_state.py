@@ -97,3 +97,11 @@ def test_progress_estimates_bytes_from_what_was_pulled() -> None:
     assert (progress.studies_done, progress.studies_total) == (1, 2)
     assert (progress.instances_done, progress.instances_total) == (10, 40)
     assert progress.bytes_total == 4000
+
+
+def test_returned_outage_marks_are_forgotten(settings: Settings) -> None:
+    for uid in ("1.2.3", "1.2.4", "1.2.5"):
+        state.mark_outage(settings, "H1", uid)
+    assert state.clear_outage(settings, "H1", {"1.2.3", "1.2.5", "9.9"}) == 2
+    assert state.outage_instances(settings, "H1") == ["1.2.4"]
+    assert state.clear_outage(settings, "H1", {"1.2.3"}) == 0  # twice: nothing more
