@@ -18,6 +18,8 @@ share(-revoke), consent   110113 Security Alert (110135 Object   E       A.5.3.1
                           Security Attributes Changed)
 break-glass (any access)  + 110113 Security Alert (110127        E       A.5.3.17
                           Emergency Override Started)
+associate                 110113 Security Alert (110126 Node     E       A.5.3.17
+                          Authentication)
 anything else             110113 Security Alert (110132 Use of   E       A.5.3.17
                           Restricted Function)
 ========================  =====================================  ======  ===========
@@ -97,6 +99,7 @@ SECURITY_CHANGE = Event(
 )
 EMERGENCY = Event("110113", "Security Alert", "E", ("110127", "Emergency Override Started"))
 RESTRICTED = Event("110113", "Security Alert", "E", ("110132", "Use of Restricted Function"))
+NODE_AUTH = Event("110113", "Security Alert", "E", ("110126", "Node Authentication"))
 
 EVENTS: dict[str, Event] = {
     "query": QUERY,
@@ -112,8 +115,9 @@ EVENTS: dict[str, Event] = {
     "share": SECURITY_CHANGE,
     "share-revoke": SECURITY_CHANGE,
     "consent": SECURITY_CHANGE,
+    "associate": NODE_AUTH,  # a DICOM association admitted or refused
 }
-OUTCOMES = {"allow": "0", "ok": "0", "deny": "4"}
+OUTCOMES = {"allow": "0", "ok": "0", "deny": "4", "failed": "4"}
 NOT_QUERY_KEYS = ("address", "source", "break_glass")
 
 

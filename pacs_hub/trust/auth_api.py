@@ -279,7 +279,7 @@ def exchange_code(
 
 
 def _audit_login(database: Database, username: str, ok: bool, request: Request) -> None:
-    """A sign-in attempt in the audit trail (PS3.15 A.5.3, User Authentication, EventID 110114).
+    """A sign-in attempt in the audit trail (PS3.15 A.5.3.18, User Authentication, EventID 110114).
 
     The username as typed is kept only on success (a failed one may be a password
     typed in the wrong field); the address is the caller's.

@@ -392,6 +392,7 @@ EVERY_KIND = [
     entry("logout"),
     entry("audit-read"),
     entry("admin", outcome="failed"),
+    entry("associate", actor_kind="node", actor_id="node:ROGUE", outcome="deny"),
 ]
 EXPECTED_EVENTS = {
     "110112",
@@ -433,6 +434,9 @@ def test_export_of_every_event_validates(tmp_path: Path) -> None:
     assert patient.get("ParticipantObjectID") == "RP00000005^^^PACS_HUB_REGION"
     alert = etree.parse(str(next(out.glob("*-2-110113.xml"))))
     assert alert.find("EventIdentification/EventTypeCode").get("csd-code") == "110127"
+    refused = etree.parse(str(next(p for p in files if "ROGUE" in p.read_text())))
+    assert refused.find("EventIdentification/EventTypeCode").get("csd-code") == "110126"
+    assert refused.find("EventIdentification").get("EventOutcomeIndicator") == "4"
     denied = etree.parse(str(sorted(out.glob("*-1-110104.xml"))[0]))  # retrieve, then store
     assert denied.find("EventIdentification").get("EventOutcomeIndicator") == "4"
     # Filters apply to the export too.
