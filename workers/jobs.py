@@ -32,6 +32,8 @@ from workers.board import Board, JobSpec, JobState
 from workers.celery_app import PROCESS_TASK, HubCelery, jobs_dir
 from workers.tasks import pipeline_options, read_series
 
+RECOVERY_WINDOW = 7 * 86400.0
+"""Jobs submitted this recently (s) are watched for a silent worker."""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     key TEXT PRIMARY KEY,
@@ -197,10 +199,13 @@ def cancel(app: HubCelery, key: str) -> Job | None:
 
 def recover(app: HubCelery) -> list[str]:
     """Send again the running jobs whose worker went silent (killed); their keys."""
-    board = Board(app)
     ledger = Ledger(app)
+    if not ledger.path.exists():
+        return []  # no job was ever submitted here
+    board = Board(app)
     again = []
-    for row in ledger.rows():
+    recent = time.time() - RECOVERY_WINDOW
+    for row in ledger.rows("WHERE submitted_at > ?", (recent,), 200):
         job = _job(board, row)
         if not job.state.stale(app.hub_settings.processing_stale_after):
             continue
