@@ -1,1 +1,1 @@
-"""Celery workers (post-processing, transfers): to come."""
+"""Celery workers of the hub: post-processing jobs (cpu, gpu queues) and transfers (io)."""
