@@ -22,6 +22,7 @@ import pytest
 from tests.conftest import Hub, dcmtk, free_port, start_hub, wait_until
 from tests.processing.helpers import CT, SR
 from tests.trust.test_audit import service_token
+from workers.board import JobSpec, job_key
 
 FAST = {"pipeline": ["mip"], "parameters": {}}
 SLOW = {"pipeline": ["mpr", "mip"], "parameters": {"slice_spacing": 2.0}}
@@ -31,6 +32,32 @@ ENV = {
     "PACS_HUB_PROCESSING_STALE_AFTER": "6",
     "PACS_HUB_HEALTH_CHECK_INTERVAL": "0",
 }
+
+
+def test_job_key_is_fixed_by_the_inputs() -> None:
+    spec = JobSpec("1.2", "1.2.3", ("mpr", "mip"), {"slice_spacing": 2.0}, ("1.2.3.2", "1.2.3.1"))
+    same = JobSpec.from_json(spec.to_json())
+    assert same.key == spec.key and len(spec.key) == 32
+    assert job_key("1.2.3", ["mpr", "mip"], {"slice_spacing": 2.0}, ["1.2.3.1", "1.2.3.2"]) == (
+        spec.key
+    )  # the order of the input instances does not matter
+    others = [
+        job_key("1.2.4", ["mpr", "mip"], {"slice_spacing": 2.0}, spec.instances),
+        job_key("1.2.3", ["mip", "mpr"], {"slice_spacing": 2.0}, spec.instances),
+        job_key("1.2.3", ["mpr", "mip"], {"slice_spacing": 3.0}, spec.instances),
+        job_key("1.2.3", ["mpr", "mip"], {"slice_spacing": 2.0}, ["1.2.3.1"]),
+    ]
+    assert len({spec.key, *others}) == 5
+
+
+def test_pipeline_options_refuse_unknown_parameters() -> None:
+    from workers.processing import ProcessingError
+    from workers.tasks import pipeline_options
+
+    options = pipeline_options(("mpr",), {"orientations": ["axial"], "slice_spacing": 2.0})
+    assert options.orientations == ("axial",) and options.steps == ("mpr",)
+    with pytest.raises(ProcessingError, match=r"parameters \['blur'\] unknown"):
+        pipeline_options(("mpr",), {"blur": 1})
 
 
 def boot(folder: Path, **env: str) -> Hub:
