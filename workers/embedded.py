@@ -3,9 +3,9 @@
 A child process ``pacs-hub worker -Q cpu,gpu,io`` with the hub's settings (passed as
 ``PACS_HUB_*`` variables), restarted if it dies while the hub runs (a killed worker's
 job then runs again: :mod:`workers.rules`), stopped with the hub: SIGTERM (Celery's warm
-shutdown), then SIGKILL after a grace period. Linux also SIGTERMs it when the hub dies
-(``PR_SET_PDEATHSIG``). It runs at a lower CPU priority (nice 10) than the DICOM and
-HTTP serving.
+shutdown), SIGQUIT (cold) after a grace period, then SIGKILL. Linux also SIGTERMs it
+when the hub dies (``PR_SET_PDEATHSIG``). It runs at a lower CPU priority (nice 10) than
+the DICOM and HTTP serving.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class EmbeddedWorker:
     """A supervised ``pacs-hub worker`` child process."""
 
     settings: Settings
-    grace: float = 15.0
+    grace: float = 8.0
     process: subprocess.Popen[bytes] | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -92,16 +92,21 @@ class EmbeddedWorker:
             self._spawn()
 
     def stop(self) -> None:
-        """Stop the supervisor, then the worker (SIGTERM, SIGKILL after ``grace``)."""
+        """Stop the supervisor, then the worker (SIGTERM; SIGQUIT after ``grace``; SIGKILL)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
         process = self.process
         if process is None or process.poll() is not None:
             return
-        process.terminate()
-        try:
-            process.wait(self.grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        # warm shutdown (the running job may finish), then cold (Celery gives the
+        # unacknowledged job back to the queue), then SIGKILL (recovery resubmits it)
+        for signum, wait in ((signal.SIGTERM, self.grace), (signal.SIGQUIT, 5.0)):
+            process.send_signal(signum)
+            try:
+                process.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+        process.kill()
+        process.wait()

@@ -61,11 +61,12 @@ def test_pipeline_options_refuse_unknown_parameters() -> None:
 
 
 def boot(folder: Path, **env: str) -> Hub:
-    """start_hub, tried again on a fresh folder when the shared machine is too slow for
-    its 30 s health deadline (the worker and gateway start at once)."""
+    """start_hub, tried again (on a fresh folder, unless ``folder`` is a data folder) when
+    the shared machine is too slow for its 30 s health deadline."""
     for attempt in range(4):
         try:
-            return start_hub(folder / f"data{attempt}", **{**ENV, **env})
+            data_dir = folder if folder.name.startswith("data") else folder / f"data{attempt}"
+            return start_hub(data_dir, **{**ENV, **env})
         except AssertionError:
             if attempt == 3:
                 raise
@@ -246,6 +247,23 @@ def test_whole_worker_killed_job_resubmitted_by_the_hub(ct_hub: tuple[Hub, str, 
     assert len(listed) == 5
     total = sum(int(listed[s]["00201209"]["Value"][0]) for s in final["result_series"])
     assert total == final["instances"]
+
+
+def test_hub_stopped_mid_job_completes_after_restart(ct_hub: tuple[Hub, str, str]) -> None:
+    hub, study, series = ct_hub
+    key = submit(hub, series, SLOW).json()["id"]
+    wait_until(lambda: 20 < job_state(hub, key)["percent"] < 85, timeout=180, interval=0.1)
+    hub.stop()  # SIGTERM: the embedded worker is stopped with the hub
+    again = boot(hub.data_dir)
+    try:
+        final = wait_done(again, key, timeout=300)
+        assert final["state"] == "succeeded", final
+        listed = {_uid(s, "0020000E"): s for s in _series(again, study)}
+        assert len(listed) == 5
+        total = sum(int(listed[s]["00201209"]["Value"][0]) for s in final["result_series"])
+        assert total == final["instances"]
+    finally:
+        again.stop()
 
 
 def _token(hub: Hub, username: str, *roles: str, establishment: str = "") -> dict[str, str]:
