@@ -59,6 +59,8 @@ STORE_STATUS = {
     0xA900: "data set does not match SOP class",
     0xC000: "cannot understand",
 }
+DROPPED = "the association ended before this instance was sent"
+RECONNECTS = 3
 REJECTED_CONTEXT = "presentation context not accepted (SOP class or transfer syntax refused)"
 
 
@@ -134,6 +136,8 @@ def _send_one(assoc: Any, item: RetrieveItem) -> tuple[int, str]:
         answer = assoc.send_c_store(StoredFile(item))
     except ValueError:
         return -1, REJECTED_CONTEXT
+    except RuntimeError:  # pynetdicom: the association ended between two messages
+        return -1, DROPPED
     except OSError as exc:
         return -1, f"{type(exc).__name__}: {exc}"
     if answer is None or not answer:
@@ -146,31 +150,52 @@ def _send_one(assoc: Any, item: RetrieveItem) -> tuple[int, str]:
 def send_study(
     settings: Settings, where: PacsNode, items: Sequence[RetrieveItem]
 ) -> tuple[int, list[dict[str, Any]]]:
-    """C-STORE every item; ``(restored, refusals)``, each refusal with status and reason."""
+    """C-STORE every item; ``(restored, refusals)``, each refusal with status and reason.
+
+    An association the PACS releases or aborts part way is opened again (up to
+    :data:`RECONNECTS` times per batch) for the items not yet answered, so a busy
+    PACS dropping one association does not turn the rest of the study into refusals.
+    """
     sent, refused = 0, []
     destination = forwarding.Destination(where.ae_title, where.host, where.port)
     for batch in forwarding._batches(items):
-        ae = forwarding._application_entity(settings, batch)
-        assoc = ae.associate(where.host, where.port, ae_title=where.ae_title)
-        if not assoc.is_established:
-            reason = forwarding._association_failure(assoc, destination)
-            if _echoes(settings, where):  # it answers, but accepted none of the contexts
-                reason = REJECTED_CONTEXT
-            refused += [_refusal(i, -1, reason) for i in batch]
-            continue
-        try:
-            for item in batch:
-                if not assoc.is_established:
-                    refused.append(_refusal(item, -1, "the PACS released or aborted"))
-                    continue
-                code, reason = _send_one(assoc, item)
-                if forwarding._is_stored(code):
-                    sent += 1
-                else:
-                    refused.append(_refusal(item, code, reason))
-        finally:
-            if assoc.is_established:
-                assoc.release()
+        pending = list(batch)
+        for attempt in range(RECONNECTS + 1):
+            ae = forwarding._application_entity(settings, batch)
+            assoc = ae.associate(where.host, where.port, ae_title=where.ae_title)
+            if not assoc.is_established:
+                reason = forwarding._association_failure(assoc, destination)
+                if _echoes(settings, where):  # it answers, but accepted none of the contexts
+                    reason = REJECTED_CONTEXT
+                refused += [_refusal(i, -1, reason) for i in pending]
+                pending = []
+                break
+            try:
+                done, refusals = _send_on(assoc, pending)
+                sent += done
+                refused += refusals
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+            if not pending:
+                break
+            if attempt == RECONNECTS:
+                refused += [_refusal(i, -1, "the PACS released or aborted") for i in pending]
+    return sent, refused
+
+
+def _send_on(assoc: Any, pending: list[RetrieveItem]) -> tuple[int, list[dict[str, Any]]]:
+    """Send ``pending`` (consumed from the front) while the association lasts."""
+    sent, refused = 0, []
+    while pending and assoc.is_established:
+        code, reason = _send_one(assoc, pending[0])
+        if code == -1 and reason == DROPPED:
+            break  # answered by no one: sent again on a new association
+        item = pending.pop(0)
+        if forwarding._is_stored(code):
+            sent += 1
+        else:
+            refused.append(_refusal(item, code, reason))
     return sent, refused
 
 
