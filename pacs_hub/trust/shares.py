@@ -291,6 +291,26 @@ def grant_of_token(conn: Connection, token: str) -> OpenedGrant | None:
     )
 
 
+USED = "used:"
+"""Prefix of the stored code hash once the code has opened a session (no migration:
+the hash column keeps both facts)."""
+
+
+def code_used(grant: OpenedGrant) -> bool:
+    """True when the grant's one-time code has already opened a session."""
+    return grant.code_sha256.startswith(USED)
+
+
+def consume_code(conn: Connection, grant_pk: int) -> None:
+    """Mark the one-time code used: the link cannot open another session."""
+    conn.execute(
+        update(ShareGrant)
+        .where(ShareGrant.id == grant_pk, ~ShareGrant.one_time_code_sha256.startswith(USED))
+        # keeps within the column's 64 characters; a used code never matches again
+        .values(one_time_code_sha256=USED + func.substr(ShareGrant.one_time_code_sha256, 1, 59))
+    )
+
+
 def code_matches(grant: OpenedGrant, code: str) -> bool:
     """True when the grant needs no code or ``code`` is its code (constant time)."""
     if not grant.code_sha256:

@@ -293,6 +293,7 @@ TEXT = {
         "code": "Saisissez le code à usage unique qui vous a été communiqué séparément.",
         "wrong": "Code incorrect.",
         "locked": "Trop d'essais : réessayez dans 15 minutes.",
+        "used": "Ce code a déjà servi : demandez un nouveau partage à son auteur.",
         "open": "Ouvrir",
     },
     "en": {
@@ -302,6 +303,7 @@ TEXT = {
         "code": "Enter the one-time code you were given separately.",
         "wrong": "Wrong code.",
         "locked": "Too many attempts: try again in 15 minutes.",
+        "used": "This code was already used: ask the sender for a new share.",
         "open": "Open",
     },
 }
@@ -354,6 +356,9 @@ def _open(request: Request, hub: Hub, token: str, code: str | None) -> Response:
         if grant is None or grant.state != "active":
             _refuse(conn, grant, f"share-{grant.state}" if grant else "share-unknown")
             return page(TEXT[lang]["title"], f"<p>{esc(TEXT[lang]['gone'])}</p>", lang, 403)
+        if shares.code_used(grant):
+            _refuse(conn, grant, "share-code-used")
+            return _code_form(token, lang, TEXT[lang]["used"], 403)
         if grant.code_sha256 and code is None:
             return _code_form(token, lang)
         if shares.code_locked(conn, grant.id):
@@ -361,6 +366,8 @@ def _open(request: Request, hub: Hub, token: str, code: str | None) -> Response:
         if code is not None and not shares.code_matches(grant, code):
             _refuse(conn, grant, "share-code")
             return _code_form(token, lang, TEXT[lang]["wrong"], 403)
+        if grant.code_sha256:
+            shares.consume_code(conn, grant.id)  # one-time: this session only
         uids = shares.shared_study_uids(conn, grant)
         _audit_open(conn, policy, grant, uids)
     target = "/viewer?StudyInstanceUIDs=" + quote(",".join(uids), safe=",")

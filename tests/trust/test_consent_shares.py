@@ -299,6 +299,12 @@ def test_link_share_with_code_expiry_and_revocation(world: World, rad: httpx.Cli
     assert [e.study_uid for e in opens] == [shared]
     codes = world.audit(actor_id=f"share:share-{share_id}", rule="share-code")
     assert len(codes) == 1
+    # one-time: the code opened this session; another browser cannot reuse it
+    other = httpx.Client(base_url=world.hub.url, timeout=60)
+    reused = other.post(link, data={"code": code})
+    assert reused.status_code == 403 and "pacs_hub_session" not in reused.cookies
+    assert world.audit(actor_id=f"share:share-{share_id}", rule="share-code-used")
+    assert bearer.get("/auth/userinfo").json()["kind"] == "share"  # the first one still works
 
     # revocation by the sender: the link and the session stop at once
     revoked = rad.delete(f"/api/shares/{share_id}")
