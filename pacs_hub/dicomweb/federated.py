@@ -50,7 +50,7 @@ from pacs_hub.dicomweb.search import (
     parse_search,
     row_json,
 )
-from pacs_hub.dicomweb.state import HubState
+from pacs_hub.dicomweb.state import HubState, dicomweb_base
 from pacs_hub.errors import InvalidQuery
 from pacs_hub.regional.federation import FederatedMatch, FederatedResult, federated_find
 from pacs_hub.storage.query import Level
@@ -176,7 +176,7 @@ def answer(
         identifier(level, search, params, fixed),
         local_limit=hub.settings.qido_max_limit,
     )
-    base = str(request.base_url).rstrip("/") + "/dicom-web"
+    base = dicomweb_base(request)
     matches = _visible(hub, caller, result.matches)
     page = matches[search.offset : search.offset + search.limit]
     answers = [match_json(search, match, base) for match in page]

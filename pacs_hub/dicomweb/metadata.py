@@ -20,23 +20,13 @@ from fastapi import APIRouter, Depends, Request, Response
 from pacs_hub.dicom import dicomjson
 from pacs_hub.dicomweb.access import Caller, CallerDep
 from pacs_hub.dicomweb.problems import Problem
-from pacs_hub.dicomweb.qido import DICOM_JSON, check_uid
-from pacs_hub.dicomweb.state import HubState, hub_state
+from pacs_hub.dicomweb.qido import DICOM_JSON, check_json_accept, check_uid
+from pacs_hub.dicomweb.state import HubState, dicomweb_base, hub_state
 from pacs_hub.storage.metadata import instances_metadata
 from pacs_hub.trust.principal import Action
 
 router = APIRouter()
 Hub = Annotated[HubState, Depends(hub_state)]
-ACCEPTED = ("application/dicom+json", "application/json", "*/*", "application/*")
-
-
-def _check_accept(request: Request) -> None:
-    accept = request.headers.get("accept", "")
-    if not accept or any(i.split(";")[0].strip().lower() in ACCEPTED for i in accept.split(",")):
-        return
-    raise Problem(
-        406, "Not acceptable", f"metadata is {DICOM_JSON} only; Accept was {accept[:120]!r}"
-    )
 
 
 def _answer(
@@ -47,9 +37,9 @@ def _answer(
     series: str | None,
     sop: str | None,
 ) -> Response:
-    _check_accept(request)
+    check_json_accept(request, "metadata is")
     caller.check_study(Action.RETRIEVE, study, resource="metadata")
-    base = str(request.base_url).rstrip("/") + "/dicom-web"
+    base = dicomweb_base(request)
     with hub.database.reader() as session:
         found = instances_metadata(session, hub.blobs, study, series, sop)
     if not found:

@@ -24,7 +24,7 @@ from pacs_hub.dicomweb import federated
 from pacs_hub.dicomweb.access import Caller, CallerDep, with_query
 from pacs_hub.dicomweb.problems import Problem
 from pacs_hub.dicomweb.search import Search, parse_search, row_json
-from pacs_hub.dicomweb.state import HubState, hub_state
+from pacs_hub.dicomweb.state import HubState, dicomweb_base, hub_state
 from pacs_hub.errors import InvalidQuery
 from pacs_hub.storage.metadata import representative
 from pacs_hub.storage.query import Level, Row, attribute_value, count_matches, find
@@ -43,21 +43,12 @@ def check_uid(keyword: str, value: str) -> str:
     return value
 
 
-def _check_accept(request: Request) -> None:
+def check_json_accept(request: Request, what: str = "QIDO-RS answers") -> None:
+    """406 problem+json unless the Accept header allows DICOM JSON (PS3.18 8.7.1)."""
     accept = request.headers.get("accept", "")
-    if not accept:
+    if not accept or any(i.split(";")[0].strip().lower() in ACCEPTED for i in accept.split(",")):
         return
-    for item in accept.split(","):
-        media = item.split(";")[0].strip().lower()
-        if media in ACCEPTED:
-            return
-    raise Problem(
-        406, "Not acceptable", f"QIDO-RS answers {DICOM_JSON}; Accept was {accept[:120]!r}"
-    )
-
-
-def _base(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + "/dicom-web"
+    raise Problem(406, "Not acceptable", f"{what} {DICOM_JSON}; Accept was {accept[:120]!r}")
 
 
 def _extra(hub: HubState, session: Any, search: Search, row: Row) -> dict[str, Any]:
@@ -81,7 +72,7 @@ def _extra(hub: HubState, session: Any, search: Search, row: Row) -> dict[str, A
 def _answer(
     request: Request, hub: HubState, caller: Caller, level: Level, fixed: dict[str, str]
 ) -> Response:
-    _check_accept(request)
+    check_json_accept(request)
     if federated.wants_remote(request):  # includeremote=true: every PACS too
         return federated.answer(request, hub, caller, level, fixed)
     search = parse_search(
@@ -91,7 +82,7 @@ def _answer(
         hub.settings.qido_max_limit,
         hub.settings.regional_issuer,
     )
-    base = _base(request)
+    base = dicomweb_base(request)
     with hub.database.reader() as session:
         search = with_query(search, caller.restrict(session.connection(), search.query))
         rows = find(session, level, search.query, limit=search.limit, offset=search.offset)

@@ -26,3 +26,8 @@ class HubState:
 def hub_state(request: Request) -> HubState:
     """FastAPI dependency: the hub's services for this request."""
     return cast(HubState, request.app.state.hub)
+
+
+def dicomweb_base(request: Request) -> str:
+    """The absolute URL of the DICOMweb root, for RetrieveURL and BulkDataURI values."""
+    return str(request.base_url).rstrip("/") + "/dicom-web"

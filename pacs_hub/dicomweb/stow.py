@@ -41,7 +41,7 @@ from pacs_hub.dicom.header import is_valid_uid, parse_instance
 from pacs_hub.dicomweb.access import Caller, CallerDep
 from pacs_hub.dicomweb.problems import Problem
 from pacs_hub.dicomweb.qido import DICOM_JSON, check_uid
-from pacs_hub.dicomweb.state import HubState, hub_state
+from pacs_hub.dicomweb.state import HubState, dicomweb_base, hub_state
 from pacs_hub.dicomweb.upload import MalformedMultipart, MultipartSpooler, Part, media_type
 from pacs_hub.errors import HubError
 from pacs_hub.ingest import IngestResult
@@ -253,7 +253,7 @@ async def _store(request: Request, hub: HubState, caller: Caller, study: str | N
             stored.append(outcome)
     if not stored and not failed:
         raise Problem(400, "Malformed multipart", "the request holds no part")
-    base = str(request.base_url).rstrip("/") + "/dicom-web"
+    base = dicomweb_base(request)
     status = 200 if not failed else 202 if stored else 409
     headers = {}
     if failed:
