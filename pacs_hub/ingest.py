@@ -77,7 +77,11 @@ class Ingestor:
         )
 
     def ingest_file(
-        self, path: Path, received_from_ae: str = "", establishment_pk: int | None = None
+        self,
+        path: Path,
+        received_from_ae: str = "",
+        establishment_pk: int | None = None,
+        parsed: tuple[InstanceHeader, Dataset] | None = None,
     ) -> IngestResult:
         """Store one Part 10 file spooled to a temp file of the blob store (STOW-RS).
 
@@ -85,9 +89,10 @@ class Ingestor:
         memory: pixel data is neither read nor copied, the temp file is moved in.
         The temp file is consumed when stored; the caller removes it otherwise.
         ``establishment_pk`` is recorded on a new study (the storing user's
-        establishment); by default it is the sending node's.
+        establishment); by default it is the sending node's. ``parsed`` is
+        :func:`parse_instance` of ``path`` when the caller already has it.
         """
-        header, dataset = parse_instance(path)
+        header, dataset = parsed or parse_instance(path)
         sha256 = sha256_file(path)
         blob = StoredBlob(self.blobs.key_for(sha256), sha256, path.stat().st_size)
         return self._store(

@@ -140,8 +140,10 @@ def _store_part(
         return Failure("", "", CANNOT_UNDERSTAND, f"part of type {media!r}, not {DICOM}")
     try:
         _add_missing_preamble(part.path)
+        parsed = None
         if study is not None or caller.enforced:
-            header = parse_instance(part.path)[0]
+            parsed = parse_instance(part.path)
+            header = parsed[0]
             if not _may_add_to(caller, header.study_instance_uid):
                 return Failure(
                     header.sop_class_uid,
@@ -156,7 +158,7 @@ def _store_part(
                     MISMATCH,
                     f"Study Instance UID {header.study_instance_uid} is not {study}",
                 )
-        return hub.ingestor.ingest_file(part.path, ae, _establishment_of(caller))
+        return hub.ingestor.ingest_file(part.path, ae, _establishment_of(caller), parsed)
     except HubError as exc:
         uids = _uids(part)
         return Failure(uids[0], uids[1], exc.dicom_status, exc.message)
