@@ -12,8 +12,9 @@
    PACS keeps serving its users. After each study the hub's count is read back from the
    index and the study is marked safe (or its error kept) in the state file.
 
-The state file is written after each study, atomically: after a crash or a kill -9 the
-next run (the hub's ``backup-backfill`` task, or ``pacs-hub backup backfill``) skips
+Each study's outcome is appended to the establishment's journal (one line, fsynced,
+:func:`pacs_hub.backup.state.record`), not a rewrite of the state: after a crash or a
+kill -9 the next run (the hub's ``backup-backfill`` task, or ``pacs-hub backup backfill``) skips
 what is safe and pulls the rest. Pulls are idempotent (the ingest stores a SOP Instance
 once), so a study interrupted half-way is simply pulled again. One backfill per
 establishment runs at a time (a non-blocking lock).
@@ -191,14 +192,8 @@ def _pull_one(
 
 
 def _record(settings: Settings, code: str, uid: str, outcome: dict[str, Any]) -> None:
-    def change(current: state.State) -> None:
-        run = current["backfill"]
-        run["studies"][uid].update(
-            done=outcome["done"], bytes=outcome["bytes"], error=outcome["error"]
-        )
-        run["pulled"] = int(run.get("pulled") or 0) + int(outcome["got"])
-
-    state.update(settings, code, change)
+    values = {k: outcome[k] for k in ("done", "bytes", "error")}
+    state.record(settings, code, KIND, uid, values, {"pulled": int(outcome["got"])})
 
 
 def _pull(
@@ -215,15 +210,21 @@ def _pull(
         reverse=True,  # newest first: the studies most likely to be needed again
     )
     limit = RateLimit(settings.backup_rate_limit)
+    lock = threading.Lock()
 
     def one(uid: str) -> None:
         if stop is not None and stop.is_set():
             return
         expected = int(run["studies"][uid].get("n") or 0)
         limit.acquire(expected)
-        _record(settings, client.code, uid, _pull_one(settings, database, client, uid, expected))
+        outcome = _pull_one(settings, database, client, uid, expected)
+        _record(settings, client.code, uid, outcome)
+        with lock:  # this run's copy, for the progress (no re-read of the state)
+            run["studies"][uid].update({k: outcome[k] for k in ("done", "bytes", "error")})
+            run["pulled"] = int(run.get("pulled") or 0) + int(outcome["got"])
+            progress = progress_of(client.code, {"backfill": run})
         if report is not None:
-            report(progress_of(client.code, state.load(settings, client.code)))
+            report(progress)
 
     with ThreadPoolExecutor(settings.backup_associations, "backfill") as pool:
         for _ in pool.map(one, pending):

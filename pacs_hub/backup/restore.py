@@ -10,10 +10,10 @@ instance *as stored* (the blob's dataset bytes, in the transfer syntax it arrive
 Every instance's answer is kept: Success or Warning (PS3.4 B.2.3) is restored,
 anything else is a refusal with its status and meaning, and a presentation context
 the PACS did not accept (a SOP class or transfer syntax it refuses, PS3.8 9.3.3.2)
-is a refusal too, named. Progress is written per study to the establishment's state
-file (atomically), so a restore killed mid-way (kill -9) continues where it was when
-run again with the same target; a study cut short is sent again whole (the PACS keeps
-one copy of a SOP Instance).
+is a refusal too, named. Progress is appended per study to the establishment's
+journal (:func:`pacs_hub.backup.state.record`), so a restore killed mid-way
+(kill -9) continues where it was when run again with the same target; a study cut
+short is sent again whole (the PACS keeps one copy of a SOP Instance).
 
 Verification at the end: a C-FIND per study and per series on the PACS, compared with
 the hub's counts less the refused instances, and a sample of instances retrieved back
@@ -272,14 +272,14 @@ def send_all(
     def one(uid: str) -> None:
         sent, refused = send_study(settings, where, _items(database, blobs, uid))
 
-        def change(current: state.State) -> None:
-            current["restore"]["studies"][uid].update(done=True, sent=sent, refused=refused)
-
-        latest = state.update(settings, code, change)["restore"]
+        outcome = {"done": True, "sent": sent, "refused": refused}
+        state.record(settings, code, "restore", uid, outcome)
         with lock:
+            run["studies"][uid].update(outcome)  # this run's copy, for the progress
             counter[0] += sent + len(refused)
+            progress = _progress(run, started, counter[0])
         if report is not None:
-            report(_progress(latest, started, counter[0]))
+            report(progress)
 
     with ThreadPoolExecutor(settings.backup_restore_associations, "restore") as pool:
         for _ in pool.map(one, pending):

@@ -8,6 +8,14 @@ per study. Every change is a read-modify-write under an exclusive ``flock`` on
 to a temporary file, fsynced and renamed over the old one: a crash (kill -9) leaves the
 previous or the new state, never half of one, so backfills and restores resume.
 
+Per-study progress (a backfill's or a restore's) is not a rewrite of that file: each
+study's outcome is one JSON line appended to ``<code>.journal`` (:func:`record`,
+under the lock, fsynced), folded into the state by every :func:`load` and
+:func:`update`; an update writes the folded state and empties the journal, and
+:func:`record` folds it itself once it passes :data:`COMPACT_BYTES`. A line cut short
+by a crash is ignored (its study is simply done again: pulls and sends are
+idempotent), so a kill -9 still leaves a state the next run resumes from.
+
 Instances stored through the stand-in AE title are appended to ``<code>.outage``
 (one SOP Instance UID a line, ``O_APPEND``), which several gateway processes can share.
 """
@@ -28,6 +36,7 @@ from pacs_hub.config import Settings
 from pacs_hub.errors import HubError
 
 State = dict[str, Any]
+COMPACT_BYTES = 1 << 20
 CODE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 STANDIN_MODES = ("auto", "on", "off")
 
@@ -65,15 +74,60 @@ def enrolled(settings: Settings) -> list[str]:
 
 
 def load(settings: Settings, code: str) -> State:
-    """The state of ``code``; :class:`NotEnrolled` when it has none."""
+    """The state of ``code`` (its journal folded in); :class:`NotEnrolled` when it has none."""
     path = _path(settings, code, ".json")
-    try:
+    if not path.exists():
+        raise NotEnrolled(f"establishment {code!r} is not enrolled ('pacs-hub backup enrol')")
+    with _locked(settings, code, fcntl.LOCK_SH):  # not between a compaction's two steps
         data: State = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise NotEnrolled(
-            f"establishment {code!r} is not enrolled ('pacs-hub backup enrol')"
-        ) from None
+        _fold(data, _path(settings, code, ".journal"))
     return data
+
+
+def _fold(data: State, journal: Path) -> None:
+    """Apply the journal's complete lines to ``data``, in order."""
+    try:
+        lines = journal.read_bytes().split(b"\n")
+    except FileNotFoundError:
+        return
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            section, uid = entry["s"], entry["u"]
+        except (ValueError, KeyError, TypeError):
+            continue  # empty, or cut short by a crash
+        study = ((data.get(section) or {}).get("studies") or {}).get(uid)
+        if study is None:
+            continue  # a study of a run since replaced
+        study.update(entry.get("v") or {})
+        for key, amount in (entry.get("add") or {}).items():
+            data[section][key] = int(data[section].get(key) or 0) + int(amount)
+
+
+def record(
+    settings: Settings,
+    code: str,
+    section: str,
+    uid: str,
+    values: dict[str, Any],
+    add: dict[str, int] | None = None,
+) -> None:
+    """Record one study's outcome in ``section`` (``backfill``, ``restore``): one journal
+    line, not a rewrite of the state file (folded in once the journal is large)."""
+    line = json.dumps(
+        {"s": section, "u": uid, "v": values, "add": add or {}}, separators=(",", ":")
+    )
+    with _locked(settings, code):
+        journal = _path(settings, code, ".journal")
+        fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode() + b"\n")
+            os.fsync(fd)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        if size > COMPACT_BYTES:
+            _compact(settings, code, lambda _state: None, create=False)
 
 
 def _write(path: Path, state: State) -> None:
@@ -91,9 +145,9 @@ def _write(path: Path, state: State) -> None:
 
 
 @contextmanager
-def _locked(settings: Settings, code: str) -> Iterator[None]:
+def _locked(settings: Settings, code: str, mode: int = fcntl.LOCK_EX) -> Iterator[None]:
     with _path(settings, code, ".lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        fcntl.flock(lock, mode)
         try:
             yield
         finally:
@@ -105,17 +159,31 @@ def update(
 ) -> State:
     """Apply ``change`` to the state of ``code`` atomically; the new state."""
     with _locked(settings, code):
-        path = _path(settings, code, ".json")
-        if path.exists():
-            state: State = json.loads(path.read_text())
-        elif create:
-            state = {"establishment": code}
-        else:
-            raise NotEnrolled(f"establishment {code!r} is not enrolled ('pacs-hub backup enrol')")
-        change(state)
-        state["updated_at"] = now_iso()
-        _write(path, state)
-        return state
+        return _compact(settings, code, change, create=create)
+
+
+def _compact(
+    settings: Settings, code: str, change: Callable[[State], None], *, create: bool
+) -> State:
+    """Read the state and its journal, apply ``change``, write it, empty the journal
+    (the caller holds the lock). A crash between the write and the truncation folds
+    the same lines again next time: each sets values, so nothing changes but the ETA
+    counters."""
+    path = _path(settings, code, ".json")
+    journal = _path(settings, code, ".journal")
+    if path.exists():
+        state: State = json.loads(path.read_text())
+        _fold(state, journal)
+    elif create:
+        state = {"establishment": code}
+    else:
+        raise NotEnrolled(f"establishment {code!r} is not enrolled ('pacs-hub backup enrol')")
+    change(state)
+    state["updated_at"] = now_iso()
+    _write(path, state)
+    if journal.exists():
+        os.truncate(journal, 0)
+    return state
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import date, timedelta
@@ -105,3 +106,41 @@ def test_returned_outage_marks_are_forgotten(settings: Settings) -> None:
     assert state.clear_outage(settings, "H1", {"1.2.3", "1.2.5", "9.9"}) == 2
     assert state.outage_instances(settings, "H1") == ["1.2.4"]
     assert state.clear_outage(settings, "H1", {"1.2.3"}) == 0  # twice: nothing more
+
+
+def test_study_outcomes_are_appended_not_rewritten_and_a_torn_line_is_ignored(
+    settings: Settings,
+) -> None:
+    studies = {str(n): {"n": 2, "done": False} for n in range(3)}
+    state.update(settings, "H1", lambda s: s.update(backfill={"studies": studies}), create=True)
+    path = settings.data_dir / "backup" / "H1.json"
+    before = (path.stat().st_ino, path.read_bytes())
+    state.record(settings, "H1", "backfill", "0", {"done": True, "bytes": 10}, {"pulled": 2})
+    state.record(settings, "H1", "backfill", "1", {"done": True, "bytes": 20}, {"pulled": 2})
+    state.record(settings, "H1", "backfill", "9", {"done": True})  # not in this run: ignored
+    assert (path.stat().st_ino, path.read_bytes()) == before  # the state file untouched
+    journal = settings.data_dir / "backup" / "H1.journal"
+    with journal.open("ab") as fp:  # a kill -9 in the middle of a line
+        fp.write(b'{"s":"backfill","u":"2","v":{"done":tr')
+    run = state.load(settings, "H1")["backfill"]
+    assert [run["studies"][u]["done"] for u in "012"] == [True, True, False]
+    assert run["pulled"] == 4 and "9" not in run["studies"]
+    state.update(settings, "H1", lambda s: None)  # folds the journal and empties it
+    assert journal.stat().st_size == 0
+    assert state.load(settings, "H1")["backfill"] == run
+
+
+def test_a_large_journal_is_folded_into_the_state(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(state, "COMPACT_BYTES", 200)
+    studies = {str(n): {"done": False} for n in range(10)}
+    state.update(settings, "H1", lambda s: s.update(restore={"studies": studies}), create=True)
+    for n in range(10):
+        state.record(settings, "H1", "restore", str(n), {"done": True, "sent": n})
+    journal = settings.data_dir / "backup" / "H1.journal"
+    assert journal.stat().st_size < 200
+    on_disk = json.loads((settings.data_dir / "backup" / "H1.json").read_text())
+    assert sum(1 for s in on_disk["restore"]["studies"].values() if s["done"]) >= 3
+    final = state.load(settings, "H1")["restore"]["studies"]
+    assert [final[str(n)]["sent"] for n in range(10)] == list(range(10))
