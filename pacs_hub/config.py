@@ -148,6 +148,12 @@ class Settings(BaseSettings):
     backup_interval: float = Field(
         default=5.0, ge=0, description="Seconds between turns of the backfill task; 0 = off"
     )
+    backup_commitment_timeout: float = Field(
+        default=300.0,
+        ge=0,
+        description="Restore: seconds to wait for the PACS's storage commitment reports;"
+        " 0 = do not ask for storage commitment",
+    )
     # Post-processing jobs (issue 7): Celery broker, queues, rules.
     broker_url: str = Field(
         default="",

@@ -17,6 +17,7 @@ from datetime import date, timedelta
 from pydicom.dataset import Dataset
 from pynetdicom import sop_class as sc
 from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification
 
 from pacs_hub.config import Settings
 from pacs_hub.regional.scu import PacsNode, SourceUnavailable, associate, requestor_ae
@@ -168,3 +169,17 @@ def _series(answers: list[Dataset]) -> list[RemoteSeries]:
 def find_series(settings: Settings, node: PacsNode, study: str) -> list[RemoteSeries]:
     """Series of ``study`` with their instance counts (SERIES level, hierarchical)."""
     return _series(_find(settings, node, _series_identifier(study)))
+
+
+def echoes(settings: Settings, where: PacsNode) -> bool:
+    """True when ``where`` accepts an association for Verification (PS3.4 A.4)."""
+    try:
+        assoc = associate(requestor_ae(settings, [Verification]), where)
+    except SourceUnavailable:
+        return False
+    try:
+        answer = assoc.send_c_echo()
+        return bool(answer) and int(answer.get("Status", -1)) == 0
+    finally:
+        if assoc.is_established:
+            assoc.release()

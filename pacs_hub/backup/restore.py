@@ -18,7 +18,9 @@ short is sent again whole (the PACS keeps one copy of a SOP Instance).
 Verification at the end: a C-FIND per study and per series on the PACS, compared with
 the hub's counts less the refused instances, and a sample of instances retrieved back
 by C-GET whose dataset bytes (after the File Meta group) must have the SHA-256 of the
-hub's blob. The report ends with a verdict.
+hub's blob, and, where the PACS supports it, Storage Commitment of every instance sent
+(:mod:`pacs_hub.backup.commit`): an instance the PACS does not commit to makes the
+restore incomplete. The report ends with a verdict.
 """
 
 from __future__ import annotations
@@ -33,17 +35,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
-from pacs_hub.backup import inventory, remote, sample, state
+from pacs_hub.backup import commit, inventory, remote, sample, state
 from pacs_hub.config import Settings
 from pacs_hub.errors import InvalidQuery, UnknownNode
 from pacs_hub.gateway.retrieve import StoredFile, enable_stored_file_sends
 from pacs_hub.gateway.server import enable_tcp_nodelay_on_requests
 from pacs_hub.regional import forwarding
 from pacs_hub.regional.nodes import get_node
-from pacs_hub.regional.scu import PacsNode, SourceUnavailable, associate, requestor_ae
+from pacs_hub.regional.scu import PacsNode
 from pacs_hub.storage.blobs import BlobStore
 from pacs_hub.storage.database import Database
 from pacs_hub.storage.models import Instance, Series, Study
@@ -165,7 +166,7 @@ def send_study(
             assoc = ae.associate(where.host, where.port, ae_title=where.ae_title)
             if not assoc.is_established:
                 reason = forwarding._association_failure(assoc, destination)
-                if _echoes(settings, where):  # it answers, but accepted none of the contexts
+                if remote.echoes(settings, where):  # it answers, but accepted none of the contexts
                     reason = REJECTED_CONTEXT
                 refused += [_refusal(i, -1, reason) for i in pending]
                 pending = []
@@ -197,20 +198,6 @@ def _send_on(assoc: Any, pending: list[RetrieveItem]) -> tuple[int, list[dict[st
         else:
             refused.append(_refusal(item, code, reason))
     return sent, refused
-
-
-def _echoes(settings: Settings, where: PacsNode) -> bool:
-    """True when ``where`` accepts an association for Verification (PS3.4 A.4)."""
-    try:
-        assoc = associate(requestor_ae(settings, [Verification]), where)
-    except SourceUnavailable:
-        return False
-    try:
-        answer = assoc.send_c_echo()
-        return bool(answer) and int(answer.get("Status", -1)) == 0
-    finally:
-        if assoc.is_established:
-            assoc.release()
 
 
 def _refusal(item: RetrieveItem, code: int, reason: str) -> dict[str, Any]:
@@ -368,7 +355,8 @@ def restore(
             if i.sop_instance_uid not in refused_uids
         ]
         checked = sample.check_bytes(settings, database, where, items, sample_size)
-        report_ = _report(client, where, run, refused, problems, checked)
+        commitment = _commitment(settings, database, where, run, refused_uids)
+        report_ = _report(client, where, run, refused, problems, checked, commitment)
         report_["outage_returned"] = _return_outage(settings, database, code, run, problems)
 
         def change(current: state.State) -> None:
@@ -376,6 +364,34 @@ def restore(
 
         state.update(settings, code, change)
         return report_
+
+
+def _commitment(
+    settings: Settings,
+    database: Database,
+    where: PacsNode,
+    run: dict[str, Any],
+    refused: set[str],
+) -> dict[str, Any]:
+    """Storage commitment (PS3.4 J) of every instance restored, as the report shows it."""
+    if settings.backup_commitment_timeout <= 0:
+        return commit.Commitment(False, "not asked", "backup_commitment_timeout is 0").as_report(0)
+    blobs = BlobStore(settings.data_dir)
+    references = [
+        (item.sop_class_uid, item.sop_instance_uid)
+        for uid in sorted(run["studies"])
+        for item in _items(database, blobs, uid)
+        if item.sop_instance_uid not in refused
+    ]
+    outcome = commit.request_commitment(settings, where, references)
+    LOGGER.info(
+        "restore to %s: storage commitment %s, %d of %d committed",
+        where.ae_title,
+        outcome.state,
+        len(outcome.committed),
+        len(references),
+    )
+    return outcome.as_report(len(references))
 
 
 def _return_outage(
@@ -417,21 +433,33 @@ def _report(
     refused: list[dict[str, Any]],
     problems: list[dict[str, Any]],
     checked: dict[str, Any],
+    commitment: dict[str, Any],
 ) -> dict[str, Any]:
     restored = sum(int(s.get("sent", 0)) for s in run["studies"].values())
     total = sum(int(s["n"]) for s in run["studies"].values())
     unproven = checked["mismatched"] + len(checked["not_retrieved"])
-    ok = not refused and not problems and unproven == 0
+    uncommitted = int(commitment["not_committed"])  # 0 when the PACS has no commitment
+    ok = not refused and not problems and unproven == 0 and uncommitted == 0
+    how = (
+        f"committed by {where.ae_title}"
+        if commitment["supported"]
+        else f"storage commitment {commitment['state']}"
+    )
     if ok:
         verdict = (
             f"COMPLETE: {restored} instance(s) of {len(run['studies'])} study(ies)"
-            " restored and verified"
+            f" restored and verified (C-FIND counts, SHA-256 sample; {how})"
         )
     else:
         verdict = (
             f"INCOMPLETE: {restored} of {total} instance(s) restored, {len(refused)} refused by "
             f"{where.ae_title}, {len(problems)} study(ies) with other counts on the PACS, "
-            f"{unproven} sampled instance(s) not proven byte-identical"
+            f"{unproven} sampled instance(s) not proven byte-identical, "
+            + (
+                f"{uncommitted} instance(s) not committed by {where.ae_title}"
+                if commitment["supported"]
+                else how
+            )
         )
     return {
         "establishment": client.code,
@@ -443,7 +471,7 @@ def _report(
         "refused": refused,
         "count_mismatches": problems,
         "byte_check": checked,
-        "storage_commitment": "not requested (verification by C-FIND counts and C-GET sample)",
+        "storage_commitment": commitment,
         "complete": ok,
         "verdict": verdict,
     }

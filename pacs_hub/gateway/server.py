@@ -3,7 +3,9 @@
 Presentation contexts (PS3.8 7.1.1.13): Verification, every Storage SOP class
 (PS3.4 B.5) with every transfer syntax pynetdicom knows (stored as received, so no
 codec is needed), Patient Root and Study Root Query/Retrieve FIND, MOVE and GET
-(PS3.4 C.6), and Storage Commitment Push Model (PS3.4 J).
+(PS3.4 C.6), and Storage Commitment Push Model (PS3.4 J): N-ACTION as the SCP
+(:mod:`pacs_hub.gateway.commitment`), N-EVENT-REPORT for the hub's own requests as the
+SCU (a PACS reporting on a new association, :mod:`pacs_hub.backup.commit`).
 
 Several gateway processes can listen on one port (``SO_REUSEPORT``), each with its
 own pynetdicom AE; every socket the hub opens or accepts has ``TCP_NODELAY`` set,
@@ -33,7 +35,7 @@ from pynetdicom import sop_class as sc
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
-from pacs_hub.backup import standin
+from pacs_hub.backup import commit, standin
 from pacs_hub.gateway import access, commitment, pdata, reactor
 from pacs_hub.gateway.callers import CallerPolicy
 from pacs_hub.gateway.context import GatewayContext
@@ -189,6 +191,7 @@ def handlers(ctx: GatewayContext) -> list[evt.EventHandlerType]:
         (evt.EVT_C_MOVE, standin.handle_move, [ctx]),  # stand-in: its establishment only
         (evt.EVT_C_GET, standin.handle_get, [ctx]),
         (evt.EVT_N_ACTION, commitment.handle_n_action, [ctx]),
+        (evt.EVT_N_EVENT_REPORT, commit.handle_n_event_report, [ctx.settings]),  # restores
     ]
 
 

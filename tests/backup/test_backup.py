@@ -54,8 +54,12 @@ class Scenario:
         return self.hub.cli(*args, check=check)
 
     def state(self, code: str = "H1") -> dict[str, Any]:
+        """The state file with its journal folded in, as the hub reads it."""
+        from pacs_hub.backup import state
+        from pacs_hub.config import Settings
+
         path = self.hub.data_dir / "backup" / f"{code}.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        return state.load(Settings(data_dir=self.hub.data_dir), code) if path.exists() else {}
 
     def status(self) -> dict[str, Any]:
         """GET /api/backup/H1 (a CLI start costs seconds on this machine)."""
@@ -89,6 +93,7 @@ def hub_env(dicom_port: int, http_port: int) -> dict[str, str]:
         "PACS_HUB_BACKUP_RESTORE_ASSOCIATIONS": "1",
         "PACS_HUB_ACSE_TIMEOUT": "5",
         "PACS_HUB_PREFETCH_ENABLED": "false",
+        "PACS_HUB_BACKUP_COMMITMENT_TIMEOUT": "60",
     }
 
 
@@ -400,7 +405,13 @@ def test_restore_survives_a_kill_and_reconciles_to_zero_missing(scenario: Scenar
     assert report["complete"] and report["refused"] == [] and report["count_mismatches"] == []
     assert report["studies"] == STUDIES + 1
     assert report["byte_check"]["sampled"] == 5 and report["byte_check"]["identical"] == 5
-    assert report["verdict"].startswith("COMPLETE")
+    assert (
+        report["verdict"].startswith("COMPLETE") and f"committed by {PACS_AE}" in report["verdict"]
+    )
+    commitment = report["storage_commitment"]  # Orthanc reports on a new association
+    assert commitment["supported"] and commitment["state"] == "answered"
+    assert commitment["committed"] == STUDIES * SERIES * PER_SERIES + 4
+    assert commitment["not_committed"] == 0 and commitment["failed"] == []
     assert report["outage_returned"] == 4 and scenario.status()["outage_instances"] == 0
     assert len(scenario.pacs.api.studies.get_all_ids()) == STUDIES + 1
     instances = len(scenario.pacs.api.instances.get_all_ids())
@@ -441,6 +452,9 @@ def test_a_pacs_refusing_a_transfer_syntax_is_named_in_the_report(
             report["verdict"].startswith("INCOMPLETE")
             and "1 refused by REFUSER" in report["verdict"]
         )
+        # The hub is not in REFUSER's DicomModalities: Orthanc drops the N-ACTION.
+        assert report["storage_commitment"]["state"] == "declined"
+        assert "storage commitment declined" in report["verdict"]
     finally:
         refuser.stop()
 

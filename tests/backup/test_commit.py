@@ -1,0 +1,102 @@
+"""Storage Commitment SCU of a restore (PS3.4 J): a PACS without it, reports kept apart."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import generate_uid
+
+from pacs_hub.backup import commit
+from pacs_hub.config import Settings
+from pacs_hub.regional.scu import PacsNode
+from tests.conftest import dcmtk, free_port, wait_until
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path, ae_title="PACS_HUB", backup_commitment_timeout=5)
+
+
+@pytest.fixture
+def storescp(tmp_path: Path) -> Iterator[PacsNode]:
+    """dcmtk's storescp: Storage and Verification, no Storage Commitment."""
+    port = free_port()
+    process = subprocess.Popen(
+        [dcmtk("storescp"), "-aet", "PLAIN", "-od", str(tmp_path), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def listening() -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(listening, what="storescp")
+    yield PacsNode(0, "PLAIN", "127.0.0.1", port)
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_a_pacs_rejecting_the_sop_class_is_reported_as_not_supported(
+    settings: Settings, storescp: PacsNode
+) -> None:
+    outcome = commit.request_commitment(settings, storescp, [(CT, generate_uid())])
+    assert (outcome.supported, outcome.state) == (False, "not supported")
+    report = outcome.as_report(1)
+    assert report["not_committed"] == 0 and report["committed"] == 0  # not held against it
+    assert "rejected the Storage Commitment SOP class" in report["detail"]
+
+
+def _report(transaction: str, committed: list[str], failed: list[str]) -> Dataset:
+    info = Dataset()
+    info.TransactionUID = transaction
+    info.ReferencedSOPSequence = Sequence()
+    for uid in committed:
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = CT, uid
+        info.ReferencedSOPSequence.append(item)
+    info.FailedSOPSequence = Sequence()
+    for uid in failed:
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = CT, uid
+        item.FailureReason = 0x0112
+        info.FailedSOPSequence.append(item)
+    return info
+
+
+def test_a_report_is_taken_only_for_a_transaction_asked_of_that_node(settings: Settings) -> None:
+    asked, other = generate_uid(), generate_uid()
+    folder = settings.data_dir / "backup" / "commitment"
+    folder.mkdir(parents=True)
+    (folder / f"{asked}.pending").write_text('{"node": "HOSP_PACS", "references": 2}')
+    report = _report(asked, ["1.2.3"], ["1.2.4"])
+    assert commit.receive(settings, "HOSP_PACS", 2, _report(other, ["1.2.3"], [])) == 0x0115
+    assert commit.receive(settings, "INTRUDER", 2, report) == 0x0115  # another node
+    assert not (folder / f"{asked}.json").exists()
+    assert commit.receive(settings, "HOSP_PACS", 7, report) == 0x0113  # no such event type
+    assert commit.receive(settings, "HOSP_PACS", 2, report) == 0x0000
+    outcome = commit.Commitment(True, "answered")
+    commit._collect(settings, {asked: 2}, outcome)
+    assert outcome.committed == {"1.2.3"} and outcome.failed == {"1.2.4": 0x0112}
+    shown = outcome.as_report(2)
+    assert shown["not_committed"] == 1
+    assert shown["failed"] == [
+        {"sop_instance_uid": "1.2.4", "reason": "0x0112 no such object instance"}
+    ]
+    assert list(folder.iterdir()) == []  # both files removed once read
+
+
+def test_a_report_that_never_comes_leaves_the_instances_not_committed(settings: Settings) -> None:
+    settings = settings.model_copy(update={"backup_commitment_timeout": 0.5})
+    outcome = commit.Commitment(True, "answered")
+    commit._collect(settings, {generate_uid(): 3}, outcome)
+    assert (outcome.state, outcome.unanswered) == ("no report", 3)
+    assert outcome.as_report(3)["not_committed"] == 3
