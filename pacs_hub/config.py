@@ -148,6 +148,11 @@ class Settings(BaseSettings):
     backup_interval: float = Field(
         default=5.0, ge=0, description="Seconds between turns of the backfill task; 0 = off"
     )
+    backup_undated: bool = Field(
+        default=True,
+        description="Backfill and reconciliation: also find the studies without Study Date"
+        " (one C-FIND over the PACS's whole archive, keeping those with an empty date)",
+    )
     backup_commitment_timeout: float = Field(
         default=300.0,
         ge=0,

@@ -1,8 +1,10 @@
 """What an establishment PACS holds, asked by C-FIND (PS3.4 C.4.1, Study Root).
 
 Studies are listed by Study Date windows (a range matching, C.2.2.2.5) so that no
-single query asks a production PACS for its whole archive; each answer carries Number
-of Study Related Instances (0020,1208). Series of one study come with Number of Series
+single query asks a production PACS for its whole archive (studies without a Study
+Date, which no range matches, are found by one more query,
+:func:`find_undated_studies`); each answer carries Number of Study Related Instances
+(0020,1208). Series of one study come with Number of Series
 Related Instances (0020,1209). Both are optional return keys for the SCP: a PACS that
 leaves them empty is counted as holding an unknown number (``None``).
 """
@@ -61,8 +63,7 @@ def _count(answer: Dataset, keyword: str) -> int | None:
         return None
 
 
-def _answers(assoc: Association, node: PacsNode, identifier: Dataset) -> list[Dataset]:
-    answers: list[Dataset] = []
+def _answers(assoc: Association, node: PacsNode, identifier: Dataset) -> Iterator[Dataset]:
     for status, answer in assoc.send_c_find(identifier, FIND):
         if not status:
             raise SourceUnavailable(f"{node.ae_title}: no C-FIND response (timeout or abort)")
@@ -70,19 +71,23 @@ def _answers(assoc: Association, node: PacsNode, identifier: Dataset) -> list[Da
         if code in (0xFF00, 0xFF01):
             if answer is None:  # never count on a partial answer: say so
                 raise SourceUnavailable(f"{node.ae_title}: a C-FIND match could not be decoded")
-            answers.append(answer)
+            yield answer
         elif code != 0x0000:
             raise SourceUnavailable(f"{node.ae_title}: C-FIND failed with 0x{code:04X}")
-    return answers
 
 
-def _find(settings: Settings, node: PacsNode, identifier: Dataset) -> list[Dataset]:
+def _matches(settings: Settings, node: PacsNode, identifier: Dataset) -> Iterator[Dataset]:
+    """The matches of one C-FIND, as they arrive (none kept here)."""
     assoc = associate(requestor_ae(settings, [FIND]), node)
     try:
-        return _answers(assoc, node, identifier)
+        yield from _answers(assoc, node, identifier)
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def _find(settings: Settings, node: PacsNode, identifier: Dataset) -> list[Dataset]:
+    return list(_matches(settings, node, identifier))
 
 
 class SeriesFinder:
@@ -115,37 +120,58 @@ def series_finder(settings: Settings, node: PacsNode) -> Iterator[SeriesFinder]:
         finder.close()
 
 
-def find_studies(settings: Settings, node: PacsNode, first: str, last: str) -> list[RemoteStudy]:
-    """Studies whose Study Date is in ``first``-``last`` (PS3.4 C.4.1.2.1, STUDY level)."""
+def _study_identifier(study_date: str) -> Dataset:
     identifier = Dataset()
     identifier.QueryRetrieveLevel = "STUDY"
     identifier.StudyInstanceUID = ""
-    identifier.StudyDate = f"{first}-{last}"
+    identifier.StudyDate = study_date
     identifier.StudyTime = ""
     identifier.NumberOfStudyRelatedInstances = ""
-    studies = []
-    for answer in _find(settings, node, identifier):
+    return identifier
+
+
+def _studies(answers: Iterator[Dataset], undated_only: bool = False) -> Iterator[RemoteStudy]:
+    for answer in answers:
         uid = str(answer.get("StudyInstanceUID", "") or "")
-        if uid:
-            studies.append(
-                RemoteStudy(
-                    uid,
-                    str(answer.get("StudyDate", "") or ""),
-                    str(answer.get("StudyTime", "") or ""),
-                    _count(answer, "NumberOfStudyRelatedInstances"),
-                )
+        study_date = str(answer.get("StudyDate", "") or "").strip()
+        if uid and not (undated_only and study_date):
+            yield RemoteStudy(
+                uid,
+                study_date,
+                str(answer.get("StudyTime", "") or ""),
+                _count(answer, "NumberOfStudyRelatedInstances"),
             )
-    return studies
+
+
+def find_studies(settings: Settings, node: PacsNode, first: str, last: str) -> list[RemoteStudy]:
+    """Studies whose Study Date is in ``first``-``last`` (PS3.4 C.4.1.2.1, STUDY level)."""
+    return list(_studies(iter(_find(settings, node, _study_identifier(f"{first}-{last}")))))
+
+
+def find_undated_studies(settings: Settings, node: PacsNode) -> list[RemoteStudy]:
+    """Studies with no Study Date, which no date range matches (PS3.4 C.2.2.2.5).
+
+    Study Date is asked with universal matching (C.2.2.2.3) and returned; only the
+    matches whose Study Date is empty are kept, as they arrive. Empty value matching
+    (``""``, C.2.2.2.1) would ask for exactly those, but a PACS that predates it (Orthanc
+    1.10) cannot tell it from a malformed date and answers nothing, so the one query
+    walks the archive: a few keys per study, once per inventory or reconciliation.
+    """
+    return list(_studies(_matches(settings, node, _study_identifier("")), undated_only=True))
 
 
 def find_all_studies(
     settings: Settings, node: PacsNode, since: str, until: str
 ) -> dict[str, RemoteStudy]:
-    """Every study of ``node`` dated ``since``..``until``, window by window, by UID."""
+    """Every study of ``node`` dated ``since``..``until``, window by window, by UID,
+    and (``backup_undated``) every study without a Study Date."""
     found: dict[str, RemoteStudy] = {}
     for first, last in windows(since, until, settings.backup_window_days):
         for study in find_studies(settings, node, first, last):
             found[study.study_instance_uid] = study
+    if settings.backup_undated:
+        for study in find_undated_studies(settings, node):
+            found.setdefault(study.study_instance_uid, study)
     return found
 
 

@@ -1,8 +1,8 @@
 """Backup target for hospitals, end to end with real peers (Orthanc, dcmtk, the hub).
 
 One scenario, in order (the module's tests share it): an Orthanc PACS with 300 small
-instances is enrolled and backfilled (the hub killed -9 mid-way and restarted), the
-reconciliation finds nothing missing; Orthanc dies and loses its storage, the hub
+instances (one study without Study Date) is enrolled and backfilled (the hub killed
+-9 mid-way and restarted), the reconciliation finds nothing missing; Orthanc dies and loses its storage, the hub
 stands in for its AE title (findscu, movescu from a workstation, storescu from a
 modality); an empty Orthanc comes back and is restored (the restore killed -9
 mid-way and run again), the reconciliation finds nothing missing or different,
@@ -185,6 +185,8 @@ def make_archive(folder: Path) -> tuple[list[str], list[Path]]:
     for index in range(STUDIES):
         study = pydicom.uid.generate_uid()
         date = f"202{3 + index % 3}0{1 + index % 9}1{index % 10}"
+        if index == STUDIES - 1:
+            date = ""  # no Study Date: no date window finds it, the undated pass does
         for _series in range(SERIES):
             _uid, written = make_study(
                 folder / str(index),
@@ -238,6 +240,8 @@ def test_backfill_survives_a_kill_and_reconciles_to_zero_missing(scenario: Scena
     scenario.hub = start_hub(scenario.root / "data", **scenario.env)  # same ports
     shown = scenario.cli("backup", "backfill", "H1", "--resume")  # follows the hub's run
     assert "backfill done: 20/20 studies, 300 instances" in shown.stdout
+    undated = scenario.state()["backfill"]["studies"][scenario.studies[-1]]
+    assert undated["d"] == "" and undated["done"] and undated["n"] == SERIES * PER_SERIES
     found = scenario.api_reconcile()
     assert found["pacs_studies"] == STUDIES and found["hub_studies"] == STUDIES
     assert found["missing"] == [] and found["different"] == [] and found["extra"] == []
