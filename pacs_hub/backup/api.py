@@ -7,7 +7,8 @@
 * ``POST /api/backup/{code}/backfill`` ``{since?, until?}`` requests a backfill (the
   hub's ``backup-backfill`` task runs it; follow it with GET);
 * ``POST /api/backup/{code}/reconcile`` runs a reconciliation and answers its report;
-* ``PUT /api/backup/{code}/standin`` ``{mode: on|off|auto}``.
+* ``PUT /api/backup/{code}/standin`` ``{mode: on|off|auto, port?}`` (``port``: a DICOM
+  port of the stand-in's own, listened on from the hub's next start; 0: none).
 
 Restores are run by ``pacs-hub restore`` (a long job with its own progress bar).
 Errors are ``application/problem+json`` (the hub's error catalogue).
@@ -49,6 +50,8 @@ class StandInIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     mode: str = Field(pattern="^(on|off|auto)$")
+    port: int | None = Field(default=None, ge=0, le=65535)
+    """A DICOM port of the stand-in's own (0: none; absent: unchanged), from the next start."""
 
 
 @router.get("")
@@ -89,5 +92,5 @@ def run_reconcile(code: str, hub: Hub) -> dict[str, Any]:
 @router.put("/{code}/standin")
 def put_standin(code: str, body: StandInIn, hub: Hub) -> dict[str, Any]:
     """Set the stand-in mode."""
-    status.set_standin(hub.settings, code, body.mode)
+    status.set_standin(hub.settings, code, body.mode, body.port)
     return status.describe(hub.settings, hub.database, code)

@@ -196,15 +196,29 @@ def reconcile(
 def standin(
     code: Code,
     mode: Annotated[str, typer.Argument(help="on, off or auto (on while its PACS is down)")],
+    port: Annotated[
+        int | None,
+        typer.Option(
+            help="A DICOM port of the stand-in's own (0: none), for sites whose modalities"
+            " can only be pointed at another IP:port; listened on from the hub's next start"
+        ),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Declare the establishment's PACS down (on) or up (off), or follow its health (auto)."""
+    """Declare the establishment's PACS down (on) or up (off), or follow its health (auto).
+
+    While active, the hub answers as the PACS's AE title on its DICOM port
+    (PACS_HUB_DICOM_PORT) and, with --port, on a port of the stand-in's own,
+    where any called AE title is served as that PACS (associations there are
+    refused while the stand-in is not active).
+    """
     settings = load_settings(data_dir=data_dir)
     try:
-        statuses.set_standin(settings, code, mode)
+        statuses.set_standin(settings, code, mode, port)
     except HubError as exc:
         raise _fail(exc) from exc
-    console.print(f"stand-in for {code}: {mode}")
+    shown = f" (port {port})" if port else " (no port of its own)" if port == 0 else ""
+    console.print(f"stand-in for {code}: {mode}{shown}")
 
 
 def _print_report(report: dict[str, Any]) -> None:

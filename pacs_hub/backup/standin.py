@@ -15,6 +15,13 @@ that PACS:
 * C-MOVE and C-GET serve the hub's copies, refused (0xC000 with an Error Comment,
   nothing sent) when the Identifier names an instance of another establishment.
 
+An establishment may also have a DICOM port of its stand-in's own (``pacs-hub backup
+standin CODE MODE --port N``, for sites whose modalities can only be pointed at another
+IP:port): the gateway listens there too (:func:`pacs_hub.gateway.server.serve_dicom`,
+from its next start) and serves every association on it as that establishment's PACS,
+whatever AE title is called; while the stand-in is not active, associations there are
+rejected (A-ASSOCIATE-RJ, transient: the PACS is the one to call).
+
 The stand-in is active when its mode (``pacs-hub backup standin``, ``/api/backup``) is
 ``on``, or ``auto`` (the default) and the PACS node's health check says ``down``.
 Every other association is served as before. Which AE titles stand in is read from the
@@ -39,7 +46,7 @@ from sqlalchemy import and_, func, or_, select, update
 from pacs_hub.backup import state
 from pacs_hub.config import Settings
 from pacs_hub.errors import HubError
-from pacs_hub.gateway import access, federated_find, find, retrieve, store
+from pacs_hub.gateway import access, callers, federated_find, find, retrieve, store
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.gateway.status import CANCEL, PENDING, error_status, status
 from pacs_hub.storage.database import Database
@@ -107,8 +114,39 @@ def active(settings: Settings, database: Database) -> dict[str, StandIn]:
     return found
 
 
-def called(event: Event, ctx: GatewayContext) -> StandIn | None:
-    """The stand-in the association was called for, or None."""
+def dedicated_ports(settings: Settings) -> dict[str, int]:
+    """Establishment code -> the DICOM port of its stand-in's own (those that have one)."""
+    ports: dict[str, int] = {}
+    for code in state.enrolled(settings):
+        try:
+            port = int(state.load(settings, code).get("standin_port") or 0)
+        except (HubError, ValueError):
+            continue
+        if port:
+            ports[code] = port
+    return ports
+
+
+def _of(ctx: GatewayContext, code: str) -> StandIn | None:
+    """The stand-in of establishment ``code`` if active."""
+    found = [s for s in active(ctx.settings, ctx.database).values() if s.code == code]
+    return found[0] if found else None
+
+
+def on_dedicated_request(event: Event, ctx: GatewayContext, code: str) -> None:
+    """EVT_REQUESTED on ``code``'s own port: rejected while its stand-in is not active."""
+    assoc = event.assoc
+    decided = assoc.is_rejected or assoc.is_aborted or getattr(assoc, "_kill", False)
+    if assoc.is_acceptor and not decided and _of(ctx, code) is None:
+        LOGGER.info("stand-in port of %s: not active, association rejected", code)
+        callers._reject(assoc, callers.REJECTED_TRANSIENT, callers.NO_REASON_GIVEN)
+
+
+def called(event: Event, ctx: GatewayContext, dedicated: str = "") -> StandIn | None:
+    """The stand-in the association was called for, or None (``dedicated``: the code
+    whose own port the association came in on)."""
+    if dedicated:
+        return _of(ctx, dedicated)
     primitive = event.assoc.requestor.primitive
     title = str(getattr(primitive, "called_ae_title", "") or "").strip() if primitive else ""
     if not title or title == ctx.settings.ae_title.strip():
@@ -149,9 +187,11 @@ def _answers(
         offset += PAGE
 
 
-def handle_find(event: Event, ctx: GatewayContext) -> Iterator[tuple[int | Dataset, Any]]:
+def handle_find(
+    event: Event, ctx: GatewayContext, dedicated: str = ""
+) -> Iterator[tuple[int | Dataset, Any]]:
     """EVT_C_FIND: as the establishment's PACS when standing in, else as before."""
-    standin = called(event, ctx)
+    standin = called(event, ctx, dedicated)
     if standin is None:
         yield from federated_find.handle_find(event, ctx)
         return
@@ -206,9 +246,9 @@ def _refusal(standin: StandIn, foreign: int) -> Dataset:
     return status(0xC000, f"not held for {standin.ae_title[:16]}: {foreign} instance(s)")
 
 
-def handle_move(event: Event, ctx: GatewayContext) -> Iterator[Any]:
+def handle_move(event: Event, ctx: GatewayContext, dedicated: str = "") -> Iterator[Any]:
     """EVT_C_MOVE: as the hub, refused when standing in for data of another establishment."""
-    standin = called(event, ctx)
+    standin = called(event, ctx, dedicated)
     foreign = _foreign(event, ctx, standin) if standin is not None else 0
     if standin is None or not foreign:
         yield from retrieve.handle_move(event, ctx)
@@ -222,9 +262,9 @@ def handle_move(event: Event, ctx: GatewayContext) -> Iterator[Any]:
     yield _refusal(standin, foreign), None
 
 
-def handle_get(event: Event, ctx: GatewayContext) -> Iterator[Any]:
+def handle_get(event: Event, ctx: GatewayContext, dedicated: str = "") -> Iterator[Any]:
     """EVT_C_GET: as the hub, refused when standing in for data of another establishment."""
-    standin = called(event, ctx)
+    standin = called(event, ctx, dedicated)
     foreign = _foreign(event, ctx, standin) if standin is not None else 0
     if standin is None or not foreign:
         yield from retrieve.handle_get(event, ctx)
@@ -249,10 +289,10 @@ def _claim_study(database: Database, sop: str, establishment_pk: int) -> None:
         )
 
 
-def handle_store(event: Event, ctx: GatewayContext) -> Dataset:
+def handle_store(event: Event, ctx: GatewayContext, dedicated: str = "") -> Dataset:
     """EVT_C_STORE: the one ingest path; while standing in, also mark for return."""
     answer = store.handle_store(event, ctx)
-    standin = called(event, ctx)
+    standin = called(event, ctx, dedicated)
     if standin is None or int(answer.Status) != 0x0000:
         return answer
     sop = str(cast(C_STORE, event.request).AffectedSOPInstanceUID)

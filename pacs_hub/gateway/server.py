@@ -134,6 +134,14 @@ def quiet_pynetdicom_handlers() -> None:
 class HubAssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded server, sharing its port and with TCP_NODELAY on."""
 
+    companions: tuple[ThreadedAssociationServer, ...] = ()
+    """Servers of the same gateway on other ports (stand-ins' own), shut down with it."""
+
+    def shutdown(self) -> None:
+        for companion in self.companions:
+            companion.shutdown()
+        super().shutdown()
+
     def server_bind(self) -> None:
         assert self.socket is not None
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -181,15 +189,18 @@ def build_ae(ctx: GatewayContext) -> AE:
     return ae
 
 
-def handlers(ctx: GatewayContext) -> list[evt.EventHandlerType]:
-    """Event handlers bound to the SCP, each receiving the gateway context."""
+def handlers(ctx: GatewayContext, dedicated: str = "") -> list[evt.EventHandlerType]:
+    """Event handlers bound to the SCP, each receiving the gateway context
+    (``dedicated``: on the port of establishment ``dedicated``'s stand-in)."""
+    on_port = [(evt.EVT_REQUESTED, standin.on_dedicated_request, [ctx, dedicated])]
     return [
         *CallerPolicy.for_gateway(ctx).handlers(),  # unknown callers: PS3.8 9.3.4
+        *(on_port if dedicated else []),  # after the caller policy
         (evt.EVT_C_ECHO, handle_echo, []),
-        (evt.EVT_C_STORE, standin.handle_store, [ctx]),  # marks stand-in arrivals for return
-        (evt.EVT_C_FIND, standin.handle_find, [ctx]),  # stand-in, local or federated
-        (evt.EVT_C_MOVE, standin.handle_move, [ctx]),  # stand-in: its establishment only
-        (evt.EVT_C_GET, standin.handle_get, [ctx]),
+        (evt.EVT_C_STORE, standin.handle_store, [ctx, dedicated]),  # stand-in: marked for return
+        (evt.EVT_C_FIND, standin.handle_find, [ctx, dedicated]),  # stand-in, local or federated
+        (evt.EVT_C_MOVE, standin.handle_move, [ctx, dedicated]),  # stand-in: its establishment
+        (evt.EVT_C_GET, standin.handle_get, [ctx, dedicated]),
         (evt.EVT_N_ACTION, commitment.handle_n_action, [ctx]),
         (evt.EVT_N_EVENT_REPORT, commit.handle_n_event_report, [ctx.settings]),  # restores
     ]
@@ -214,16 +225,36 @@ def serve_dicom(ctx: GatewayContext) -> ThreadedAssociationServer:
     pynetdicom._config.LOG_REQUEST_IDENTIFIERS = False
     pynetdicom._config.LOG_RESPONSE_IDENTIFIERS = False
     ae = build_ae(ctx)
-    address = (ctx.settings.host, ctx.settings.dicom_port)
+    server = _listen(ae, ctx, ctx.settings.dicom_port)
+    companions = []
+    for code, port in standin.dedicated_ports(ctx.settings).items():
+        try:
+            companions.append(_listen(ae, ctx, port, code))
+        except OSError as exc:  # the hub serves on; the stand-in's port is said unusable
+            LOGGER.error("stand-in port %d of %s: cannot listen (%s)", port, code, exc)
+    server.companions = tuple(companions)
+    return server
+
+
+def _listen(ae: AE, ctx: GatewayContext, port: int, dedicated: str = "") -> HubAssociationServer:
+    """One server of ``ae`` on ``port`` (``dedicated``: a stand-in's own), started."""
+    address = (ctx.settings.host, port)
     server = ae.make_server(
         address,
-        evt_handlers=handlers(ctx),
+        evt_handlers=handlers(ctx, dedicated),
         server_class=HubAssociationServer,
         ssl_context=access.tls_context(ctx.settings),  # TLS when PACS_HUB_DICOM_TLS_* set
     )
+    assert isinstance(server, HubAssociationServer)
     server.contexts = AcceptorContexts(server.contexts)
     ae._servers.append(server)  # as start_server does; server.shutdown() removes it
-    thread = threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True)
+    name = f"dicom-acceptor-{dedicated}" if dedicated else "dicom-acceptor"
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
     thread.start()
-    LOGGER.info("DICOM gateway %s listening on %s:%d", ctx.settings.ae_title, *address)
+    LOGGER.info(
+        "DICOM gateway %s listening on %s:%d%s",
+        ctx.settings.ae_title,
+        *address,
+        f" as the stand-in of {dedicated}" if dedicated else "",
+    )
     return server

@@ -2,12 +2,12 @@
 
 One scenario, in order (the module's tests share it): an Orthanc PACS with 300 small
 instances (one study without Study Date) is enrolled and backfilled (the hub killed
--9 mid-way and restarted), the reconciliation finds nothing missing; Orthanc dies and loses its storage, the hub
-stands in for its AE title (findscu, movescu from a workstation, storescu from a
-modality); an empty Orthanc comes back and is restored (the restore killed -9
-mid-way and run again), the reconciliation finds nothing missing or different,
-outage studies included; an Orthanc that refuses a transfer syntax gets a restore
-report naming what it refused.
+-9 mid-way and restarted), the reconciliation finds nothing missing; Orthanc dies and
+loses its storage, the hub stands in for its AE title (findscu, movescu from a
+workstation, storescu from a modality); an empty Orthanc comes back and is restored
+(the restore killed -9 mid-way and run again, Orthanc committing to every instance),
+the reconciliation finds nothing missing or different, outage studies included; an
+Orthanc that refuses a transfer syntax gets a restore report naming what it refused.
 """
 
 from __future__ import annotations
@@ -144,6 +144,7 @@ def register(
     imports: dict[str, Path],
     enrol: str,
     standin: str = "auto",
+    standin_port: int | None = None,
 ) -> None:
     """What the CLI would do, in this process (each CLI start costs seconds here)."""
     from rich.console import Console
@@ -176,7 +177,7 @@ def register(
         run_import(settings, [folder], received_from=sender, workers=1, console=quiet)
     if enrol:
         inventory.enrol(settings, database, enrol)
-        set_standin(settings, enrol, standin)
+        set_standin(settings, enrol, standin, standin_port)
     database.engine.dispose()
 
 
@@ -514,5 +515,52 @@ def test_with_the_policy_on_the_stand_in_shows_what_the_caller_may_see(tmp_path:
         assert found("WS2", "ws2") == []  # H2's node: none of H1's studies, nor its own here
         assert found("WS1_NOQ", "noq") == []  # no query permission: refused
         assert found("UNKNOWN", "unknown") == []  # not a registered node: no association
+    finally:
+        hub.stop()
+
+
+def _find_on(port: int, calling: str, called: str, outdir: Path) -> tuple[int, list[str]]:
+    """findscu at STUDY level: (exit status, Study Instance UIDs found)."""
+    outdir.mkdir()
+    command = [dcmtk("findscu"), "-S", "-aet", calling, "-aec", called, "-X", "-od", str(outdir)]
+    command += ["127.0.0.1", str(port), "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    return done.returncode, [str(pydicom.dcmread(p).StudyInstanceUID) for p in outdir.glob("rsp*")]
+
+
+def test_a_stand_in_on_a_port_of_its_own_serves_any_called_ae_title(tmp_path: Path) -> None:
+    dead, own_port = free_port(), free_port()
+    mine, _ = make_study(tmp_path / "h1", patient_id="A1", count=2)
+    make_study(tmp_path / "h2", patient_id="B1", count=2)
+    register(
+        tmp_path / "data",
+        ["H1", "H2"],
+        [NodeSpec(PACS_AE, dead, "H1"), NodeSpec("H2_PACS", dead, "H2")],
+        {PACS_AE: tmp_path / "h1", "H2_PACS": tmp_path / "h2"},
+        "H1",
+        standin="on",
+        standin_port=own_port,
+    )
+    hub = start_hub(tmp_path / "data", **hub_env(free_port(), free_port()))
+    try:
+        # The modalities kept the PACS's address: any called AE title, H1's data only.
+        assert _find_on(own_port, "MODALITY", "OLD_PACS_AE", tmp_path / "f1") == (0, [mine])
+        new, files = make_study(tmp_path / "new", patient_id="A2", count=3)
+        storescu("MODALITY", "OLD_PACS_AE", own_port, files)
+        outage = (tmp_path / "data" / "backup" / "H1.outage").read_text().split()
+        assert len(outage) == 3  # marked for return to the PACS
+        code, found = _find_on(own_port, "MODALITY", "OLD_PACS_AE", tmp_path / "f2")
+        assert code == 0 and sorted(found) == sorted([mine, new])
+        code, found = _find_on(hub.dicom_port, "MODALITY", "PACS_HUB", tmp_path / "f3")
+        assert code == 0 and len(found) == 3  # the hub's own port: the hub, as before
+        hub.cli("backup", "standin", "H1", "off")
+
+        def refused() -> bool:
+            outdir = tmp_path / f"f{time.monotonic_ns()}"
+            return _find_on(own_port, "MODALITY", "OLD_PACS_AE", outdir)[0] != 0
+
+        wait_until(refused, 30, what="stand-in port refusing associations")
+        shown = hub.cli("backup", "status", "H1", "--json").stdout
+        assert json.loads(shown)[0]["standin_port"] == own_port
     finally:
         hub.stop()
