@@ -4,7 +4,8 @@
   submits a job: 202 when sent now, 200 with the existing job when the same one is
   queued, running or done (idempotent); 404 for an unknown series, 422 (problem+json)
   for an unknown step or parameter or a series that is no image series;
-* ``GET /api/processing/jobs?series=`` lists jobs, newest first;
+* ``GET /api/processing/jobs?series=`` (or ``?study=``) lists jobs, newest first (the
+  viewer's header polls it for the study on screen: :mod:`pacs_hub.web.viewer`);
 * ``GET /api/processing/jobs/{id}`` gives the state (queued, running, retrying,
   succeeded, failed, cancelled), ``percent``, ``stage``, ``error`` and, when done, the
   result series;
@@ -131,9 +132,11 @@ def list_jobs(
     caller: CallerDep,
     series: Annotated[str, Query(max_length=64)] = "",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    study: Annotated[str, Query(max_length=64)] = "",
 ) -> list[JobOut]:
-    """Jobs, newest first (of one series with ``series=``), those the caller may view."""
-    found = jobs.jobs(_app(request, caller), series, limit)
+    """Jobs, newest first (of one series with ``series=``, of one study with ``study=``),
+    those the caller may view."""
+    found = jobs.jobs(_app(request, caller), series, limit, study)
     return [
         _out(job)
         for job in found

@@ -174,10 +174,12 @@ def get(app: HubCelery, key: str) -> Job | None:
     return _job(Board(app), rows[0]) if rows else None
 
 
-def jobs(app: HubCelery, series_uid: str = "", limit: int = 100) -> list[Job]:
-    """Submitted jobs, newest first; of one series when given."""
-    where, args = ("WHERE series_uid = ?", [series_uid]) if series_uid else ("", [])
-    rows = Ledger(app).rows(where, args, limit)
+def jobs(app: HubCelery, series_uid: str = "", limit: int = 100, study_uid: str = "") -> list[Job]:
+    """Submitted jobs, newest first; of one series, or of one study, when given."""
+    given = (("series_uid", series_uid), ("study_uid", study_uid))
+    tests = [(f"{column} = ?", value) for column, value in given if value]
+    where = ("WHERE " + " AND ".join(t for t, _ in tests)) if tests else ""
+    rows = Ledger(app).rows(where, [v for _, v in tests], limit)
     board = Board(app)
     return [_job(board, row) for row in rows]
 

@@ -3,7 +3,10 @@
 OHIF's prebuilt static files (fetched from npm by ``viewers/ohif/fetch.sh``, never
 committed) are mounted at ``/``, after every API route, so the viewer reaches the
 DICOMweb API at ``/dicom-web`` without CORS. ``/app-config.js`` is generated from the
-settings: one same-origin DICOMweb data source, no external URL, no onboarding tours.
+settings: one same-origin DICOMweb data source, no external URL, no onboarding tours,
+and the header's processing-jobs chip (``jobs_badge.js``: OHIF's documented
+``whiteLabeling.createLogoComponentFn`` hook, polling ``/api/processing/jobs`` for the
+studies on screen, so jobs' stage and percent show in the viewer; issue 7).
 
 OHIF is a single-page app: a client route such as ``/viewer?StudyInstanceUIDs=...``
 answers ``index.html``. API paths (``/dicom-web/...``, ``/health``) never do: a route
@@ -43,6 +46,7 @@ FETCH_SCRIPT = Path(__file__).resolve().parents[2] / "viewers" / "ohif" / "fetch
 VERSION_STAMP = ".ohif-version"
 IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"
+JOBS_BADGE = Path(__file__).with_name("jobs_badge.js")
 _HASHED_NAME = re.compile(r"(^|\.)[0-9a-f]{16}\.")  # webpack's content hash, e.g. app.bundle.<h>.js
 
 
@@ -103,6 +107,7 @@ def app_config_js(settings: Settings) -> str:
         "    source.configuration.wadoUriRoot = root;\n"
         "  });\n"
         "})();\n"
+        f"{JOBS_BADGE.read_text(encoding='utf-8')}"
     )
 
 

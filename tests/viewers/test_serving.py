@@ -160,10 +160,13 @@ def test_app_config_runs_and_points_every_root_at_dicom_web(client: TestClient) 
     runner = (
         "global.window = {location: {origin: 'http://127.0.0.1:9'}};"
         f"eval({json.dumps(script)});"
+        "console.log(typeof window.config.whiteLabeling.createLogoComponentFn);"
         "console.log(JSON.stringify(window.config));"
     )
     out = subprocess.run(["node", "-e", runner], capture_output=True, text=True, check=True)
-    config = json.loads(out.stdout)
+    logo, _, printed = out.stdout.partition("\n")
+    assert logo == "function"  # the header's processing-jobs chip (jobs_badge.js)
+    config = json.loads(printed)
     source = config["dataSources"][0]
     assert config["defaultDataSourceName"] == source["sourceName"] == "dicomweb"
     roots = {source["configuration"][k] for k in ("qidoRoot", "wadoRoot", "wadoUriRoot")}
