@@ -1,8 +1,10 @@
 """Post-processing benchmark: a synthetic CT through the workers.processing pipeline.
 
-``python -m bench.processing`` writes a synthetic CT series (Part 10 files, CT Image,
-512x512, 0.7 mm pixels, 1 mm slices, a body with lungs, spine and ribs) under
-``bench/out/processing/`` and times, in a fresh process per case so peaks are its own:
+A section of ``make bench`` (``python -m bench.run``, ``--skip processing``), or alone:
+``python -m bench.processing [--quick]``. It writes a synthetic CT series (Part 10
+files, CT Image, 512x512, 0.7 mm pixels, 1 mm slices, a body with lungs, spine and
+ribs) under ``bench/out/processing/`` and times, in a fresh process per case so peaks
+are its own, on the CPU (numpy) and, when CuPy sees a CUDA device, on the GPU:
 
 - ``main`` (512x512x500 by default): volume assembly from the files, isotropic
   resample (0.7 mm), MPR of 3 planes (axial, coronal, sagittal through the centre),
@@ -13,19 +15,23 @@
 
 Peak memory: the process's peak resident set (``ru_maxrss``) and, per stage, the peak of
 Python-tracked allocations (``tracemalloc``, which numpy reports to) above the stage's
-start. Results print as a Markdown table and go to bench/out/processing/results.md.
+start. The section (tables and targets: CPU pipeline under 60 s on this machine, GPU at
+least 10x faster, 3,000 slices within 8 GiB of host memory) goes into bench/RESULTS.md,
+or alone into bench/out/processing/results.md. ``--quick`` uses small sizes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
 import tracemalloc
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +44,27 @@ OUT = Path(__file__).resolve().parent / "out" / "processing"
 PIXEL_MM = 0.7
 SLICE_MM = 1.0
 GIB = 1024**3
+CPU_TARGET_S = 60.0
+GPU_TARGET_SPEEDUP = 10.0
+MEMORY_BUDGET_GIB = 8.0
+NO_DEVICE = "not measured: no device"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Slices and in-plane size of the two cases."""
+
+    slices: int = 500
+    size: int = 512
+    big_slices: int = 3000
+    big_size: int = 128  # 512 for the full-size 3,000-slice case (12 GiB of float32...)
+
+    def of(self, case: str) -> tuple[int, int]:
+        return (self.slices, self.size) if case == "main" else (self.big_slices, self.big_size)
+
+
+FULL = Sizes()
+QUICK = Sizes(slices=60, size=128, big_slices=600, big_size=64)
 
 
 def phantom_slice(size: int, z_index: int, rng: np.random.Generator) -> np.ndarray[Any, Any]:
@@ -111,7 +138,7 @@ class Stages:
         return result
 
 
-def run_case(case: str, slices: int, size: int, backend_name: str) -> dict[str, Any]:
+def run_case(case: str, slices: int, size: int, backend_name: str, out: Path) -> dict[str, Any]:
     """One case in this process; returns its timings and memory."""
     from workers.processing import (
         assemble_volume,
@@ -125,7 +152,7 @@ def run_case(case: str, slices: int, size: int, backend_name: str) -> dict[str, 
     from workers.processing.geometry import plane_through
     from workers.processing.mpr import ORIENTATIONS
 
-    paths = write_series(OUT / f"ct_{size}x{slices}", slices, size)
+    paths = write_series(out / f"ct_{size}x{slices}", slices, size)
     backend = get_backend(backend_name)  # type: ignore[arg-type]
     tracemalloc.start()
     stages = Stages()
@@ -153,12 +180,13 @@ def run_case(case: str, slices: int, size: int, backend_name: str) -> dict[str, 
     }
 
 
-def _extrapolation(result: dict[str, Any], k: int, r: int, c: int) -> str:
+def _extrapolation(result: dict[str, Any]) -> tuple[float, str]:
     """Peak host memory at 512x512x3000 from this run's volume, working set and baseline.
 
     Working memory (tracemalloc peak of the worst stage beyond the volume) scales with
     the slice area (chunks, planes, images); the interpreter's baseline does not.
     """
+    k, r, c = result["shape"]
     volume = result["volume_gib"]
     stages = result["stages"]
     working = max([s["peak_gib"] for s in stages[1:]] + [stages[0]["peak_gib"] - volume, 0.0])
@@ -166,71 +194,147 @@ def _extrapolation(result: dict[str, Any], k: int, r: int, c: int) -> str:
     full = 3000 * 512 * 512 * 4 / GIB
     scale = (3000 * 512 * 512) / (k * r * c)
     estimate = baseline + full + working * scale
-    return (
+    return estimate, (
         f"Extrapolated to 512x512x3000: volume {full:.2f} GiB + working set "
         f"{working:.3f} x {scale:.0f} + baseline {baseline:.2f} = about {estimate:.1f} GiB "
-        "peak (budget 8 GiB)."
+        f"peak (budget {MEMORY_BUDGET_GIB:.0f} GiB)."
     )
 
 
-def report(results: list[dict[str, Any]]) -> str:
-    lines = ["# Post-processing benchmark (python -m bench.processing)", ""]
-    for result in results:
-        k, r, c = result["shape"]
+def measure(case: str, sizes: Sizes, backend: str, out: Path) -> dict[str, Any]:
+    """One case in a fresh process (its own peak memory); its JSON result."""
+    slices, size = sizes.of(case)
+    child = subprocess.run(
+        [sys.executable, "-m", "bench.processing", "--case", case, "--slices", str(slices),
+         "--size", str(size), "--backend", backend, "--out", str(out)],
+        check=True, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    return dict(json.loads(child.stdout.strip().splitlines()[-1]))
+
+
+def _total(result: dict[str, Any]) -> float:
+    return float(sum(row["seconds"] for row in result["stages"]))
+
+
+def _stage_table(cpu: dict[str, Any], gpu: dict[str, Any] | None) -> list[str]:
+    lines = [
+        "| stage | CPU s | GPU s | GPU speed-up | CPU peak above start (GiB, tracemalloc) |",
+        "|---|---|---|---|---|",
+    ]
+    gpu_rows = {row["stage"]: row for row in gpu["stages"]} if gpu else {}
+    for row in [*cpu["stages"], {"stage": "**total**", "seconds": _total(cpu), "peak_gib": None}]:
+        other = gpu_rows.get(row["stage"]) or (
+            {"seconds": _total(gpu)} if gpu and row["stage"] == "**total**" else None
+        )
+        gpu_cell = f"{other['seconds']:.2f}" if other else NO_DEVICE
+        speedup = f"{row['seconds'] / other['seconds']:.1f}x" if other else "-"
+        peak = "" if row["peak_gib"] is None else f"{row['peak_gib']:.2f}"
+        lines.append(f"| {row['stage']} | {row['seconds']:.2f} | {gpu_cell} | {speedup} | {peak} |")
+    return lines
+
+
+def section(results: dict[str, dict[str, Any]], sizes: Sizes) -> list[str]:
+    """The RESULTS.md section: the main case (CPU, GPU), the 3,000-slice case, targets."""
+    lines = ["", "## Post-processing (synthetic CT through workers.processing)", ""]
+    cores = len(os.sched_getaffinity(0))
+    cpu, gpu, big = results.get("main"), results.get("main-gpu"), results.get("big")
+    checks: list[tuple[str, str]] = []
+    if cpu:
+        k, r, c = cpu["shape"]
         lines += [
-            f"## {result['case']}: {k} slices x {r} x {c}, backend {result['backend']}",
+            f"Synthetic CT, {k} slices of {r}x{c} (0.7 mm pixels, 1 mm slices), written as "
+            "Part 10 files then assembled, resampled to 0.7 mm isotropic, MPR of 3 planes, "
+            "MIP, marching cubes at 300 HU, one bone volume rendering of 512 px; each case in "
+            f"a fresh process on {cores} cores (`python -m bench.processing`).",
             "",
-            "| stage | seconds | peak above start (GiB, tracemalloc) |",
-            "|---|---|---|",
+            *_stage_table(cpu, gpu),
+            "",
+            f"Volume {cpu['volume_gib']:.2f} GiB float32; mesh {cpu['triangles']} triangles; "
+            f"CPU process peak RSS {cpu['peak_rss_gib']:.2f} GiB.",
+            "",
         ]
-        total = 0.0
-        for row in result["stages"]:
-            total += row["seconds"]
-            lines.append(f"| {row['stage']} | {row['seconds']:.2f} | {row['peak_gib']:.2f} |")
+        full = (k, r, c) == (FULL.slices, FULL.size, FULL.size)
+        met = "yes" if _total(cpu) < CPU_TARGET_S else "**no**"
+        checks.append(
+            (
+                f"CPU pipeline 512x512x500 under {CPU_TARGET_S:.0f} s on {cores} cores",
+                f"{met} ({_total(cpu):.1f} s)"
+                if full
+                else f"not measured at full size (--quick: {k}x{r}x{c}, {_total(cpu):.1f} s)",
+            )
+        )
+        speedup = _total(cpu) / _total(gpu) if gpu else 0.0
+        checks.append(
+            (
+                f"GPU pipeline at least {GPU_TARGET_SPEEDUP:.0f}x faster than CPU",
+                NO_DEVICE if not gpu else
+                f"{'yes' if speedup >= GPU_TARGET_SPEEDUP else '**no**'} ({speedup:.1f}x)",
+            )
+        )  # fmt: skip
+    if big:
+        k, r, c = big["shape"]
+        estimate, words = _extrapolation(big)
+        measured = (r, c) == (512, 512)
+        peak = big["peak_rss_gib"] if measured else estimate
         lines += [
-            f"| **total** | **{total:.2f}** | |",
+            f"3,000-slice case: {k} slices of {r}x{c} (in-plane size "
+            f"{'full' if measured else 'reduced on this shared machine'}): assembly, MPR, "
+            f"MIP, chunked marching cubes, rendering in {_total(big):.1f} s; process peak RSS "
+            f"{big['peak_rss_gib']:.2f} GiB. {'' if measured else words}",
             "",
-            f"Volume {result['volume_gib']:.2f} GiB float32; mesh {result['triangles']} "
-            f"triangles; process peak RSS {result['peak_rss_gib']:.2f} GiB.",
         ]
-        if result["case"] == "big":
-            lines.append(_extrapolation(result, k, r, c))
-        lines.append("")
-    return "\n".join(lines)
+        met = "yes" if peak <= MEMORY_BUDGET_GIB else "**no**"
+        how = "measured" if measured else "extrapolated"
+        checks.append(
+            (
+                f"512x512x3000 series within {MEMORY_BUDGET_GIB:.0f} GiB of host memory",
+                f"{met} ({how}: {peak:.1f} GiB)"
+                + ("" if k == 3000 else f"; --quick: {k} slices, not the 3,000 of the target"),
+            )
+        )
+    lines += ["| post-processing target | met |", "|---|---|"]
+    lines += [f"| {name} | {verdict} |" for name, verdict in checks]
+    return [*lines, ""]
+
+
+def run_section(
+    out: Path, quick: bool, log: Callable[[str], None], skip: tuple[str, ...] = ()
+) -> list[str]:
+    """Measure every case (CPU; GPU when a device is present); the RESULTS.md lines."""
+    from workers.processing.backend import cuda_available
+
+    sizes = QUICK if quick else FULL
+    folder = out / "processing"
+    cases = [c for c in ("main", "big") if c not in skip]
+    runs = [(c, c, "numpy") for c in cases]
+    if "main" in cases and cuda_available():
+        runs.insert(1, ("main-gpu", "main", "cupy"))
+    results: dict[str, dict[str, Any]] = {}
+    for name, case, backend in runs:
+        log(f"processing: {name}, {'x'.join(map(str, sizes.of(case)))} ({backend})")
+        results[name] = measure(case, sizes, backend, folder)
+        log(f"processing: {name}: {_total(results[name]):.1f} s")
+    return section(results, sizes)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
-    parser.add_argument("--slices", type=int, default=500)
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--big-slices", type=int, default=3000)
-    parser.add_argument("--big-size", type=int, default=128, help="512 for the full case")
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument("--skip", action="append", default=[], choices=["main", "big"])
-    parser.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"])
+    parser.add_argument("--out", type=Path, default=OUT.parent, help="bench work folder")
     parser.add_argument("--case", choices=["main", "big"], help=argparse.SUPPRESS)
+    parser.add_argument("--slices", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="numpy", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.case:  # child process: one case, JSON on stdout
-        slices, size = (
-            (args.slices, args.size) if args.case == "main" else (args.big_slices, args.big_size)
-        )
-        print(json.dumps(run_case(args.case, slices, size, args.backend)))
+        result = run_case(args.case, args.slices, args.size, args.backend, args.out)
+        print(json.dumps(result))
         return 0
-    results = []
-    for case in ("main", "big"):
-        if case in args.skip:
-            continue
-        print(f"{case}:", file=sys.stderr, flush=True)
-        child = subprocess.run(
-            [sys.executable, "-m", "bench.processing", "--case", case, *(argv or sys.argv[1:])],
-            check=True,
-            capture_output=False,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        results.append(json.loads(child.stdout.strip().splitlines()[-1]))
-    text = report(results)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "results.md").write_text(text)
+    lines = run_section(args.out, args.quick, lambda m: print(m, file=sys.stderr), args.skip)
+    text = "\n".join(lines)
+    (args.out / "processing").mkdir(parents=True, exist_ok=True)
+    (args.out / "processing" / "results.md").write_text(text)
     print(text)
     return 0
 

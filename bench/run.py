@@ -1,4 +1,5 @@
-"""``python -m bench.run``: PACS Hub vs Orthanc (ingest, C-FIND, C-MOVE, DICOMweb, ceilings).
+"""``python -m bench.run``: PACS Hub vs Orthanc (ingest, C-FIND, C-MOVE, DICOMweb, ceilings),
+and the hub alone (backup, post-processing).
 
 Writes bench/RESULTS.md (``--quick``: bench/out/RESULTS.quick.md) and the raw
 numbers to bench/out/results.json. It reports; it asserts nothing.
@@ -53,10 +54,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--skip",
         action="append",
         default=[],
-        choices=("ingest", "index", "dicomweb", "backup", "federation"),
+        choices=("ingest", "index", "dicomweb", "backup", "federation", "processing"),
         help="skip a section (index: C-FIND and C-MOVE; dicomweb: QIDO/WADO/STOW-RS;"
         " federation: federated C-FIND and retrieve on demand;"
-        " backup: backfill and restore)",
+        " backup: backfill and restore; processing: MPR, MIP, surfaces, rendering)",
     )
     parser.add_argument(
         "--backup-slices", type=int, default=1000, help="ct512 slices per study for backup (x2)"
@@ -236,16 +237,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "dicomweb" not in args.skip:
         res.web_series = ct512.count // 2
         run_stow(args, res, ct512)
-    backup_lines: list[str] = []
+    section_lines: list[str] = []
     if "backup" not in args.skip:
         from bench.backup import run_backup
 
-        backup_lines = run_backup(args.out, data.corpus(args.out, "ct512", args.backup_slices), log)
+        section_lines = run_backup(
+            args.out, data.corpus(args.out, "ct512", args.backup_slices), log
+        )
     if "federation" not in args.skip:
         res.federation = run_federation(args, log)
+    if "processing" not in args.skip:
+        from bench.processing import run_section
+
+        section_lines += run_section(args.out, args.quick, log)
     res.finished = datetime.now(UTC)
     res.notes.append(f"Total bench runtime: {(time.monotonic() - t0) / 60:.1f} min.")
-    args.results.write_text(render(res, reading(res)) + "\n".join(backup_lines))
+    args.results.write_text(render(res, reading(res)) + "\n".join(section_lines))
     (args.out / "results.json").write_text(json.dumps(_jsonable(res), indent=1, default=str))
     log(f"wrote {args.results} ({(time.monotonic() - t0) / 60:.1f} min)")
     return 0
