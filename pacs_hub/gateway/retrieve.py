@@ -12,10 +12,11 @@ Failed / Warning, C.4.2.1.5 / C.4.3.1.4) from what the handler yields: for C-MOV
 destination, then the number of matches, then one ``(Pending, dataset)`` per
 instance; for C-GET the number then the pairs. Its Move/Get SCP only takes a
 ``Dataset`` per match, so each match is yielded as a :class:`StoredFile` (a
-``Dataset`` holding just the two UIDs) and :func:`enable_stored_file_sends` makes
-``Association.send_c_store`` send that file's dataset bytes from disk (pynetdicom's
-own chunked-file path) instead of encoding a dataset. The one change ever made on
-the way out: an odd-length (deflated) dataset gets the trailing NUL of PS3.5 A.5.
+``Dataset`` holding just the two UIDs) and
+:func:`~pacs_hub.gateway.egress.enable_stored_file_sends` makes
+``Association.send_c_store`` send that file's dataset bytes (one read of the file)
+instead of encoding a dataset. The one change ever made on the way out: an
+odd-length (deflated) dataset gets the trailing NUL of PS3.5 A.5.
 
 * C-MOVE (C.4.2.2): the Move Destination must be a registered node, looked up at
   request time; otherwise Failure 0xA801 (Move Destination unknown). The
@@ -26,8 +27,13 @@ the way out: an odd-length (deflated) dataset gets the trailing NUL of PS3.5 A.5
   presentation contexts the requestor proposed with the SCP role (PS3.7 D.3.3.4);
   a match with no accepted context fails as a sub-operation.
 * Retrieve on demand (:mod:`pacs_hub.gateway.on_demand`): studies the Identifier
-  names but the hub does not hold are first pulled from the establishment PACS that
-  has them (Pending responses meanwhile), then served like any other.
+  names but the hub does not hold are pulled from the establishment PACS that has
+  them; a STUDY-level retrieve whose remote count is known sends each instance as
+  soon as it is durable (the number of sub-operations: held + remote count; a pull
+  failing midway ends with Warning 0xB000, what never came counted failed), any
+  other waits for the pull (Pending responses meanwhile), then is served like any
+  other. The sub-association of a streamed C-MOVE proposes, after the pairs already
+  known, the SOP classes the PACS named in the syntaxes seen then the common ones.
 * C-CANCEL is honoured between sub-operations (Cancel 0xFE00, C.4.2.3.2).
 * Access policy (:mod:`pacs_hub.gateway.access`): each matched study is decided
   (RETRIEVE, purpose care) for the caller and, for C-MOVE, for the destination node
@@ -42,30 +48,24 @@ the way out: an odd-length (deflated) dataset gets the trailing NUL of PS3.5 A.5
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
-import shutil
-import tempfile
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pynetdicom import _config, build_context
-from pynetdicom.association import Association
+from pynetdicom import build_context
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 
-from pacs_hub.dicom.part10 import dataset_offset
 from pacs_hub.errors import HubError, InvalidQuery
 from pacs_hub.gateway import access, on_demand
 from pacs_hub.gateway.context import GatewayContext
+from pacs_hub.gateway.egress import StoredFile as StoredFile
+from pacs_hub.gateway.egress import enable_stored_file_sends as enable_stored_file_sends
 from pacs_hub.gateway.status import CANCEL, PENDING, error_status, status
+from pacs_hub.regional.cget import TRANSFER_SYNTAXES
 from pacs_hub.regional.nodes import RemoteNode, get_node
 from pacs_hub.storage.query import UNIQUE_KEYS, Level
 from pacs_hub.storage.retrieval import RetrieveItem, parse_retrieve, select_instances
@@ -73,6 +73,7 @@ from pacs_hub.storage.retrieval import RetrieveItem, parse_retrieve, select_inst
 LOGGER = logging.getLogger(__name__)
 MAX_CONTEXTS = 128
 UNABLE_TO_PROCESS = 0xC000
+SUB_OPERATIONS_FAILED = 0xB000
 VERIFICATION = "1.2.840.10008.1.1"
 PATIENT_AND_STUDY = (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE)
 MODEL_LEVELS: dict[str, tuple[Level, ...]] = {
@@ -81,70 +82,6 @@ MODEL_LEVELS: dict[str, tuple[Level, ...]] = {
     "1.2.840.10008.5.1.4.1.2.2.2": PATIENT_AND_STUDY[1:],  # Study Root MOVE (C.6.2)
     "1.2.840.10008.5.1.4.1.2.2.3": PATIENT_AND_STUDY[1:],  # Study Root GET
 }
-_INSTALL_LOCK = threading.Lock()
-
-
-class StoredFile(Dataset):
-    """A match handed to pynetdicom as a sub-operation: its UIDs, and its file.
-
-    Only SOP Class UID and SOP Instance UID are set (pynetdicom reads the latter for
-    the Failed SOP Instance UID List, C.4.2.1.4.2); the bytes sent are the stored
-    file's dataset, read from ``stored_path`` by the patched ``send_c_store``.
-    """
-
-    def __init__(self, item: RetrieveItem) -> None:
-        super().__init__()
-        self.SOPClassUID = item.sop_class_uid
-        self.SOPInstanceUID = item.sop_instance_uid
-        self.stored_path: Path = item.path
-
-
-@contextmanager
-def even_length(path: Path) -> Iterator[Path]:
-    """``path``, or a copy with one trailing NUL byte when its dataset has an odd length.
-
-    Only a deflated dataset can have an odd length, and PS3.5 A.5 pads the deflated
-    stream with a single trailing NUL to even length (some senders do not); a peer may
-    refuse an odd PDV fragment (dcmtk: "Odd Fragment Length"). The stored blob is
-    never changed.
-    """
-    with path.open("rb") as fp:
-        offset = dataset_offset(fp)
-        size = fp.seek(0, os.SEEK_END)
-    if (size - offset) % 2 == 0:
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="pacs-hub-pad-") as folder:
-        padded = Path(folder) / path.name
-        shutil.copyfile(path, padded)
-        with padded.open("ab") as fp:
-            fp.write(b"\x00")
-        yield padded
-
-
-def enable_stored_file_sends() -> None:
-    """Make ``Association.send_c_store`` send a :class:`StoredFile` from its file.
-
-    pynetdicom sends a file's dataset bytes unchanged when ``send_c_store`` gets a
-    path and ``STORE_SEND_CHUNKED_DATASET`` is on (the presentation context must then
-    match the file's transfer syntax exactly). The switch only governs sends *from a
-    path*, which the hub makes for stored blobs only. Idempotent, once per process.
-    """
-    with _INSTALL_LOCK:
-        original = Association.send_c_store
-        if getattr(original, "_pacs_hub_files", False):
-            return
-        _config.STORE_SEND_CHUNKED_DATASET = True
-
-        @functools.wraps(original)
-        def send_c_store(self: Association, dataset: Any, *args: Any, **kwargs: Any) -> Dataset:
-            if not isinstance(dataset, StoredFile):
-                return original(self, dataset, *args, **kwargs)
-            with even_length(dataset.stored_path) as path:
-                return original(self, path, *args, **kwargs)
-
-        send_c_store._pacs_hub_files = True  # type: ignore[attr-defined]
-        Association.send_c_store = send_c_store  # type: ignore[method-assign]
 
 
 def _values(identifier: Dataset) -> dict[str, list[str]]:
@@ -161,8 +98,9 @@ def _values(identifier: Dataset) -> dict[str, list[str]]:
     return found
 
 
-def read_matches(event: Event, ctx: GatewayContext) -> list[RetrieveItem]:
-    """The stored instances a C-MOVE / C-GET Identifier names (C.4.2.2.1, C.4.3.2.1)."""
+def read_matches(event: Event, ctx: GatewayContext, after: int = 0) -> list[RetrieveItem]:
+    """The stored instances a C-MOVE / C-GET Identifier names (C.4.2.2.1, C.4.3.2.1);
+    ``after``: only those indexed after the row of that id."""
     request = cast(C_MOVE | C_GET, event.request)
     levels = MODEL_LEVELS.get(str(request.AffectedSOPClassUID))
     if levels is None:
@@ -175,14 +113,16 @@ def read_matches(event: Event, ctx: GatewayContext) -> list[RetrieveItem]:
         raise InvalidQuery(f"cannot read the request Identifier ({type(exc).__name__})") from exc
     retrieve = parse_retrieve(level_text, levels, values)
     with ctx.database.reader() as session:
-        return select_instances(session, ctx.blobs, retrieve)
+        return select_instances(session, ctx.blobs, retrieve, after)
 
 
-def _matches_or_failure(event: Event, ctx: GatewayContext) -> list[RetrieveItem] | Dataset:
+def _matches_or_failure(
+    event: Event, ctx: GatewayContext, after: int = 0
+) -> list[RetrieveItem] | Dataset:
     """The matches, or the failure status to answer (an exception never escapes)."""
     calling = event.assoc.requestor.ae_title
     try:
-        return read_matches(event, ctx)
+        return read_matches(event, ctx, after)
     except HubError as exc:
         LOGGER.info("retrieve from %s refused: %s (0x%04X)", calling, exc.title, exc.dicom_status)
         return error_status(exc)
@@ -191,9 +131,23 @@ def _matches_or_failure(event: Event, ctx: GatewayContext) -> list[RetrieveItem]
         return status(UNABLE_TO_PROCESS, "internal error while selecting instances")
 
 
-def storage_contexts(items: list[RetrieveItem]) -> list[PresentationContext]:
-    """One context per distinct (SOP class, transfer syntax) of ``items``, at most 128."""
+def storage_contexts(
+    items: list[RetrieveItem], sop_classes: Sequence[str] = ()
+) -> list[PresentationContext]:
+    """One context per distinct (SOP class, transfer syntax) of ``items``, at most 128.
+
+    ``sop_classes``: classes of instances still to come (a study being pulled), each
+    proposed in the syntaxes of ``items`` then the common ones, after the pairs of
+    ``items``, as long as there is room.
+    """
     pairs = list(dict.fromkeys((item.sop_class_uid, item.transfer_syntax_uid) for item in items))
+    if sop_classes:
+        syntaxes = dict.fromkeys(
+            [*(item.transfer_syntax_uid for item in items), *TRANSFER_SYNTAXES]
+        )
+        classes = dict.fromkeys([*(item.sop_class_uid for item in items), *sop_classes])
+        more = [(sop_class, syntax) for syntax in syntaxes for sop_class in classes]
+        pairs = list(dict.fromkeys([*pairs, *more]))[:MAX_CONTEXTS]
     if len(pairs) > MAX_CONTEXTS:
         LOGGER.warning(
             "C-MOVE needs %d presentation contexts; proposing %d, the rest will fail",
@@ -213,10 +167,76 @@ def _sub_operations(event: Event, items: list[RetrieveItem]) -> Iterator[tuple[i
         yield PENDING, StoredFile(item)
 
 
+def _streamed(
+    event: Event,
+    ctx: GatewayContext,
+    feed: on_demand.Feed,
+    first: tuple[list[RetrieveItem], int],
+    service: str,
+    destination: str = "",
+) -> Iterator[tuple[Any, Any]]:
+    """Sub-operations of ``first`` (allowed, withheld) then of what the pull makes
+    durable, each set through the access policy; then the final status when something
+    was withheld or a pull failed."""
+    batch: list[RetrieveItem] | None = first[0]
+    denied = first[1]
+    batches = feed.batches(lambda: bool(event.is_cancelled))
+    while batch is not None:
+        yield from _sub_operations(event, batch)
+        if event.is_cancelled:
+            return
+        more = next(batches, None)
+        batch, withheld = (
+            (None, 0)
+            if more is None
+            else access.retrieve_filter(event, ctx, more, service, destination)
+        )
+        denied += withheld
+    if event.is_cancelled:
+        yield CANCEL, None
+    elif denied:
+        yield access.withheld(denied, service), access.no_failed_uids()
+    elif feed.error:  # what never came is counted failed (the remaining sub-operations)
+        LOGGER.info("%s: pull failed midway: %s", service, feed.error)
+        yield status(SUB_OPERATIONS_FAILED, f"{service}: pull failed: {feed.error}"), None
+
+
+def _prepared(
+    event: Event, ctx: GatewayContext
+) -> tuple[list[RetrieveItem] | Dataset, on_demand.Feed | None]:
+    """The matches, and a :class:`~pacs_hub.gateway.on_demand.Feed` when the named
+    studies the hub lacks are being pulled (none for a caller that may not retrieve)."""
+    matches = _matches_or_failure(event, ctx)
+    if isinstance(matches, Dataset) or not access.may_retrieve(event, ctx):
+        return matches, None
+    feed = on_demand.open_feed(
+        event, ctx, matches, lambda after: _matches_or_failure(event, ctx, after)
+    )
+    return matches, feed
+
+
 def _destination(event: Event, ctx: GatewayContext) -> RemoteNode | None:
     """The registered node named by Move Destination (C.4.2.1.4), or None."""
     title = (event.move_destination or "").strip()
     return get_node(ctx.database, title) if title else None
+
+
+def _start_stream(
+    event: Event, ctx: GatewayContext, feed: on_demand.Feed, service: str, destination: str = ""
+) -> tuple[list[RetrieveItem], int, int] | None:
+    """Once the first pulled instance is durable: what may be sent now, the number
+    withheld, the number of sub-operations; None when the retrieve is not streamed
+    (the feed cannot tell the number, or nothing may be sent yet)."""
+    started = feed.first()
+    if started is None:
+        return None
+    items, total = started
+    allowed, denied = access.retrieve_filter(event, ctx, items, service, destination)
+    if not allowed:
+        return None
+    calling = event.assoc.requestor.ae_title
+    LOGGER.info("%s from %s: %d instance(s), streamed as pulled", service, calling, total)
+    return allowed, denied, total
 
 
 def handle_move(event: Event, ctx: GatewayContext) -> Iterator[Any]:
@@ -234,9 +254,23 @@ def handle_move(event: Event, ctx: GatewayContext) -> Iterator[Any]:
         LOGGER.info("C-MOVE from %s refused: move destination not registered (0xA801)", calling)
         yield None, None
         return
-    matches = _matches_or_failure(event, ctx)
-    if access.may_retrieve(event, ctx):  # no pull on behalf of a node that may not retrieve
-        matches = on_demand.complete(event, ctx, matches, lambda: _matches_or_failure(event, ctx))
+    matches, feed = _prepared(event, ctx)
+    if feed is not None:
+        stream = _start_stream(event, ctx, feed, "C-MOVE", node.ae_title)
+        if stream is not None:
+            allowed, denied, total = stream
+            yield node.host, node.port, {"contexts": storage_contexts(allowed, feed.sop_classes)}
+            yield total
+            yield from _streamed(event, ctx, feed, (allowed, denied), "C-MOVE", node.ae_title)
+            return
+        matches = feed.finish(cast(list[RetrieveItem], matches))
+    yield from _serve_move(event, ctx, node, matches)
+
+
+def _serve_move(
+    event: Event, ctx: GatewayContext, node: RemoteNode, matches: list[RetrieveItem] | Dataset
+) -> Iterator[Any]:
+    """The C-MOVE of matches all held: destination, number, (status, dataset) pairs."""
     if isinstance(matches, Dataset):
         yield node.host, node.port, {"contexts": [build_context(VERIFICATION)]}
         yield 1
@@ -248,6 +282,7 @@ def handle_move(event: Event, ctx: GatewayContext) -> Iterator[Any]:
         yield 1
         yield access.refused("C-MOVE: not authorised"), access.no_failed_uids()
         return
+    calling = event.assoc.requestor.ae_title
     LOGGER.info("C-MOVE from %s to %s: %d instance(s)", calling, node.ae_title, len(matches))
     yield node.host, node.port, {"contexts": storage_contexts(matches)}
     yield len(matches) + denied
@@ -259,9 +294,22 @@ def handle_move(event: Event, ctx: GatewayContext) -> Iterator[Any]:
 def handle_get(event: Event, ctx: GatewayContext) -> Iterator[Any]:
     """EVT_C_GET handler: number of matches, then (status, dataset) pairs (C.4.3.2)."""
     enable_stored_file_sends()
-    matches = _matches_or_failure(event, ctx)
-    if access.may_retrieve(event, ctx):  # no pull on behalf of a node that may not retrieve
-        matches = on_demand.complete(event, ctx, matches, lambda: _matches_or_failure(event, ctx))
+    matches, feed = _prepared(event, ctx)
+    if feed is not None:
+        stream = _start_stream(event, ctx, feed, "C-GET")
+        if stream is not None:
+            allowed, denied, total = stream
+            yield total
+            yield from _streamed(event, ctx, feed, (allowed, denied), "C-GET")
+            return
+        matches = feed.finish(cast(list[RetrieveItem], matches))
+    yield from _serve_get(event, ctx, matches)
+
+
+def _serve_get(
+    event: Event, ctx: GatewayContext, matches: list[RetrieveItem] | Dataset
+) -> Iterator[Any]:
+    """The C-GET of matches all held: number, (status, dataset) pairs."""
     if isinstance(matches, Dataset):
         yield 1
         yield matches, None

@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pynetdicom import sop_class as sc
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
@@ -275,6 +276,51 @@ def move_study(settings: Settings, node: PacsNode, study: str, report: Progress)
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteStudy:
+    """What a PACS says of a study before it is pulled (PS3.4 C.6.2.1.2, STUDY level)."""
+
+    instances: int | None
+    """Number of Study Related Instances (0020,1208); None when not answered."""
+    sop_classes: tuple[str, ...]
+    """SOP Classes in Study (0008,0062); empty when not answered."""
+
+
+def _answer_values(answer: Dataset, keyword: str) -> list[str]:
+    value: Any = answer.get(keyword)
+    if value in (None, ""):
+        return []
+    values = list(value) if isinstance(value, MultiValue | list) else [value]
+    return [str(v).strip() for v in values if str(v).strip()]
+
+
+def remote_study(settings: Settings, database: Database, node_ae: str, study: str) -> RemoteStudy:
+    """The instance count and SOP classes of ``study`` on ``node_ae``, by one STUDY-level
+    C-FIND (PS3.4 C.4.1); ``RemoteStudy(None, ())`` when the PACS answers neither."""
+    node = pacs_node(database, node_ae)
+    model = sc.StudyRootQueryRetrieveInformationModelFind
+    assoc = associate(requestor_ae(settings, [model]), node)
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study
+    query.NumberOfStudyRelatedInstances = ""
+    query.SOPClassesInStudy = ""
+    counts: list[str] = []
+    classes: list[str] = []
+    try:
+        for status, answer in assoc.send_c_find(query, model):
+            if not status or int(status.Status) not in PENDING:
+                break
+            if answer is not None and str(answer.get("StudyInstanceUID", "")) == study:
+                counts += _answer_values(answer, "NumberOfStudyRelatedInstances")
+                classes += _answer_values(answer, "SOPClassesInStudy")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    number = int(counts[0]) if counts and counts[0].isdigit() else None
+    return RemoteStudy(number, tuple(dict.fromkeys(classes)))
 
 
 def _move_or_get(

@@ -64,6 +64,10 @@ class RetrieveItem:
     path: Path
     blob_key: str
     sha256: str
+    size_bytes: int = 0
+    """The stored file's size (0: unknown)."""
+    pk: int = 0
+    """The index row's id: rows stored later have larger ids (see ``after``)."""
 
 
 def _check_value(level: Level, value: str) -> None:
@@ -132,6 +136,8 @@ def _item(blobs: BlobStore, instance: Instance) -> RetrieveItem:
         path=blobs.path(instance.blob_key),
         blob_key=instance.blob_key,
         sha256=instance.sha256,
+        size_bytes=instance.size_bytes,
+        pk=instance.id,
     )
 
 
@@ -153,11 +159,18 @@ def _select(
 
 
 def select_instances(
-    session: Session, blobs: BlobStore, request: RetrieveRequest
+    session: Session, blobs: BlobStore, request: RetrieveRequest, after: int = 0
 ) -> list[RetrieveItem]:
-    """Every stored instance the retrieve names (PS3.4 C.4.2.2.1, C.4.3.2.1)."""
+    """Every stored instance the retrieve names (PS3.4 C.4.2.2.1, C.4.3.2.1).
+
+    ``after``: only the rows whose id is larger (those indexed since a row was seen;
+    a retrieve on demand sends what a pull stores as it arrives).
+    """
     at_level = request.keys[request.level]
-    return _select(session, blobs, _statement(request), COLUMNS[request.level], at_level)
+    base = _statement(request)
+    if after:
+        base = base.where(Instance.id > after)
+    return _select(session, blobs, base, COLUMNS[request.level], at_level)
 
 
 def instances_by_uid(session: Session, blobs: BlobStore, uids: Sequence[str]) -> list[RetrieveItem]:
