@@ -8,6 +8,7 @@ Every DICOMweb route raises :class:`~pacs_hub.errors.HubError` (or
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -63,3 +64,31 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem_response(exc.status_code, str(exc.detail), "", request.url.path)
+
+
+class EncodedSlash:
+    """ASGI middleware: 400 for a DICOMweb path whose segment holds an encoded ``/``.
+
+    The router matches the decoded path, so ``/studies/1.2%2F3`` would be split into two
+    segments and answered 404 (no such resource) although the request names a UID that
+    cannot exist: UIDs hold digits and dots only (PS3.5 9.1), so it is a bad request.
+    """
+
+    def __init__(self, app: Any, prefix: str) -> None:
+        self.app = app
+        self.prefix = prefix
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(self.prefix):
+            raw = scope.get("raw_path") or b""
+            if b"%2f" in raw.lower():
+                response = problem_response(
+                    400,
+                    "Invalid UID",
+                    "a path segment holds an encoded '/' (%2F); a UID has digits and dots only"
+                    " (PS3.5 9.1)",
+                    scope["path"],
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -48,6 +48,7 @@ def create_app(
     auth_api.install(app, settings, database)  # /auth, app.state.auth, sign-in gate
     sharing.install(app)  # /api/consents, /api/shares, /share/{token}, /patient
     app.add_middleware(ViewerAccess)  # the policy for studies named in a viewer page
+    app.add_middleware(problems.EncodedSlash, prefix=DICOMWEB_PREFIX)  # 1.2%2F3: 400, not 404
     app.include_router(users_api.router, prefix=API_PREFIX, tags=["users"])
     app.include_router(audit_api.router, prefix=API_PREFIX, tags=["audit"])
     app.include_router(backup_api.router, prefix=API_PREFIX, tags=["backup"])

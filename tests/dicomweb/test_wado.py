@@ -239,7 +239,8 @@ def test_unknown_uids_404_malformed_uids_400(loaded: Loaded) -> None:
         assert response.status_code == 400, bad
         assert response.json()["title"] == "Invalid UID"
     escaped = loaded.get(f"/studies/1.2%2F..%2F3/series/{ct.series}/instances/{ct.sop}")
-    assert escaped.status_code == 404  # an encoded "/" splits the path: no route, no file
+    assert escaped.status_code == 400  # an encoded "/" is refused before routing splits it
+    assert escaped.json()["title"] == "Invalid UID"
     connection = http.client.HTTPConnection("127.0.0.1", loaded.hub.http_port, timeout=30)
     try:  # http.client sends dot segments as they are (httpx would remove them)
         connection.request("GET", f"/dicom-web/studies/../series/{ct.series}/instances/{ct.sop}")
