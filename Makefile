@@ -48,7 +48,7 @@ lint: $(BIN)/.test  ## ruff and mypy
 	$(BIN)/mypy
 
 test: system-deps $(BIN)/.test lint viewer  ## set up and run the whole test suite
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n $${PYTEST_WORKERS:-2} --dist loadscope
 
 bench: system-deps $(BIN)/.test  ## hub vs Orthanc benchmarks, written to bench/RESULTS.md
 	$(BIN)/python -m bench.run
