@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import httpx
 import pydicom
 import pytest
 
+from tests.backup.storescp import running_storescp
 from tests.conftest import DATA, HUB_AE, Hub, _healthy, dcmtk, free_port, wait_until
 from tests.peers import OrthancPeer, start_orthanc
 from tests.regional.study_factory import make_study, storescu
@@ -312,25 +312,12 @@ def _movescu(scenario: Scenario, study: str) -> subprocess.CompletedProcess[str]
 
 @pytest.fixture
 def workstation(scenario: Scenario, tmp_path: Path) -> Iterator[Path]:
-    port, outdir = free_port(), tmp_path / "ws"
-    outdir.mkdir()
-    process = subprocess.Popen(
-        [dcmtk("storescp"), "-aet", "WORKSTATION", "-od", str(outdir), str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def listening() -> bool:
-        with socket.socket() as sock:
-            return sock.connect_ex(("127.0.0.1", port)) == 0
-
-    wait_until(listening, what="storescp")
-    register(
-        scenario.hub.data_dir, [], [NodeSpec("WORKSTATION", port, "H1", "workstation")], {}, ""
-    )
-    yield outdir
-    process.terminate()
-    process.wait(timeout=10)
+    outdir = tmp_path / "ws"
+    with running_storescp("WORKSTATION", outdir) as port:
+        register(
+            scenario.hub.data_dir, [], [NodeSpec("WORKSTATION", port, "H1", "workstation")], {}, ""
+        )
+        yield outdir
 
 
 def test_the_hub_stands_in_while_the_pacs_is_down(

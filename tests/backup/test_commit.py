@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +13,7 @@ from pydicom.uid import generate_uid
 from pacs_hub.backup import commit
 from pacs_hub.config import Settings
 from pacs_hub.regional.scu import PacsNode
-from tests.conftest import dcmtk, free_port, wait_until
+from tests.backup.storescp import running_storescp
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -28,21 +26,8 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def storescp(tmp_path: Path) -> Iterator[PacsNode]:
     """dcmtk's storescp: Storage and Verification, no Storage Commitment."""
-    port = free_port()
-    process = subprocess.Popen(
-        [dcmtk("storescp"), "-aet", "PLAIN", "-od", str(tmp_path), str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def listening() -> bool:
-        with socket.socket() as sock:
-            return sock.connect_ex(("127.0.0.1", port)) == 0
-
-    wait_until(listening, what="storescp")
-    yield PacsNode(0, "PLAIN", "127.0.0.1", port)
-    process.terminate()
-    process.wait(timeout=10)
+    with running_storescp("PLAIN", tmp_path / "in") as port:
+        yield PacsNode(0, "PLAIN", "127.0.0.1", port)
 
 
 def test_a_pacs_rejecting_the_sop_class_is_reported_as_not_supported(
