@@ -16,7 +16,7 @@ import uvicorn
 
 from pacs_hub.config import Settings
 from pacs_hub.gateway.context import GatewayContext
-from pacs_hub.gateway.server import serve_dicom
+from pacs_hub.gateway.server import serve_dicom, sync_standin_ports
 from pacs_hub.regional import tasks  # noqa: F401 (registers the background tasks)
 from pacs_hub.regional.worker import RegionalWorker, WorkerContext
 from pacs_hub.storage.blobs import BlobStore
@@ -29,6 +29,8 @@ from workers.embedded import EmbeddedWorker
 
 LOGGER = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
+STANDIN_PORTS_CHECK_SECONDS = 3.0
+"""How often a gateway process opens or closes stand-ins' own ports as configured."""
 
 
 def configure_logging(level: str) -> None:
@@ -72,7 +74,8 @@ def run_gateway(settings: Settings, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, on_signal)
     ctx = GatewayContext.open(settings)
     server = serve_dicom(ctx)
-    stop.wait()
+    while not stop.wait(STANDIN_PORTS_CHECK_SECONDS):
+        sync_standin_ports(ctx, server)  # a stand-in's own port opens without a restart
     server.shutdown()
     ctx.database.dispose()
 

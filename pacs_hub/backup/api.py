@@ -8,7 +8,7 @@
   hub's ``backup-backfill`` task runs it; follow it with GET);
 * ``POST /api/backup/{code}/reconcile`` runs a reconciliation and answers its report;
 * ``PUT /api/backup/{code}/standin`` ``{mode: on|off|auto, port?}`` (``port``: a DICOM
-  port of the stand-in's own, listened on from the hub's next start; 0: none).
+  port of the stand-in's own, opened by the gateways within seconds; 0: none).
 
 Restores are run by ``pacs-hub restore`` (a long job with its own progress bar).
 Errors are ``application/problem+json`` (the hub's error catalogue).
@@ -51,7 +51,7 @@ class StandInIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     mode: str = Field(pattern="^(on|off|auto)$")
     port: int | None = Field(default=None, ge=0, le=65535)
-    """A DICOM port of the stand-in's own (0: none; absent: unchanged), from the next start."""
+    """A DICOM port of the stand-in's own (0: none; absent: unchanged), opened within seconds."""
 
 
 @router.get("")

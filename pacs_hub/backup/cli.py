@@ -200,7 +200,7 @@ def standin(
         int | None,
         typer.Option(
             help="A DICOM port of the stand-in's own (0: none), for sites whose modalities"
-            " can only be pointed at another IP:port; listened on from the hub's next start"
+            " can only be pointed at another IP:port; opened within seconds, no restart"
         ),
     ] = None,
     data_dir: DataDir = None,

@@ -17,10 +17,11 @@ that PACS:
 
 An establishment may also have a DICOM port of its stand-in's own (``pacs-hub backup
 standin CODE MODE --port N``, for sites whose modalities can only be pointed at another
-IP:port): the gateway listens there too (:func:`pacs_hub.gateway.server.serve_dicom`,
-from its next start) and serves every association on it as that establishment's PACS,
-whatever AE title is called; while the stand-in is not active, associations there are
-rejected (A-ASSOCIATE-RJ, transient: the PACS is the one to call).
+IP:port): each gateway process listens there too, within seconds of the setting
+(:func:`pacs_hub.gateway.server.sync_standin_ports`), and serves every association on it
+as that establishment's PACS, whatever AE title is called; while the stand-in is not
+active, associations there are rejected (A-ASSOCIATE-RJ, transient: the PACS is the one
+to call).
 
 The stand-in is active when its mode (``pacs-hub backup standin``, ``/api/backup``) is
 ``on``, or ``auto`` (the default) and the PACS node's health check says ``down``.

@@ -11,7 +11,7 @@ from pacs_hub.storage.database import Database
 
 def set_standin(settings: Settings, code: str, mode: str, port: int | None = None) -> None:
     """Set the stand-in mode of ``code``: on, off or auto (on while its PACS is down);
-    ``port``: the DICOM port of its own (0: none; None: unchanged), from the next start."""
+    ``port``: the DICOM port of its own (0: none; None: unchanged), opened within seconds."""
     if mode not in state.STANDIN_MODES:
         raise state.NotEnrolled(f"stand-in mode {mode!r}: expected one of auto, on, off")
     if port is not None and (not 0 <= port <= 65535 or port == settings.dicom_port):

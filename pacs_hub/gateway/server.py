@@ -134,11 +134,13 @@ def quiet_pynetdicom_handlers() -> None:
 class HubAssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded server, sharing its port and with TCP_NODELAY on."""
 
-    companions: tuple[ThreadedAssociationServer, ...] = ()
-    """Servers of the same gateway on other ports (stand-ins' own), shut down with it."""
+    companions: dict[int, tuple[str, ThreadedAssociationServer]]
+    """Servers of the same gateway on stand-ins' own ports: port -> (establishment, server)."""
+    unusable: set[tuple[int, str]]
+    """Stand-in ports that could not be listened on (said once in the log)."""
 
     def shutdown(self) -> None:
-        for companion in self.companions:
+        for _code, companion in getattr(self, "companions", {}).values():
             companion.shutdown()
         super().shutdown()
 
@@ -211,7 +213,7 @@ def handle_echo(event: evt.Event) -> int:
     return SUCCESS
 
 
-def serve_dicom(ctx: GatewayContext) -> ThreadedAssociationServer:
+def serve_dicom(ctx: GatewayContext) -> HubAssociationServer:
     """Listen on the configured host and DICOM port in a background thread.
 
     Returns the server; ``server.shutdown()`` stops it.
@@ -226,14 +228,33 @@ def serve_dicom(ctx: GatewayContext) -> ThreadedAssociationServer:
     pynetdicom._config.LOG_RESPONSE_IDENTIFIERS = False
     ae = build_ae(ctx)
     server = _listen(ae, ctx, ctx.settings.dicom_port)
-    companions = []
-    for code, port in standin.dedicated_ports(ctx.settings).items():
-        try:
-            companions.append(_listen(ae, ctx, port, code))
-        except OSError as exc:  # the hub serves on; the stand-in's port is said unusable
-            LOGGER.error("stand-in port %d of %s: cannot listen (%s)", port, code, exc)
-    server.companions = tuple(companions)
+    server.companions, server.unusable = {}, set()
+    sync_standin_ports(ctx, server)
     return server
+
+
+def sync_standin_ports(ctx: GatewayContext, server: HubAssociationServer) -> None:
+    """Listen on every stand-in's own port as configured now (PS3.8 9.1: one more
+    acceptor per port), and stop listening on those removed or changed.
+
+    Called at start and then every few seconds by the gateway process, so a port set
+    with ``pacs-hub backup standin CODE on --port N`` opens without a restart.
+    """
+    wanted = {port: code for code, port in standin.dedicated_ports(ctx.settings).items()}
+    for port, (code, companion) in list(server.companions.items()):
+        if wanted.get(port) != code:
+            companion.shutdown()
+            del server.companions[port]
+            LOGGER.info("stand-in port %d of %s: closed", port, code)
+    for port, code in wanted.items():
+        if port in server.companions:
+            continue
+        try:
+            server.companions[port] = (code, _listen(server.ae, ctx, port, code))
+        except OSError as exc:  # the hub serves on; the stand-in's port is said unusable
+            if (port, code) not in server.unusable:
+                LOGGER.error("stand-in port %d of %s: cannot listen (%s)", port, code, exc)
+            server.unusable.add((port, code))
 
 
 def _listen(ae: AE, ctx: GatewayContext, port: int, dedicated: str = "") -> HubAssociationServer:

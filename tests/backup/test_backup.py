@@ -144,7 +144,6 @@ def register(
     imports: dict[str, Path],
     enrol: str,
     standin: str = "auto",
-    standin_port: int | None = None,
 ) -> None:
     """What the CLI would do, in this process (each CLI start costs seconds here)."""
     from rich.console import Console
@@ -177,7 +176,7 @@ def register(
         run_import(settings, [folder], received_from=sender, workers=1, console=quiet)
     if enrol:
         inventory.enrol(settings, database, enrol)
-        set_standin(settings, enrol, standin, standin_port)
+        set_standin(settings, enrol, standin)
     database.engine.dispose()
 
 
@@ -526,10 +525,17 @@ def test_a_stand_in_on_a_port_of_its_own_serves_any_called_ae_title(tmp_path: Pa
         {PACS_AE: tmp_path / "h1", "H2_PACS": tmp_path / "h2"},
         "H1",
         standin="on",
-        standin_port=own_port,
     )
     hub = start_hub(tmp_path / "data", **hub_env(free_port(), free_port()))
     try:
+        # Set while the hub runs: the gateways open the port without a restart.
+        hub.cli("backup", "standin", "H1", "on", "--port", str(own_port))
+
+        def status_on_own_port() -> int:
+            outdir = tmp_path / f"f{time.monotonic_ns()}"
+            return _find_on(own_port, "MODALITY", "OLD_PACS_AE", outdir)[0]
+
+        wait_until(lambda: status_on_own_port() == 0, 30, what="the stand-in's own port open")
         # The modalities kept the PACS's address: any called AE title, H1's data only.
         assert _find_on(own_port, "MODALITY", "OLD_PACS_AE", tmp_path / "f1") == (0, [mine])
         new, files = make_study(tmp_path / "new", patient_id="A2", count=3)
@@ -541,12 +547,9 @@ def test_a_stand_in_on_a_port_of_its_own_serves_any_called_ae_title(tmp_path: Pa
         code, found = _find_on(hub.dicom_port, "MODALITY", "PACS_HUB", tmp_path / "f3")
         assert code == 0 and len(found) == 3  # the hub's own port: the hub, as before
         hub.cli("backup", "standin", "H1", "off")
-
-        def refused() -> bool:
-            outdir = tmp_path / f"f{time.monotonic_ns()}"
-            return _find_on(own_port, "MODALITY", "OLD_PACS_AE", outdir)[0] != 0
-
-        wait_until(refused, 30, what="stand-in port refusing associations")
+        wait_until(
+            lambda: status_on_own_port() != 0, 30, what="stand-in port refusing associations"
+        )
         shown = hub.cli("backup", "status", "H1", "--json").stdout
         assert json.loads(shown)[0]["standin_port"] == own_port
     finally:
