@@ -13,18 +13,23 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pydicom.config
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
+from pacs_hub.dicom import rawvalues as rv
 from pacs_hub.dicom.ins import identity_traits
+from pacs_hub.dicom.rawvalues import NeedsPydicom
 from pacs_hub.errors import InvalidInstance, MissingAttribute, UnsupportedSOPClass
 
 # Archive input is whatever modalities send: read values leniently (no warning per
@@ -35,6 +40,7 @@ UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 UNDEFINED_LENGTH = 0xFFFFFFFF
 DEFER_SIZE = 1 << 20
 """Values above this size, read from a file, stay on disk until used (PS3.10 file)."""
+_INTEGER_VRS = frozenset({"IS", "US", "SS", "UL", "SL", "UV", "SV"})
 
 
 def is_valid_uid(value: str) -> bool:
@@ -89,6 +95,16 @@ class InstanceHeader:
 
 
 def _text(ds: Dataset, keyword: str) -> str:
+    """The value as text: one value stripped, several joined by backslashes."""
+    elem = ds._dict.get(_tag(keyword))
+    if elem is None:
+        return ""
+    if isinstance(elem, RawDataElement):
+        try:
+            values = _raw_values(ds, elem)
+            return values[0].strip() if len(values) == 1 else "\\".join(values)
+        except NeedsPydicom:
+            pass
     value: Any = ds.get(keyword)
     if value is None:
         return ""
@@ -98,11 +114,62 @@ def _text(ds: Dataset, keyword: str) -> str:
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
+    """A single integer value, None when absent, empty, several or not a number."""
+    elem = ds._dict.get(_tag(keyword))
+    if elem is None:
+        return None
+    if isinstance(elem, RawDataElement) and _raw_vr(elem) in _INTEGER_VRS:
+        try:
+            values = _raw_values(ds, elem)
+            return int(values[0]) if len(values) == 1 else None
+        except NeedsPydicom:
+            pass
     value: Any = ds.get(keyword)
     try:
         return int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
+
+
+@lru_cache(maxsize=128)
+def _tag(keyword: str) -> BaseTag:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(keyword)
+    return BaseTag(tag)
+
+
+def _no_creator(creator_tag: int) -> str | None:
+    raise NeedsPydicom("private element")
+
+
+def _raw_vr(elem: RawDataElement) -> str:
+    try:
+        return rv.element_vr(int(elem.tag), elem.VR, elem.value, _no_creator)
+    except NeedsPydicom:
+        return ""
+
+
+def _raw_values(ds: Dataset, elem: RawDataElement) -> list[str]:
+    """The values of a raw element as ``str()`` of pydicom's values gives them."""
+    value = elem.value if elem.length else b""
+    if value is None or len(value) != elem.length or not rv.pydicom_settings_supported():
+        raise NeedsPydicom("deferred or incomplete value, or pydicom configured otherwise")
+    vr = _raw_vr(elem)
+    if vr in rv.PLAIN_STRING_VRS:
+        return rv.string_values(vr, value, rv.dataset_encodings(ds))
+    if vr == "PN":
+        return ["=".join(groups) for groups in rv.person_names(value, rv.dataset_encodings(ds))]
+    if vr == "IS":
+        return [token.strip() for token in rv.integer_strings(value)]
+    if vr == "DS":
+        return [token.strip() for token in rv.decimal_strings(value)]
+    if vr in rv.NUMBER_FORMATS:
+        found = rv.numbers(int(elem.tag), vr, value, elem.is_little_endian)
+        if len(found) > 1:  # pydicom holds a plain list here, whose str() differs
+            raise NeedsPydicom("several binary numbers")
+        return [str(v) for v in found]
+    raise NeedsPydicom(f"VR {vr}")
 
 
 def _check_complete(ds: Dataset, file_size: int | None = None) -> None:
@@ -111,8 +178,7 @@ def _check_complete(ds: Dataset, file_size: int | None = None) -> None:
     For a dataset read from a file with deferred values, a deferred element must
     end within the file (``file_size``).
     """
-    for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset yields elements)
-        raw = ds.get_item(tag, keep_deferred=True)
+    for tag, raw in ds._dict.items():
         if not isinstance(raw, RawDataElement) or raw.length == UNDEFINED_LENGTH:
             continue
         if raw.value is None and file_size is not None:
