@@ -144,7 +144,8 @@ def enable_stored_file_sends() -> None:
         def send_c_store(self: Association, dataset: Any, *args: Any, **kwargs: Any) -> Dataset:
             if not isinstance(dataset, StoredFile):
                 return original(self, dataset, *args, **kwargs)
-            if dataset.stored_size <= IN_MEMORY_MAX:
+            size = dataset.stored_size or dataset.stored_path.stat().st_size  # 0: not known
+            if size <= IN_MEMORY_MAX:
                 loaded = LoadedFile(dataset, dataset.stored_path.read_bytes())
                 return original(self, loaded, *args, **kwargs)
             with _from_disk(dataset) as path:

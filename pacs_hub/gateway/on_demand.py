@@ -25,7 +25,10 @@ counted as completed, the instances that never came counted as failed (pynetdico
 the remaining ones), the Failed SOP Instance UID List naming the sub-operations that
 failed toward the requestor (the UIDs the PACS never sent are unknown to the hub). A
 pull that fails with nothing held answers with whatever the hub then holds (none:
-Success with zero sub-operations, as for any retrieve that matches nothing).
+Success with zero sub-operations, as for any retrieve that matches nothing). A PACS
+whose count was short (the study grew after its C-FIND) has its extra instances stored
+but not sent by this retrieve (pynetdicom stops at the number announced); the next
+retrieve of the study sends them.
 """
 
 from __future__ import annotations
