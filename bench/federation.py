@@ -12,7 +12,8 @@ modalities. B also holds study 1 of ``ct512``, which the hub does not.
   AE title and, one after another, to each PACS directly and to the hub's own AE title.
 * **Retrieve on demand**: study 1 of ``ct512`` is C-MOVEd by dcmtk movescu to the
   storescp (``+B``), once directly from B and once through the hub (which locates it by
-  a federated C-FIND, pulls it from B by C-MOVE into its archive, then sends it), per
+  a federated C-FIND, pulls it from B by C-MOVE into its archive and sends each instance
+  as soon as it is stored), per
   repetition; a fresh hub for each repetition, so that it never holds the study before.
   Then the two halves alone on the last hub: storing ct512 study 2 (as large) from one
   storescu association, and C-MOVEing study 1 again now that the hub holds it.

@@ -139,17 +139,17 @@ def _retrieve_text(ret: RetrieveResults) -> str | None:
     direct_s = ret.instances / direct.inst_s
     total = ret.instances / hub.inst_s
     return (
-        head + f" The hub answers only once the whole study is in its archive "
-        "(on_demand.complete waits for pull_study, then selects and sends), so the window is "
-        f"locate + pull + send in series: the pull alone took {pull:.2f} s of {total:.2f} s "
+        head + " The hub sends each instance as soon as the pull has made it durable "
+        "(gateway/on_demand.py: a Feed polls the index while pull_study runs), so the window "
+        f"is locate + pull + the last sends: the pull alone took {pull:.2f} s of {total:.2f} s "
         f"({pull / direct_s:.1f}x the whole direct move, {direct_s:.2f} s). The pull is "
         f"{HOLDER}'s C-MOVE into the hub's ingest (a pynetdicom SCP, an fsync and an SQLite "
         "commit per instance), the send is the hub's C-MOVE egress (section 4); "
         + (
-            "80 % of direct is out of reach while the two run one after the other."
+            "80 % of direct is out of reach while the hub's durable ingest is slower than "
+            "the PACS's send."
             if pull / direct_s > 1 / RETRIEVE_SHARE
-            else "overlapping them (sending each instance as it arrives) is what would close "
-            "the gap."
+            else "the pull keeps pace with the PACS."
         )
         + _halves(ret, pull)
     )
