@@ -53,6 +53,7 @@ from pacs_hub.dicomweb.search import (
 from pacs_hub.dicomweb.state import HubState, dicomweb_base
 from pacs_hub.errors import InvalidQuery
 from pacs_hub.regional.federation import FederatedMatch, FederatedResult, federated_find
+from pacs_hub.regional.remote_find import pool_of
 from pacs_hub.storage.query import Level
 from pacs_hub.trust.access import RemoteAnswer, remote_visible
 
@@ -175,6 +176,7 @@ def answer(
         search.query,
         identifier(level, search, params, fixed),
         local_limit=hub.settings.qido_max_limit,
+        pool=pool_of(hub.database),
     )
     base = dicomweb_base(request)
     matches = _visible(hub, caller, result.matches)

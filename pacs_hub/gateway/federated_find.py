@@ -7,10 +7,14 @@ Study Root, STUDY, SERIES or IMAGE level) answered by
 establishment PACS, merged by the level's unique key. Every other association gets
 the hub's own C-FIND (:mod:`pacs_hub.gateway.find`).
 
-Each Pending answer holds the requested keys and:
+The Pending answers are sent as the sources give them
+(:class:`~pacs_hub.regional.federation.FederatedSearch`): a study only PACS hold as
+soon as the first of them answers it (never twice), the hub's own studies once every
+PACS has answered or timed out. Each Pending answer holds the requested keys and:
 
-* Retrieve AE Title (0008,0054): every AE title holding the entity, the hub's own
-  first when it has a copy (PS3.4 C.4.1.1.3.2 allows several values);
+* Retrieve AE Title (0008,0054): the AE titles holding the entity, the hub's own
+  first when it has a copy (PS3.4 C.4.1.1.3.2 allows several values): every PACS
+  for the hub's own studies, the PACS that had answered by then for the others;
 * Instance Availability (0008,0056): ONLINE when the hub has a copy, else NEARLINE
   (PS3.3 C.4.23.1.1: the hub retrieves it on demand from the PACS when asked).
 
@@ -19,7 +23,9 @@ only Success, Cancel, Pending and Failures; the answer *did* complete with every
 source that answered, so the final status is Success (0x0000), without an Error
 Comment (PS3.7 C.4 keeps it for failures and warnings). The sources that did not
 answer in time, refused or failed are logged by the hub (WARNING, with the reason)
-and are absent from every Retrieve AE Title; QIDO-RS with ``includeremote=true``
+and are absent from the Retrieve AE Title of every answer sent after they failed (a
+match a PACS gave before it timed out may have been sent already); QIDO-RS with
+``includeremote=true``
 names them in a ``Warning: 299`` header, the CLI and API in their output.
 
 A PATIENT-level federated query is refused (0xA900: patients are not de-duplicated
@@ -37,7 +43,7 @@ Patient ID to a regional patient the caller may see).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
 from pydicom.dataelem import DataElement
@@ -50,7 +56,8 @@ from pacs_hub.errors import HubError, InvalidQuery
 from pacs_hub.gateway import access, find
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.gateway.status import CANCEL, PENDING, error_status, status
-from pacs_hub.regional.federation import FederatedMatch, federated_find
+from pacs_hub.regional.federation import FederatedMatch, FederatedSearch
+from pacs_hub.regional.remote_find import pool_of
 from pacs_hub.storage.query import Level
 
 LOGGER = logging.getLogger(__name__)
@@ -75,14 +82,6 @@ def handle_find(event: Event, ctx: GatewayContext) -> Iterator[tuple[int | Datas
         yield from find.handle_find(event, ctx)
 
 
-def _remote_value(answer: Dataset, keyword: str) -> Any:
-    elem = answer.get(keyword)
-    if elem is None:
-        return None
-    value = elem.value if isinstance(elem, DataElement) else elem
-    return None if value in ("", None) else value
-
-
 def _texts(value: Any) -> list[str]:
     if value is None:
         return []
@@ -91,20 +90,28 @@ def _texts(value: Any) -> list[str]:
     return [str(value)]
 
 
-def build_answer(request: find.FindRequest, match: FederatedMatch) -> Dataset:
-    """The Identifier of one Pending answer of a federated C-FIND."""
+def build_answer(
+    request: find.FindRequest,
+    match: FederatedMatch,
+    keys: Sequence[find.ReturnKey] | None = None,
+) -> Dataset:
+    """The Identifier of one Pending answer of a federated C-FIND (``keys``: the
+    request's answer keys, when the caller has them already)."""
     if match.local is not None:
         answer = find.build_answer(request, match.local, match.locations[0])
     else:
         answer = Dataset()
         texts: list[str] = []
-        for key in find._answer_keys(request):
-            value = _remote_value(match.remote, key.keyword) if match.remote else None
+        remote = match.remote if match.remote is not None else Dataset()
+        for key in keys if keys is not None else find._answer_keys(request):
             if key.vr == "SQ":
                 answer.add(DataElement(key.tag, "SQ", []))
                 continue
+            elem = remote.get(key.tag)
+            value = None if elem is None or elem.value in ("", None) else elem.value
             texts += _texts(value)
-            answer.add(DataElement(key.tag, key.vr, value))
+            same = elem is not None and value is not None and key.vr == elem.VR
+            answer.add(elem if same else DataElement(key.tag, key.vr, value))
         answer.QueryRetrieveLevel = request.level.value
         charset = answer_charset(request.charset, texts)
         if charset:
@@ -121,24 +128,43 @@ def _read(event: Event, regional_issuer: str) -> find.FindRequest:
     return request
 
 
+def _search(event: Event, ctx: GatewayContext, request: find.FindRequest) -> Any:
+    """The streamed federated search, or the access refusal status (0x0124)."""
+    refusal, restriction = access.find_access(event, ctx, "federated C-FIND")
+    if refusal is not None:
+        return refusal
+    query = request.query if restriction is None else request.query.restricted(restriction)
+
+    def shown(match: FederatedMatch) -> bool:  # a remote-only answer the caller may see?
+        if match.local is not None or restriction is None:
+            return True
+        return access.remote_shown(event, ctx, match.remote, match.locations)
+
+    return FederatedSearch(
+        ctx.settings,
+        ctx.database,
+        request.level,
+        query,
+        event.identifier,
+        local_limit=ctx.settings.qido_max_limit,
+        pool=pool_of(ctx.database),
+        stream=True,
+        shown=shown,
+    )
+
+
 def handle_federated_find(event: Event, ctx: GatewayContext) -> Iterator[tuple[int | Dataset, Any]]:
-    """Federated C-FIND (PS3.4 C.4.1.3): Pending answers, then Success or a failure."""
+    """Federated C-FIND (PS3.4 C.4.1.3): Pending answers as the sources give them,
+    then Success or a failure."""
     calling = event.assoc.requestor.ae_title
     try:
         request = _read(event, ctx.settings.regional_issuer)
-        refusal, restriction = access.find_access(event, ctx, "federated C-FIND")
-        if refusal is not None:
-            yield refusal, None
+        search = _search(event, ctx, request)
+        if not isinstance(search, FederatedSearch):
+            yield search, None
             return
-        query = request.query if restriction is None else request.query.restricted(restriction)
-        result = federated_find(
-            ctx.settings,
-            ctx.database,
-            request.level,
-            query,
-            event.identifier,
-            local_limit=ctx.settings.qido_max_limit,
-        )
+        matches = iter(search)
+        first = next(matches, None)  # the sources are asked, the index read: errors now
     except HubError as exc:
         LOGGER.info(
             "federated C-FIND from %s refused: %s (0x%04X)", calling, exc.title, exc.dicom_status
@@ -149,20 +175,28 @@ def handle_federated_find(event: Event, ctx: GatewayContext) -> Iterator[tuple[i
         LOGGER.exception("federated C-FIND from %s: unexpected error", calling)
         yield status(UNABLE_TO_PROCESS, "cannot read the request or search"), None
         return
-    if result.unavailable:
-        LOGGER.warning(
-            "federated C-FIND from %s answered without %s (unavailable)",
-            calling,
-            ", ".join(result.unavailable_titles),
-        )
-    for match in result.matches:
-        if (
-            match.local is None
-            and restriction is not None
-            and not access.remote_shown(event, ctx, match.remote, match.locations)
-        ):
-            continue  # a remote-only answer the caller may not see
+    yield from _pending(event, request, search, first, matches)
+
+
+def _pending(
+    event: Event,
+    request: find.FindRequest,
+    search: FederatedSearch,
+    match: FederatedMatch | None,
+    rest: Generator[FederatedMatch, None, None],
+) -> Iterator[tuple[int | Dataset, Any]]:
+    """One Pending answer per match as it comes; Cancel as soon as the peer asks."""
+    keys = find._answer_keys(request)
+    while match is not None:
         if event.is_cancelled:
+            rest.close()  # aborts the PACS still answering
             yield CANCEL, None
             return
-        yield PENDING, build_answer(request, match)
+        yield PENDING, build_answer(request, match, keys)
+        match = next(rest, None)
+    if search.unavailable:
+        LOGGER.warning(
+            "federated C-FIND from %s answered without %s (unavailable)",
+            event.assoc.requestor.ae_title,
+            ", ".join(u.ae_title for u in search.unavailable),
+        )

@@ -1,18 +1,23 @@
 """Federated query: the hub's own index and every establishment PACS, as one answer.
 
-A federated C-FIND (PS3.4 C.4.1) runs the hub's own matching
-(:mod:`pacs_hub.storage.query`, the SQL of C-FIND and QIDO-RS) and, in parallel
-threads, a Study Root C-FIND as SCU (PS3.4 C.6.2) against every registered node whose
-role is ``pacs``. Each remote source has ``settings.federated_timeout`` seconds, all
-of them together: at that deadline the sources that have not finished are aborted
-and reported as unavailable, as are those that refused the association, dropped it
-or answered a failure status. A slow or dead PACS therefore never blocks the answer.
+A federated C-FIND (PS3.4 C.4.1) sends a Study Root C-FIND as SCU (PS3.4 C.6.2) to
+every registered node whose role is ``pacs``, one thread each
+(:mod:`pacs_hub.regional.remote_find`: answers handed over as they arrive, associations
+reused by long-lived processes), and meanwhile runs the hub's own matching
+(:mod:`pacs_hub.storage.query`, the SQL of C-FIND and QIDO-RS). Each remote source
+has ``settings.federated_timeout`` seconds, all of them together: at that deadline
+the sources that have not finished are aborted and reported as unavailable, as are
+those that refused the association, dropped it or answered a failure status. A slow
+or dead PACS therefore never blocks the answer.
 
 The answers are merged and de-duplicated by the unique key of the level (PS3.4
 C.6.2.1: Study Instance UID at STUDY level, Series Instance UID at SERIES,
-SOP Instance UID at IMAGE): the hub's own matches first, in its index order, then
-the remote-only ones in source order. Each merged match lists the AE titles that hold
-it (the hub's own first when it has a copy) and whether the hub has a copy.
+SOP Instance UID at IMAGE). Each merged match lists the AE titles that hold it (the
+hub's own first when it has a copy) and whether the hub has a copy. The whole answer
+(:func:`federated_find`) has the hub's own matches first, in its index order, then the
+remote-only ones in source order; the streamed one (:class:`FederatedSearch`, the
+federated C-FIND SCP) yields each remote-only match as soon as a PACS gives it and
+the hub's own matches last.
 
 A query by regional patient or INS (PatientID with IssuerOfPatientID = the regional
 issuer or an INS issuer, :class:`~pacs_hub.storage.query.LinkedPatients`) is translated
@@ -27,27 +32,19 @@ from __future__ import annotations
 
 import copy
 import logging
+import queue
+import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
-from pynetdicom import sop_class as sc
-from pynetdicom.association import Association
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pacs_hub.config import Settings
-from pacs_hub.errors import HubError
-from pacs_hub.regional.scu import (
-    PACS_ROLE,
-    PacsNode,
-    SourceUnavailable,
-    associate,
-    pacs_nodes,
-    requestor_ae,
-)
+from pacs_hub.regional.remote_find import Answered, AssociationPool, Finished, RemoteFind
+from pacs_hub.regional.scu import PACS_ROLE, PacsNode
 from pacs_hub.storage.database import Database
 from pacs_hub.storage.models import Establishment, EstablishmentIssuer, Node
 from pacs_hub.storage.query import (
@@ -62,7 +59,6 @@ from pacs_hub.storage.query import (
 )
 
 LOGGER = logging.getLogger(__name__)
-PENDING = (0xFF00, 0xFF01)
 ONLINE = "ONLINE"
 NEARLINE = "NEARLINE"
 
@@ -116,63 +112,6 @@ class FederatedResult:
         return [u.ae_title for u in self.unavailable]
 
 
-class RemoteFind:
-    """One C-FIND SCU query to one PACS (Study Root, PS3.4 C.6.2), abortable."""
-
-    model = sc.StudyRootQueryRetrieveInformationModelFind
-
-    def __init__(
-        self,
-        settings: Settings,
-        node: PacsNode,
-        identifiers: Sequence[Dataset],
-        timeout: float,
-    ) -> None:
-        self.settings = settings
-        self.node = node
-        self.identifiers = identifiers
-        self.timeout = timeout
-        self.assoc: Association | None = None
-
-    def run(self) -> list[Dataset]:
-        """Every Pending answer's Identifier (each request in turn, one association);
-        :class:`SourceUnavailable` on any failure."""
-        ae = requestor_ae(self.settings, [self.model], timeout=self.timeout)
-        self.assoc = assoc = associate(ae, self.node)
-        answers: list[Dataset] = []
-        try:
-            for identifier in self.identifiers:
-                answers += self._find(assoc, identifier)
-            return answers
-        finally:
-            if assoc.is_established:
-                assoc.release()
-
-    def _find(self, assoc: Association, request: Dataset) -> list[Dataset]:
-        answers: list[Dataset] = []
-        for status, identifier in assoc.send_c_find(request, self.model):
-            if not status:
-                raise SourceUnavailable(f"{self.node.ae_title}: no C-FIND response in time")
-            code = int(status.Status)
-            if code in PENDING:
-                if identifier is not None:
-                    answers.append(identifier)
-                continue
-            if code == 0x0000:
-                return answers
-            comment = str(status.get("ErrorComment", "") or "")
-            raise SourceUnavailable(
-                f"{self.node.ae_title}: C-FIND status 0x{code:04X} {comment}".strip()
-            )
-        raise SourceUnavailable(f"{self.node.ae_title}: C-FIND ended without a final status")
-
-    def abort(self) -> None:
-        """Abort the association if it is still up (deadline passed)."""
-        assoc = self.assoc
-        if assoc is not None and assoc.is_established:
-            assoc.abort()
-
-
 def remote_identifier(identifier: Dataset, level: Level) -> Dataset:
     """The Identifier sent to each PACS: the request's keys, Study Root, unique keys present.
 
@@ -196,9 +135,50 @@ def remote_identifier(identifier: Dataset, level: Level) -> Dataset:
     return out
 
 
-def _remote_key(answer: Dataset, level: Level) -> str:
-    value = answer.get(UNIQUE_KEYS[level])
-    return str(value or "").strip()
+class Merger:
+    """Answers merged by the level's unique key as they come (PS3.4 C.6.2.1)."""
+
+    def __init__(self, level: Level, hub_ae: str) -> None:
+        self.keyword = UNIQUE_KEYS[level]
+        self.hub_ae = hub_ae
+        self.rows: dict[str, Row | None] = {}
+        self.answers: dict[str, Dataset] = {}
+        self.where: dict[str, list[str]] = {}
+
+    def add_local(self, local: Sequence[Row]) -> None:
+        """The hub's own matches: the hub first among each one's locations."""
+        for row in local:
+            key = str(attribute_value(row, self.keyword) or "")
+            if self.rows.get(key) is None:
+                self.rows[key] = row
+                self.where[key] = [self.hub_ae, *self.where.get(key, ())]
+
+    def add_remote(self, ae_title: str, answer: Dataset) -> str:
+        """One PACS answer; its key ('' when it has none: ignored)."""
+        key = str(answer.get(self.keyword) or "").strip()
+        if key:
+            if key not in self.rows:
+                self.rows[key], self.where[key] = None, []
+            self.answers.setdefault(key, answer)
+            if ae_title not in self.where[key]:
+                self.where[key].append(ae_title)
+        return key
+
+    def forget(self, ae_title: str) -> None:
+        """A source that failed: off every location list; its only matches dropped."""
+        for key, where in list(self.where.items()):
+            if ae_title in where:
+                where.remove(ae_title)
+                if not where:
+                    del self.rows[key], self.where[key]
+                    self.answers.pop(key, None)
+
+    def match(self, key: str) -> FederatedMatch:
+        return FederatedMatch(key, self.rows[key], self.answers.get(key), tuple(self.where[key]))
+
+    def matches(self, skip: set[str] | frozenset[str] = frozenset()) -> list[FederatedMatch]:
+        """Every match not in ``skip``: the hub's first (index order), then the others."""
+        return [self.match(key) for key in self.rows if key not in skip]
 
 
 def merge(
@@ -208,25 +188,12 @@ def merge(
     remote: Sequence[tuple[str, list[Dataset]]],
 ) -> list[FederatedMatch]:
     """De-duplicate by the level's unique key; the hub's matches first (PS3.4 C.6.2.1)."""
-    keyword = UNIQUE_KEYS[level]
-    rows: dict[str, Row | None] = {}
-    answers: dict[str, Dataset] = {}
-    where: dict[str, list[str]] = {}
-    for row in local:
-        key = str(attribute_value(row, keyword) or "")
-        if key not in rows:
-            rows[key], where[key] = row, [hub_ae]
+    merger = Merger(level, hub_ae)
+    merger.add_local(local)
     for ae_title, datasets in remote:
         for answer in datasets:
-            key = _remote_key(answer, level)
-            if not key:
-                continue
-            if key not in rows:
-                rows[key], where[key] = None, []
-            answers.setdefault(key, answer)
-            if ae_title not in where[key]:
-                where[key].append(ae_title)
-    return [FederatedMatch(key, rows[key], answers.get(key), tuple(where[key])) for key in rows]
+            merger.add_remote(ae_title, answer)
+    return merger.matches()
 
 
 def _owners(session: Session) -> dict[str, int]:
@@ -279,50 +246,164 @@ def _with_patient_id(wire: Dataset, patient_id: str) -> Dataset:
     return request
 
 
-def _collect(
-    futures: dict[Future[list[Dataset]], RemoteFind], deadline: float
-) -> tuple[list[tuple[str, list[Dataset]]], list[Unavailable]]:
-    _done, late = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
-    answered: list[tuple[str, list[Dataset]]] = []
-    unavailable: list[Unavailable] = []
-    for future, query in futures.items():
-        title = query.node.ae_title
-        if future in late:
-            query.abort()
-            unavailable.append(Unavailable(title, f"no answer within {query.timeout:g}s"))
-            continue
-        try:
-            answered.append((title, future.result()))
-        except HubError as exc:
-            unavailable.append(Unavailable(title, exc.message))
-        except Exception as exc:  # a peer's malformed answer must not sink the others
-            unavailable.append(Unavailable(title, f"{type(exc).__name__}: {exc}"[:120]))
-    return answered, unavailable
-
-
-def _askable(settings: Settings, database: Database) -> tuple[list[PacsNode], list[Unavailable]]:
+def _askable(settings: Settings, session: Session) -> tuple[list[PacsNode], list[Unavailable]]:
     """The PACS nodes to query, and those reported unavailable without asking.
 
     A node the health check found down (:mod:`pacs_hub.regional.health`) is not asked:
     a hung PACS would cost every query the whole timeout. A node registered under the
     hub's own federated AE title would make a query ask itself: never asked.
     """
-    with database.reader() as session:
-        rows = session.execute(
-            select(Node.ae_title, Node.health_status, Node.down_since).where(Node.role == PACS_ROLE)
-        ).all()
-    down = {title: since for title, health, since in rows if health == "down"}
     nodes, skipped = [], []
-    for node in pacs_nodes(database):
+    for row in session.scalars(select(Node).where(Node.role == PACS_ROLE).order_by(Node.ae_title)):
+        node = PacsNode(row.id, row.ae_title, row.host, row.port)
         if node.ae_title == settings.federated_ae_title:
             LOGGER.warning("node %s is the hub's federated AE title: not asked", node.ae_title)
-        elif node.ae_title in down:
-            since = down[node.ae_title]
+        elif row.health_status == "down":
+            since = row.down_since
             when = f" since {since:%Y-%m-%d %H:%M:%S} UTC" if since else ""
             skipped.append(Unavailable(node.ae_title, f"down{when} (health check)"))
         else:
             nodes.append(node)
     return nodes, skipped
+
+
+class FederatedSearch:
+    """One federated query, iterated as its merged matches become known.
+
+    The PACS are asked first (one thread each), then the hub's index is read while
+    they answer. With ``stream`` (a C-FIND SCP's Pending responses), a match only
+    PACS hold is yielded as soon as the first of them answers it and ``shown``
+    accepts it: the hub's own matches are known by then, so it is never one the hub
+    holds, and its key is never yielded again (de-duplicated); its Retrieve AE Title
+    lists the PACS that had answered it at that moment (PS3.4 C.4.1.1.3.2 asks for
+    AE titles the entity can be retrieved from, not all of them). A match ``shown``
+    refused is offered again with each later location and once more at the end.
+    The hub's own matches come last, once every source has finished or timed out,
+    each with every PACS that also holds it. Without ``stream`` (QIDO-RS totals and
+    paging, CLI, retrieve), everything comes at the end, in :func:`merge` order, and
+    a source that failed counts for nothing.
+
+    After the iteration, ``unavailable``, ``sources`` and ``elapsed`` describe it.
+    Closing the iterator early (a C-CANCEL) aborts the PACS still answering.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        level: Level,
+        query: Query,
+        identifier: Dataset,
+        *,
+        local_limit: int | None = None,
+        pool: AssociationPool | None = None,
+        stream: bool = False,
+        shown: Callable[[FederatedMatch], bool] | None = None,
+    ) -> None:
+        self.settings, self.database = settings, database
+        self.level, self.query, self.identifier = level, query, identifier
+        self.local_limit, self.pool, self.stream = local_limit, pool, stream
+        self.shown = shown or (lambda _match: True)
+        self.unavailable: tuple[Unavailable, ...] = ()
+        self.sources: tuple[str, ...] = ()
+        self.elapsed = 0.0
+        self._merger = Merger(level, settings.ae_title)
+        self._sent: set[str] = set()
+        self._answers: dict[str, list[Dataset]] = {}
+        self._failed: list[Unavailable] = []
+
+    def __iter__(self) -> Generator[FederatedMatch, None, None]:
+        start = time.monotonic()
+        timeout = self.settings.federated_timeout
+        events: queue.SimpleQueue[Answered | Finished] = queue.SimpleQueue()
+        finds = self._ask_remotes(timeout, events)
+        pending = dict(finds)
+        try:
+            with self.database.reader() as session:
+                local = find(session, self.level, self.query, limit=self.local_limit)
+            self._merger.add_local(local)
+            yield from self._drain(events, pending, start + timeout)
+        finally:
+            for remote in pending.values():
+                remote.abort()
+        for title in pending:
+            self._failed.append(Unavailable(title, f"no answer within {timeout:g}s"))
+            self._merger.forget(title)
+        self.unavailable = tuple(sorted(self._failed, key=lambda u: u.ae_title))
+        for title in finds:
+            for answer in self._answers.get(title, ()) if title not in pending else ():
+                self._merger.add_remote(title, answer)
+        for match in self._merger.matches(skip=self._sent):
+            if self.shown(match):
+                yield match
+        self.elapsed = time.monotonic() - start
+        self._log()
+
+    def _ask_remotes(
+        self, timeout: float, events: queue.SimpleQueue[Answered | Finished]
+    ) -> dict[str, RemoteFind]:
+        """Start one C-FIND thread per PACS to ask; the others are unavailable."""
+        wire = remote_identifier(self.identifier, self.level)
+        with self.database.reader() as session:
+            nodes, self._failed = _askable(self.settings, session)
+            plans = plan_requests(session, self.query, wire, nodes)
+        finds = {
+            node.ae_title: RemoteFind(self.settings, node, requests, timeout, self.pool)
+            for node, requests in plans
+        }
+        self.sources = tuple(sorted([*finds, *(u.ae_title for u in self._failed)]))
+        for remote in finds.values():
+            threading.Thread(target=remote.run, args=(events.put,), name="fed-find").start()
+        return finds
+
+    def _drain(
+        self,
+        events: queue.SimpleQueue[Answered | Finished],
+        pending: dict[str, RemoteFind],
+        deadline: float,
+    ) -> Iterator[FederatedMatch]:
+        """Take the PACS' events until each has finished or the deadline passed."""
+        while pending:
+            try:
+                event = events.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return
+            if event.ae_title not in pending:
+                continue
+            if isinstance(event, Answered):
+                yield from self._answered(event)
+                continue
+            del pending[event.ae_title]
+            if event.reason:
+                self._failed.append(Unavailable(event.ae_title, event.reason))
+                self._answers.pop(event.ae_title, None)
+                self._merger.forget(event.ae_title)
+
+    def _answered(self, event: Answered) -> Iterator[FederatedMatch]:
+        if not self.stream:
+            self._answers.setdefault(event.ae_title, []).append(event.identifier)
+            return
+        key = self._merger.add_remote(event.ae_title, event.identifier)
+        if not key or key in self._sent or self._merger.rows[key] is not None:
+            return
+        match = self._merger.match(key)
+        if self.shown(match):
+            self._sent.add(key)
+            yield match
+
+    def _log(self) -> None:
+        for source in self.unavailable:
+            LOGGER.warning(
+                "federated query: source %s unavailable (%s)", source.ae_title, source.reason
+            )
+        LOGGER.info(
+            "federated %s query: %d match(es) from the hub and %d PACS (%d unavailable) in %.2fs",
+            self.level,
+            len(self._merger.rows),
+            len(self.sources) - len(self.unavailable),
+            len(self.unavailable),
+            self.elapsed,
+        )
 
 
 def federated_find(
@@ -333,44 +414,19 @@ def federated_find(
     identifier: Dataset,
     *,
     local_limit: int | None = None,
+    pool: AssociationPool | None = None,
 ) -> FederatedResult:
     """Query the hub's index (``query``) and every PACS node (``identifier``); merge.
 
     ``identifier`` is the C-FIND Identifier for the remote sources (see
-    :func:`remote_identifier`); it is not changed.
+    :func:`remote_identifier`); it is not changed. The whole answer at once (see
+    :class:`FederatedSearch` for the streamed one).
     """
-    start = time.monotonic()
-    timeout = settings.federated_timeout
-    wire = remote_identifier(identifier, level)
-    nodes, skipped = _askable(settings, database)
-    with database.reader() as session:
-        plans = plan_requests(session, query, wire, nodes)
-    queries = [RemoteFind(settings, node, requests, timeout) for node, requests in plans]
-    pool = ThreadPoolExecutor(max_workers=max(1, len(queries)), thread_name_prefix="fed-find")
-    try:
-        futures = {pool.submit(q.run): q for q in queries}
-        with database.reader() as session:
-            local = find(session, level, query, limit=local_limit)
-        answered, unavailable = _collect(futures, start + timeout)
-        unavailable = sorted([*skipped, *unavailable], key=lambda u: u.ae_title)
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-    for source in unavailable:
-        LOGGER.warning(
-            "federated query: source %s unavailable (%s)", source.ae_title, source.reason
-        )
-    matches = merge(level, settings.ae_title, local, answered)
-    elapsed = time.monotonic() - start
-    LOGGER.info(
-        "federated %s query: %d match(es) from the hub and %d PACS (%d unavailable) in %.2fs",
-        level,
-        len(matches),
-        len(answered),
-        len(unavailable),
-        elapsed,
+    search = FederatedSearch(
+        settings, database, level, query, identifier, local_limit=local_limit, pool=pool
     )
-    sources = tuple(sorted([q.node.ae_title for q in queries] + [u.ae_title for u in skipped]))
-    return FederatedResult(level, matches, sources, tuple(unavailable), elapsed)
+    matches = list(search)
+    return FederatedResult(level, matches, search.sources, search.unavailable, search.elapsed)
 
 
 def locate_study(settings: Settings, database: Database, study: str) -> FederatedMatch | None:

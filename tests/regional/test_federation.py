@@ -23,14 +23,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom import sop_class as sc
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import update
 
 from pacs_hub.config import Settings
@@ -248,6 +251,73 @@ def test_federated_series_level_names_where_each_series_lives(
     answers, _, _ = findscu(region, [*keys, "SeriesInstanceUID", "Modality"], tmp_path)
     assert sorted(str(ds.Modality) for ds in answers) == ["CT", "NM"]
     assert {ds.RetrieveAETitle for ds in answers} == {"ORTH_B"}
+
+
+def _held_pacs(
+    study: str, release: threading.Event, answered: threading.Event
+) -> ThreadedAssociationServer:
+    """A PACS (pynetdicom Study Root C-FIND SCP on loopback) whose one match, ``study``,
+    is sent only once ``release`` is set (or after a second, within the hub's timeout);
+    a query by Patient ID has no match."""
+    ae = AE(ae_title="HELD")
+    ae.add_supported_context(sc.StudyRootQueryRetrieveInformationModelFind)
+    ae.add_supported_context(sc.Verification)
+
+    def on_find(event: Event) -> Iterator[tuple[int, Dataset | None]]:
+        if event.identifier.get("PatientID"):
+            return  # the hub's prefetch of priors, by patient: none here
+        release.wait(timeout=TIMEOUT / 2)
+        answer = Dataset()
+        answer.QueryRetrieveLevel, answer.StudyInstanceUID = "STUDY", study
+        answer.PatientID, answer.StudyDate = "PAT-HELD", "20240315"
+        answered.set()
+        yield 0xFF00, answer
+
+    handlers: list[Any] = [(evt.EVT_C_FIND, on_find)]
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+    assert server is not None and server.socket is not None
+    return server
+
+
+def test_matches_of_a_fast_pacs_come_while_a_slow_one_is_still_answering(region: Region) -> None:
+    """The first Pending response reaches the caller while the held PACS has not answered
+    (it answers only when the caller has that response); every match comes once."""
+    held_study, release, answered = generate_uid(), threading.Event(), threading.Event()
+    server = _held_pacs(held_study, release, answered)
+    port = str(server.server_address[1])
+    region.hub.cli("nodes", "add", "HELD", "127.0.0.1", port, "--role", "pacs")
+    ae = AE(ae_title="FINDSCU")
+    ae.add_requested_context(sc.StudyRootQueryRetrieveInformationModelFind)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel, identifier.StudyDate = "STUDY", "20240301-20240331"
+    identifier.StudyInstanceUID, identifier.RetrieveAETitle = "", ""
+    held_when_first: bool | None = None
+    found: list[tuple[str, str]] = []
+    try:
+        assoc = ae.associate("127.0.0.1", region.hub.dicom_port, ae_title=FED_AE)
+        assert assoc.is_established
+        try:
+            model = sc.StudyRootQueryRetrieveInformationModelFind
+            for status, answer in assoc.send_c_find(identifier, model):
+                if status.Status in (0xFF00, 0xFF01):
+                    assert answer is not None
+                    if held_when_first is None:
+                        held_when_first = answered.is_set()
+                        release.set()
+                    found.append((str(answer.StudyInstanceUID), str(answer.RetrieveAETitle)))
+                else:
+                    assert status.Status == 0x0000
+        finally:
+            assoc.release()
+    finally:
+        release.set()
+        server.shutdown()
+        region.hub.cli("nodes", "remove", "HELD")
+    assert held_when_first is False  # streamed: not collected before the first response
+    uids = [uid for uid, _ in found]
+    assert len(uids) == len(set(uids)) == 8  # the 7 of the region and the held one, once each
+    assert (held_study, "HELD") in found
+    assert (region.studies["c"], "ORTH_C") in found
 
 
 def test_qido_includeremote_returns_the_union_with_sources(region: Region) -> None:
