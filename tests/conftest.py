@@ -22,11 +22,19 @@ DCMTK = Path("/usr/bin")  # dcmtk by path: pynetdicom installs console scripts o
 HUB_AE = "PACS_HUB"
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port free on loopback right now, never one this process was given before
+    (the kernel may hand a just-closed port out again: two servers would collide)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def dcmtk(tool: str) -> str:
