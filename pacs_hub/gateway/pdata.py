@@ -10,9 +10,11 @@ primitives, 33 thread hand-overs and 33 encodings.
 
 :func:`install` replaces that path when it is safe to:
 
-* the command set of a C-STORE request or response is encoded directly (PS3.7
-  9.3.1.1 / 9.3.1.2: a handful of Implicit VR Little Endian elements, PS3.7 6.3.1);
-  other messages still get pynetdicom's encoding;
+* the command set of a C-STORE request or response, of a C-FIND response (PS3.7
+  9.3.2.2: one Pending response per match, the Identifier already encoded by the
+  service class) and of a C-MOVE/C-GET response without Identifier is encoded
+  directly (a handful of Implicit VR Little Endian elements, PS3.7 6.3.1); other
+  messages still get pynetdicom's encoding;
 * the PDUs (PS3.8 9.3.5: PDU header, one PDV item per PDU, message control header,
   PS3.8 E.2) are cut at the *peer's* maximum length like pynetdicom cuts them, and
   written by the calling thread in one ``sendall``, holding the DUL's lock so that
@@ -39,12 +41,13 @@ from typing import Any
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
+from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
 
 SILENT_EVENTS = (evt.EVT_DIMSE_SENT, evt.EVT_PDU_SENT, evt.EVT_DATA_SENT, evt.EVT_FSM_TRANSITION)
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 C_GET_RSP = 0x8010
+C_FIND_RSP = 0x8020
 C_MOVE_RSP = 0x8021
 DATASET_PRESENT = 0x0001
 NO_DATASET = 0x0101
@@ -149,6 +152,34 @@ def retrieve_response_command(primitive: C_GET | C_MOVE) -> bytes | None:
     return _with_group_length(elements)
 
 
+def find_response_command(primitive: C_FIND) -> bytes | None:
+    """The encoded command set of a C-FIND response (PS3.7 9.3.2.2), or None.
+
+    A response with an Error Comment or an Offending Element is left to pynetdicom,
+    as is an Identifier that is not already encoded. Byte-identical to pynetdicom's
+    encoding (Command Data Set Type 0x0001 whenever an Identifier is given).
+    """
+    p = primitive
+    if (
+        p.MessageIDBeingRespondedTo is None
+        or p.Status is None
+        or p.ErrorComment is not None
+        or p.OffendingElement is not None
+        or not (p.Identifier is None or isinstance(p.Identifier, BytesIO))
+    ):
+        return None
+    elements = []
+    if p.AffectedSOPClassUID is not None:
+        elements.append(_text(0x00020000, str(p.AffectedSOPClassUID), b"\x00"))
+    elements += [
+        _us(0x01000000, C_FIND_RSP),
+        _us(0x01200000, int(p.MessageIDBeingRespondedTo)),
+        _us(0x08000000, NO_DATASET if p.Identifier is None else DATASET_PRESENT),
+        _us(0x09000000, int(p.Status)),
+    ]
+    return _with_group_length(elements)
+
+
 def _fragments(data: bytes | memoryview, size: int) -> Iterator[bytes | memoryview]:
     """``data`` cut into ``size``-byte fragments (one, if size is 0); at least one."""
     if size <= 0 or len(data) <= size:
@@ -199,8 +230,17 @@ def _silent(assoc: Association) -> bool:
 
 
 def encode_message(primitive: Any) -> tuple[bytes, bytes | None] | None:
-    """(command set, data set) of a C-STORE request or response, or of a C-MOVE or
-    C-GET response without Identifier; None for any other message."""
+    """(command set, data set) of a C-STORE request or response, of a C-FIND response,
+    or of a C-MOVE or C-GET response without Identifier; None for any other message."""
+    if isinstance(primitive, C_FIND):
+        found = find_response_command(primitive)
+        if found is None:
+            return None
+        identifier = primitive.Identifier
+        if identifier is None:
+            return found, None
+        data = identifier.getvalue()
+        return (found, data) if data else None  # an empty one: pynetdicom knows
     if isinstance(primitive, C_MOVE | C_GET):
         retrieve = retrieve_response_command(primitive)
         return None if retrieve is None else (retrieve, None)
@@ -251,7 +291,7 @@ def write_message(
 
 
 def install() -> None:
-    """Send C-STORE requests and responses directly when safe, once per process."""
+    """Send C-STORE, C-FIND, C-MOVE and C-GET messages directly when safe, once per process."""
     with _INSTALL_LOCK:
         original = DIMSEServiceProvider.send_msg
         if getattr(original, "_pacs_hub_direct", False):

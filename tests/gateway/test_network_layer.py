@@ -1,4 +1,4 @@
-"""The gateway's network layer: direct C-STORE/C-MOVE encodings and the event-driven reactors.
+"""The gateway's network layer: direct DIMSE encodings and the event-driven reactors.
 
 The encodings must be byte-identical to pynetdicom's; the reactors must keep
 pynetdicom's timeouts and abort handling.
@@ -14,12 +14,17 @@ from pathlib import Path
 
 import pytest
 from pynetdicom import AE
-from pynetdicom.dimse_messages import C_GET_RSP, C_MOVE_RSP, C_STORE_RQ, C_STORE_RSP
-from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
+from pynetdicom.dimse_messages import C_FIND_RSP, C_GET_RSP, C_MOVE_RSP, C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from pacs_hub.gateway.pdata import c_store_command, retrieve_response_command
+from pacs_hub.gateway.pdata import (
+    c_store_command,
+    encode_message,
+    find_response_command,
+    retrieve_response_command,
+)
 from tests.conftest import Hub, start_hub, wait_until
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -93,6 +98,36 @@ def test_retrieve_response_with_identifier_is_left_to_pynetdicom() -> None:
     response.Status = 0xB000
     response.Identifier = BytesIO(b"\x08\x00\x58\x11\x00\x00\x00\x00")
     assert retrieve_response_command(response) is None
+
+
+@pytest.mark.parametrize("status", [0xFF00, 0xFF01, 0x0000, 0xA700])
+@pytest.mark.parametrize("identifier", [None, b"\x10\x00\x20\x00\x02\x00\x00\x00P1"])
+@pytest.mark.parametrize("sop_class", [None, "1.2.840.10008.5.1.4.1.2.2.1"])
+def test_find_response_command_is_pynetdicoms(
+    status: int, identifier: bytes | None, sop_class: str | None
+) -> None:
+    response = C_FIND()
+    response.MessageIDBeingRespondedTo = 9
+    response.AffectedSOPClassUID = sop_class
+    response.Status = status
+    response.Identifier = None if identifier is None else BytesIO(identifier)
+    assert find_response_command(response) == pynetdicom_command(C_FIND_RSP, response)
+    encoded = encode_message(response)
+    assert encoded is not None and encoded[1] == identifier  # the Identifier as encoded
+
+
+def test_find_request_and_error_comment_are_left_to_pynetdicom() -> None:
+    request = C_FIND()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.1"
+    request.Priority = 2
+    request.Identifier = BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")
+    assert encode_message(request) is None  # requests (the hub as SCU) keep pynetdicom's path
+    response = C_FIND()
+    response.MessageIDBeingRespondedTo = 1
+    response.Status = 0xA900
+    response.ErrorComment = "bad identifier"
+    assert find_response_command(response) is None
 
 
 @pytest.fixture
