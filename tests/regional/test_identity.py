@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -59,10 +60,10 @@ def _qualified(patient_id: str, issuer: str, oid: str) -> Dataset:
 
 def make_instance(
     folder: Path,
-    *,
     patient_id: str,
     issuer: str,
     name: str,
+    *,
     sex: str,
     birth: str,
     ins: str = "",
@@ -110,6 +111,12 @@ def make_instance(
     path = folder / f"{ds.SOPInstanceUID}.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path, str(ds.StudyInstanceUID)
+
+
+def maker(folder: Path, sex: str, birth: str, **common: Any) -> Callable[..., tuple[Path, str]]:
+    """``make_instance`` for one person: ``(patient_id, issuer, name, **more)``, the
+    sex, birth date and ``common`` (e.g. ``ins``) given here."""
+    return partial(make_instance, folder, sex=sex, birth=birth, **common)
 
 
 def storescu(hub: Hub, *files: Path) -> None:
@@ -190,46 +197,14 @@ def test_only_the_right_key_makes_a_matricule(body: str) -> None:
 
 def test_same_ins_under_local_ids_is_one_regional_patient(hub: Hub, tmp_path: Path) -> None:
     ins = make_ins("F", "19800101")
+    new = maker(tmp_path, "F", "19800101")
     files = [
-        make_instance(
-            tmp_path,
-            patient_id="A100",
-            issuer="HOSP-A",
-            name="Dupont^Hélène",
-            sex="F",
-            birth="19800101",
-            ins=ins,
-        )[0],
-        make_instance(
-            tmp_path,
-            patient_id="B200",
-            issuer="HOSP-B",
-            name="DUPONT^HELENE",
-            sex="F",
-            birth="19800101",
-            ins=ins,
-        )[0],
-        make_instance(
-            tmp_path,
-            patient_id="C300",
-            issuer="HOSP-C",
-            name="Dupont^Hélène",
-            sex="F",
-            birth="19800101",
-            ins=ins,
-            ins_as_patient_id=True,
-        )[0],
+        new("A100", "HOSP-A", "Dupont^Hélène", ins=ins)[0],
+        new("B200", "HOSP-B", "DUPONT^HELENE", ins=ins)[0],
+        new("C300", "HOSP-C", "Dupont^Hélène", ins=ins, ins_as_patient_id=True)[0],
     ]
     bad_key = ins[:13] + f"{(int(ins[13:]) + 1) % 100:02d}"
-    wrong, _ = make_instance(
-        tmp_path,
-        patient_id="D400",
-        issuer="HOSP-D",
-        name="Dupont^Hélène",
-        sex="F",
-        birth="19800101",
-        ins=bad_key,
-    )
+    wrong, _ = new("D400", "HOSP-D", "Dupont^Hélène", ins=bad_key)
     storescu(hub, *files, wrong)
 
     answer = api(hub, "GET", "/patients", params={"ins": ins})
@@ -259,32 +234,10 @@ def test_same_ins_under_local_ids_is_one_regional_patient(hub: Hub, tmp_path: Pa
 
 def test_traits_make_a_candidate_and_accepting_links(hub: Hub, tmp_path: Path) -> None:
     ins = make_ins("F", "19750612")
-    a, _ = make_instance(
-        tmp_path,
-        patient_id="E100",
-        issuer="HOSP-A",
-        sex="F",
-        birth="19750612",
-        name="Lefèvre-Martin^Marie-Hélène",
-        ins=ins,
-    )
-    c, _ = make_instance(
-        tmp_path,
-        patient_id="E300",
-        issuer="HOSP-C",
-        sex="F",
-        birth="19750612",
-        name="Durand^MARIE-HELENE",
-        birth_name="LEFEVRE MARTIN",
-    )
-    d, _ = make_instance(
-        tmp_path,
-        patient_id="E400",
-        issuer="HOSP-D",
-        sex="F",
-        birth="19750613",
-        name="LEFEVRE-MARTIN^MARIE-HELENE",
-    )
+    new = maker(tmp_path, "F", "19750612")
+    a, _ = new("E100", "HOSP-A", "Lefèvre-Martin^Marie-Hélène", ins=ins)
+    c, _ = new("E300", "HOSP-C", "Durand^MARIE-HELENE", birth_name="LEFEVRE MARTIN")
+    d, _ = new("E400", "HOSP-D", "LEFEVRE-MARTIN^MARIE-HELENE", birth="19750613")
     storescu(hub, a, c, d)
     target = regional_of(hub, "E100", "HOSP-A")
 
@@ -312,27 +265,10 @@ def test_traits_make_a_candidate_and_accepting_links(hub: Hub, tmp_path: Path) -
 
 def test_queries_by_regional_id_and_ins_return_every_linked_study(hub: Hub, tmp_path: Path) -> None:
     ins = make_ins("M", "19620304")
-    a, study_a = make_instance(
-        tmp_path,
-        patient_id="Q100",
-        issuer="HOSP-A",
-        name="Moreau^Luc",
-        sex="M",
-        birth="19620304",
-        ins=ins,
-    )
-    b, study_b = make_instance(
-        tmp_path,
-        patient_id="Q200",
-        issuer="HOSP-B",
-        name="MOREAU^LUC",
-        sex="M",
-        birth="19620304",
-        ins=ins,
-    )
-    x, study_x = make_instance(
-        tmp_path, patient_id="Q100", issuer="HOSP-B", name="Autre^Paul", sex="M", birth="19620304"
-    )
+    new = maker(tmp_path, "M", "19620304")
+    a, study_a = new("Q100", "HOSP-A", "Moreau^Luc", ins=ins)
+    b, study_b = new("Q200", "HOSP-B", "MOREAU^LUC", ins=ins)
+    x, study_x = new("Q100", "HOSP-B", "Autre^Paul")
     storescu(hub, a, b, x)
     regional_id = regional_of(hub, "Q100", "HOSP-A")["regional_id"]
 
@@ -373,33 +309,11 @@ def _snapshot(hub: Hub, *regional_ids: str) -> list[dict[str, Any]]:
 
 def test_merge_then_unmerge_restores_the_links(hub: Hub, tmp_path: Path) -> None:
     ins = make_ins("M", "19900101")
+    new = maker(tmp_path, "M", "19900101")
     files = [
-        make_instance(
-            tmp_path,
-            patient_id="M100",
-            issuer="HOSP-A",
-            name="Petit^Jean",
-            sex="M",
-            birth="19900101",
-            ins=ins,
-        )[0],
-        make_instance(
-            tmp_path,
-            patient_id="M200",
-            issuer="HOSP-B",
-            name="Petit^Jean",
-            sex="M",
-            birth="19900101",
-            ins=ins,
-        )[0],
-        make_instance(
-            tmp_path,
-            patient_id="M300",
-            issuer="HOSP-C",
-            name="Petit^Jeannot",
-            sex="M",
-            birth="19900101",
-        )[0],
+        new("M100", "HOSP-A", "Petit^Jean", ins=ins)[0],
+        new("M200", "HOSP-B", "Petit^Jean", ins=ins)[0],
+        new("M300", "HOSP-C", "Petit^Jeannot")[0],
     ]
     storescu(hub, *files)
     target = regional_of(hub, "M100", "HOSP-A")["regional_id"]
@@ -433,24 +347,9 @@ def test_merge_then_unmerge_restores_the_links(hub: Hub, tmp_path: Path) -> None
 
 def test_two_different_ins_are_never_one_patient(hub: Hub, tmp_path: Path) -> None:
     first, second = make_ins("F", "19851120"), make_ins("F", "19851120")
-    a, _ = make_instance(
-        tmp_path,
-        patient_id="T100",
-        issuer="HOSP-A",
-        name="Roux^Anne",
-        sex="F",
-        birth="19851120",
-        ins=first,
-    )
-    b, _ = make_instance(
-        tmp_path,
-        patient_id="T200",
-        issuer="HOSP-B",
-        name="Roux^Anne",
-        sex="F",
-        birth="19851120",
-        ins=second,
-    )
+    new = maker(tmp_path, "F", "19851120")
+    a, _ = new("T100", "HOSP-A", "Roux^Anne", ins=first)
+    b, _ = new("T200", "HOSP-B", "Roux^Anne", ins=second)
     storescu(hub, a, b)
     one = regional_of(hub, "T100", "HOSP-A")["regional_id"]
     two = regional_of(hub, "T200", "HOSP-B")["regional_id"]
@@ -473,12 +372,9 @@ def test_two_different_ins_are_never_one_patient(hub: Hub, tmp_path: Path) -> No
 
 
 def test_reject_then_manual_link_and_its_revert(hub: Hub, tmp_path: Path) -> None:
-    first, _ = make_instance(
-        tmp_path, patient_id="L100", issuer="HOSP-A", name="Blanc^Lucie", sex="F", birth="20010203"
-    )
-    second, _ = make_instance(
-        tmp_path, patient_id="L200", issuer="HOSP-B", name="BLANC^LUCIE", sex="F", birth="20010203"
-    )
+    new = maker(tmp_path, "F", "20010203")
+    first, _ = new("L100", "HOSP-A", "Blanc^Lucie")
+    second, _ = new("L200", "HOSP-B", "BLANC^LUCIE")
     storescu(hub, first)
     storescu(hub, second)
     one = regional_of(hub, "L100", "HOSP-A")["regional_id"]
@@ -514,9 +410,7 @@ def test_reject_then_manual_link_and_its_revert(hub: Hub, tmp_path: Path) -> Non
 
 
 def test_backfill_links_identities_left_unlinked(hub: Hub, tmp_path: Path) -> None:
-    path, _ = make_instance(
-        tmp_path, patient_id="K100", issuer="HOSP-K", name="Noir^Karl", sex="M", birth="19551010"
-    )
+    path, _ = make_instance(tmp_path, "K100", "HOSP-K", "Noir^Karl", sex="M", birth="19551010")
     storescu(hub, path)
     # As a row indexed before revision 0003 (or by a crash between two transactions).
     with sqlite3.connect(hub.data_dir / "index.sqlite3", timeout=60) as db:
@@ -541,18 +435,8 @@ def test_concurrent_ingest_of_one_ins_on_sqlite_and_postgresql(
     (PostgreSQL serialises per INS with an advisory lock); then merge and unmerge."""
     ingestor = Ingestor(database, BlobStore(tmp_path / "blobs"))
     ins = make_ins("M", "19700707")
-    made = [
-        make_instance(
-            tmp_path / "in",
-            patient_id=f"P{n}",
-            issuer=f"HOSP-{n}",
-            name="Gros^Marc",
-            sex="M",
-            birth="19700707",
-            ins=ins,
-        )
-        for n in range(8)
-    ]
+    new = maker(tmp_path / "in", "M", "19700707")
+    made = [new(f"P{n}", f"HOSP-{n}", "Gros^Marc", ins=ins) for n in range(8)]
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda path: ingestor.ingest(path.read_bytes()), [p for p, _ in made]))
     (regional,) = identity_views.find_by_ins(database, ins)
@@ -565,9 +449,7 @@ def test_concurrent_ingest_of_one_ins_on_sqlite_and_postgresql(
         found = {row.study_instance_uid for row in find_studies(session, query)}
     assert found == {study for _, study in made}
 
-    lone, _ = make_instance(
-        tmp_path / "in", patient_id="P9", issuer="HOSP-9", name="Gros^M", sex="M", birth="19700707"
-    )
+    lone, _ = new("P9", "HOSP-9", "Gros^M")
     ingestor.ingest(lone.read_bytes())
     source = identity_views.regional_of(database, "P9", "HOSP-9")
     assert source is not None
