@@ -11,13 +11,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from pacs_hub.backup import cli as backup_cli
-from pacs_hub.cli_common import DataDir, load_settings, open_database
-from pacs_hub.errors import HubError
+from pacs_hub.cli_common import (
+    DataDir,
+    console,
+    database,
+    load_settings,
+    open_database,
+    print_table,
+    refusals,
+)
 from pacs_hub.regional import establishments_cli, federation_cli, identity_cli, routing_cli
 from pacs_hub.regional import nodes as node_registry
 from pacs_hub.trust import audit_cli, users_cli
@@ -42,7 +46,6 @@ app.add_typer(backup_cli.app, name="backup")
 app.command("restore")(backup_cli.restore)
 app.command("worker")(workers_cli.worker)
 app.command("process")(workers_cli.process)
-console = Console()
 
 
 @app.command()
@@ -146,10 +149,9 @@ def nodes_add(
     Its calls are attributed to its establishment; instances it sends without an
     Issuer of Patient ID are indexed under the establishment's default issuer.
     """
-    db = open_database(load_settings(data_dir=data_dir))
-    try:
+    with refusals():
         node = node_registry.add_node(
-            db,
+            database(data_dir),
             ae_title,
             host,
             port,
@@ -158,9 +160,6 @@ def nodes_add(
             tls=tls,
             permissions=None if permissions is None else permissions.split(","),
         )
-    except HubError as exc:
-        console.print(f"[red]error:[/red] {escape(exc.message)}")
-        raise typer.Exit(2) from exc
     owner = f" ({node.establishment})" if node.establishment else ""
     allowed = ",".join(p for p in node_registry.PERMISSIONS if p in node.permissions) or "none"
     console.print(f"node {node.ae_title} -> {node.host}:{node.port} registered{owner} ({allowed})")
@@ -173,20 +172,21 @@ def _since(value: datetime | None) -> str:
 @nodes_app.command("list")
 def nodes_list(data_dir: DataDir = None) -> None:
     """List the registered nodes with their establishment, role and health."""
-    db = open_database(load_settings(data_dir=data_dir))
-    table = Table("AE title", "host", "port", "establishment", "role", "TLS", "health")
-    for node in node_registry.list_nodes(db):
-        tls = "yes" if node.tls else ""
-        table.add_row(
-            node.ae_title,
-            node.host,
-            str(node.port),
-            node.establishment,
-            node.role,
-            tls,
-            node.health_status,
-        )
-    console.print(table)
+    print_table(
+        ("AE title", "host", "port", "establishment", "role", "TLS", "health"),
+        (
+            (
+                node.ae_title,
+                node.host,
+                str(node.port),
+                node.establishment,
+                node.role,
+                "yes" if node.tls else "",
+                node.health_status,
+            )
+            for node in node_registry.list_nodes(database(data_dir))
+        ),
+    )
 
 
 @nodes_app.command("health")
@@ -207,18 +207,20 @@ def nodes_health(
         from pacs_hub.regional.health import check_nodes
 
         check_nodes(db, settings)
-    table = Table("AE title", "establishment", "status", "down since", "latency ms", "checked")
-    for node in node_registry.list_nodes(db, role="pacs"):
-        latency = f"{node.latency_ms:.1f}" if node.latency_ms is not None else ""
-        table.add_row(
-            node.ae_title,
-            node.establishment,
-            node.health_status,
-            _since(node.down_since),
-            latency,
-            _since(node.health_checked_at),
-        )
-    console.print(table)
+    print_table(
+        ("AE title", "establishment", "status", "down since", "latency ms", "checked"),
+        (
+            (
+                node.ae_title,
+                node.establishment,
+                node.health_status,
+                _since(node.down_since),
+                f"{node.latency_ms:.1f}" if node.latency_ms is not None else "",
+                _since(node.health_checked_at),
+            )
+            for node in node_registry.list_nodes(db, role="pacs")
+        ),
+    )
 
 
 @nodes_app.command("remove")
@@ -227,12 +229,9 @@ def nodes_remove(
     data_dir: DataDir = None,
 ) -> None:
     """Forget a registered node (it can no longer call the hub when unknown callers are refused)."""
-    db = open_database(load_settings(data_dir=data_dir))
-    try:
+    db = database(data_dir)
+    with refusals():
         node_registry.remove_node(db, ae_title)
-    except HubError as exc:
-        console.print(f"[red]error:[/red] {escape(exc.message)}")
-        raise typer.Exit(2) from exc
     console.print(f"node {ae_title} removed")
 
 

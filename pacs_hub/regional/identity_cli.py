@@ -10,21 +10,16 @@ two different INS under one regional patient, already decided or reverted).
 from __future__ import annotations
 
 import getpass
-import json
 from dataclasses import asdict
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from pacs_hub.cli_common import DataDir, load_settings, open_database
-from pacs_hub.errors import HubError
+from pacs_hub.cli_common import AsJson, DataDir, console, database, echo_json, print_table, refusals
 from pacs_hub.regional import identity_changes as changes
 from pacs_hub.regional import identity_views as views
 from pacs_hub.regional.identity import link_unlinked
-from pacs_hub.storage.database import Database
 
 app = typer.Typer(
     help="Regional patients: local identities linked by INS, traits or hand; merge, unmerge.",
@@ -35,16 +30,10 @@ candidates_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(candidates_app, name="candidates")
-console = Console()
 RegionalId = Annotated[str, typer.Argument(help="A regional id, e.g. RP00000042")]
 ActorOption = Annotated[
     str | None, typer.Option("--actor", help="Who decides, recorded (default: login name)")
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
-
-
-def _database(data_dir: DataDir) -> Database:
-    return open_database(load_settings(data_dir=data_dir))
 
 
 def _actor(actor: str | None) -> str:
@@ -56,44 +45,40 @@ def _actor(actor: str | None) -> str:
         return "cli"
 
 
-def _fail(exc: HubError) -> typer.Exit:
-    console.print(f"[red]error:[/red] {escape(exc.message)}")
-    return typer.Exit(2)
-
-
 def _print_regional(view: views.RegionalView) -> None:
     state = "active" if view.active else f"inactive, merged into {view.merged_into}"
     console.print(f"[bold]{view.regional_id}[/bold] ({state})")
     if view.ins:
         console.print(f"INS {view.ins} ({view.ins_oid})")
-    table = Table("Patient ID", "Issuer", "INS", "Link", "Name", "Sex", "Birth date", "Studies")
-    for i in view.identities:
-        table.add_row(
-            escape(i.patient_id),
-            escape(i.issuer_of_patient_id),
-            i.ins or "-",
-            i.link_method,
-            escape(i.patient_name),
-            i.patient_sex,
-            i.patient_birth_date,
-            str(len(i.studies)),
-        )
-    console.print(table)
+    print_table(
+        ("Patient ID", "Issuer", "INS", "Link", "Name", "Sex", "Birth date", "Studies"),
+        (
+            (
+                escape(i.patient_id),
+                escape(i.issuer_of_patient_id),
+                i.ins or "-",
+                i.link_method,
+                escape(i.patient_name),
+                i.patient_sex,
+                i.patient_birth_date,
+                str(len(i.studies)),
+            )
+            for i in view.identities
+        ),
+    )
 
 
 @app.command("show")
-def show(regional_id: RegionalId, as_json: JsonOption = False, data_dir: DataDir = None) -> None:
+def show(regional_id: RegionalId, as_json: AsJson = False, data_dir: DataDir = None) -> None:
     """Show a regional patient and its local identities.
 
     Each identity: Patient ID, issuer, INS, link method, traits and its number of
     studies (--json: with the studies).
     """
-    try:
-        view = views.regional_patient(_database(data_dir), regional_id)
-    except HubError as exc:
-        raise _fail(exc) from exc
+    with refusals():
+        view = views.regional_patient(database(data_dir), regional_id)
     if as_json:
-        typer.echo(json.dumps(asdict(view), ensure_ascii=False, indent=2))
+        echo_json(asdict(view), ensure_ascii=False)
     else:
         _print_regional(view)
 
@@ -105,7 +90,7 @@ def find(
         str | None, typer.Option("--patient-id", help="A local Patient ID (with --issuer)")
     ] = None,
     issuer: Annotated[str, typer.Option(help="The local Patient ID's issuer")] = "",
-    as_json: JsonOption = False,
+    as_json: AsJson = False,
     data_dir: DataDir = None,
 ) -> None:
     """Find the regional patients holding an INS, or the one of a local identity.
@@ -114,14 +99,14 @@ def find(
     """
     if (ins is None) == (patient_id is None):
         raise typer.BadParameter("give either --ins or --patient-id", param_hint="--ins")
-    database = _database(data_dir)
+    db = database(data_dir)
     if ins is not None:
-        found = views.find_by_ins(database, ins)
+        found = views.find_by_ins(db, ins)
     else:
-        regional_id = views.regional_of(database, str(patient_id), issuer)
-        found = [views.regional_patient(database, regional_id)] if regional_id else []
+        regional_id = views.regional_of(db, str(patient_id), issuer)
+        found = [views.regional_patient(db, regional_id)] if regional_id else []
     if as_json:
-        typer.echo(json.dumps([asdict(v) for v in found], ensure_ascii=False, indent=2))
+        echo_json([asdict(v) for v in found], ensure_ascii=False)
     else:
         for view in found:
             _print_regional(view)
@@ -143,10 +128,8 @@ def link(
 
     Refused when the regional patient holds another INS. Revert with unmerge EVENT_ID.
     """
-    try:
-        change = changes.link(_database(data_dir), patient_id, issuer, regional_id, _actor(actor))
-    except HubError as exc:
-        raise _fail(exc) from exc
+    with refusals():
+        change = changes.link(database(data_dir), patient_id, issuer, regional_id, _actor(actor))
     console.print(f"linked to {change.regional_id} (event {change.event_id})")
 
 
@@ -161,10 +144,8 @@ def merge(
 
     Refused when they hold different INS. Revert with unmerge EVENT_ID.
     """
-    try:
-        change = changes.merge(_database(data_dir), source, target, _actor(actor))
-    except HubError as exc:
-        raise _fail(exc) from exc
+    with refusals():
+        change = changes.merge(database(data_dir), source, target, _actor(actor))
     console.print(f"{source} merged into {change.regional_id} (event {change.event_id})")
 
 
@@ -179,31 +160,36 @@ def unmerge(
     Every identity goes back where it was; refused if one changed since (revert the
     later change first).
     """
-    try:
-        new = changes.revert(_database(data_dir), event_id, _actor(actor))
-    except HubError as exc:
-        raise _fail(exc) from exc
+    with refusals():
+        new = changes.revert(database(data_dir), event_id, _actor(actor))
     console.print(f"event {event_id} reverted (event {new})")
 
 
 @app.command("events")
 def events(
     limit: Annotated[int, typer.Option(min=1, max=1000, help="How many")] = 20,
-    as_json: JsonOption = False,
+    as_json: AsJson = False,
     data_dir: DataDir = None,
 ) -> None:
     """The latest changes of the cross-reference, newest first."""
-    found = views.list_events(_database(data_dir), limit)
+    found = views.list_events(database(data_dir), limit)
     if as_json:
-        typer.echo(json.dumps([asdict(e) for e in found], indent=2))
+        echo_json([asdict(e) for e in found])
         return
-    table = Table("Event", "Kind", "Actor", "At (UTC)", "Reverted by", "Identities moved")
-    for e in found:
-        moved = len(e.detail.get("moves", []))
-        table.add_row(
-            str(e.id), e.kind, escape(e.actor), e.at, str(e.reverted_by or "-"), str(moved)
-        )
-    console.print(table)
+    print_table(
+        ("Event", "Kind", "Actor", "At (UTC)", "Reverted by", "Identities moved"),
+        (
+            (
+                str(e.id),
+                e.kind,
+                escape(e.actor),
+                e.at,
+                str(e.reverted_by or "-"),
+                str(len(e.detail.get("moves", []))),
+            )
+            for e in found
+        ),
+    )
 
 
 @app.command("backfill")
@@ -212,9 +198,9 @@ def backfill(data_dir: DataDir = None) -> None:
 
     The running hub also does it every few minutes.
     """
-    database = _database(data_dir)
+    db = database(data_dir)
     total = 0
-    while (done := link_unlinked(database)) > 0:
+    while (done := link_unlinked(db)) > 0:
         total += done
     console.print(f"{total} local identities linked")
 
@@ -222,7 +208,7 @@ def backfill(data_dir: DataDir = None) -> None:
 @candidates_app.command("list")
 def list_candidates(
     status: Annotated[str, typer.Option(help="pending, accepted, rejected or all")] = "pending",
-    as_json: JsonOption = False,
+    as_json: AsJson = False,
     data_dir: DataDir = None,
 ) -> None:
     """Candidates: a local identity that may be the proposed regional patient."""
@@ -230,22 +216,25 @@ def list_candidates(
         raise typer.BadParameter(
             "expected pending, accepted, rejected or all", param_hint="--status"
         )
-    found = views.list_candidates(_database(data_dir), None if status == "all" else status)
+    found = views.list_candidates(database(data_dir), None if status == "all" else status)
     if as_json:
-        typer.echo(json.dumps([asdict(c) for c in found], ensure_ascii=False, indent=2))
+        echo_json([asdict(c) for c in found], ensure_ascii=False)
         return
-    table = Table("Candidate", "Status", "Patient ID", "Issuer", "Now in", "Proposed", "Reason")
-    for c in found:
-        table.add_row(
-            str(c.id),
-            c.status,
-            escape(c.patient_id),
-            escape(c.issuer_of_patient_id),
-            c.current_regional_id or "-",
-            c.regional_id,
-            c.reason,
-        )
-    console.print(table)
+    print_table(
+        ("Candidate", "Status", "Patient ID", "Issuer", "Now in", "Proposed", "Reason"),
+        (
+            (
+                str(c.id),
+                c.status,
+                escape(c.patient_id),
+                escape(c.issuer_of_patient_id),
+                c.current_regional_id or "-",
+                c.regional_id,
+                c.reason,
+            )
+            for c in found
+        ),
+    )
 
 
 @candidates_app.command("accept")
@@ -258,10 +247,8 @@ def accept(
 
     Revert with unmerge EVENT_ID.
     """
-    try:
-        change = changes.accept_candidate(_database(data_dir), candidate_id, _actor(actor))
-    except HubError as exc:
-        raise _fail(exc) from exc
+    with refusals():
+        change = changes.accept_candidate(database(data_dir), candidate_id, _actor(actor))
     console.print(f"linked to {change.regional_id} (event {change.event_id})")
 
 
@@ -272,8 +259,6 @@ def reject(
     data_dir: DataDir = None,
 ) -> None:
     """Reject a candidate: the identities stay apart (recorded)."""
-    try:
-        event = changes.reject_candidate(_database(data_dir), candidate_id, _actor(actor))
-    except HubError as exc:
-        raise _fail(exc) from exc
+    with refusals():
+        event = changes.reject_candidate(database(data_dir), candidate_id, _actor(actor))
     console.print(f"candidate {candidate_id} rejected (event {event})")

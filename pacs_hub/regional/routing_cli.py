@@ -6,37 +6,29 @@ establishment, duplicate name, unknown rule or item).
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from pacs_hub.cli_common import DataDir, load_settings, open_database
-from pacs_hub.errors import HubError
+from pacs_hub.cli_common import (
+    AsJson,
+    DataDir,
+    console,
+    database,
+    echo_json,
+    print_table,
+    refusals,
+)
 from pacs_hub.regional import routing, routing_rules
-from pacs_hub.storage.database import Database
 
 app = typer.Typer(
     help="Routing rules: forward arriving studies that match conditions to a node, through"
     " a persistent queue with retries (states: queued, sending, sent, failed).",
     no_args_is_help=True,
 )
-console = Console()
 Name = Annotated[str, typer.Argument(help="The rule's name")]
 Values = Annotated[list[str] | None, typer.Option(help="Repeat for any of several values")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
-
-
-def _database(data_dir: DataDir) -> Database:
-    return open_database(load_settings(data_dir=data_dir))
-
-
-def _fail(exc: HubError) -> typer.Exit:
-    console.print(f"[red]error:[/red] {escape(exc.message)}")
-    return typer.Exit(2)
 
 
 def _conditions(record: routing_rules.RuleRecord) -> str:
@@ -73,19 +65,17 @@ def add(
         )
         if values
     }
-    try:
+    with refusals():
         record = routing_rules.create_rule(
-            _database(data_dir), name, conditions, destination, enabled=not disabled
+            database(data_dir), name, conditions, destination, enabled=not disabled
         )
-    except HubError as exc:
-        raise _fail(exc) from exc
     console.print(f"rule {escape(record.name)}: {_conditions(record)} -> {record.destination}")
 
 
 @app.command("list")
 def list_(as_json: AsJson = False, data_dir: DataDir = None) -> None:
     """List the rules with their conditions, destination and whether they are enabled."""
-    rules = routing_rules.list_rules(_database(data_dir))
+    rules = routing_rules.list_rules(database(data_dir))
     if as_json:
         rows = [
             {
@@ -96,19 +86,20 @@ def list_(as_json: AsJson = False, data_dir: DataDir = None) -> None:
             }
             for r in rules
         ]
-        typer.echo(json.dumps(rows, indent=2))
+        echo_json(rows)
         return
-    table = Table("name", "conditions", "destination", "enabled")
-    for r in rules:
-        table.add_row(escape(r.name), _conditions(r), r.destination, "yes" if r.enabled else "no")
-    console.print(table)
+    print_table(
+        ("name", "conditions", "destination", "enabled"),
+        (
+            (escape(r.name), _conditions(r), r.destination, "yes" if r.enabled else "no")
+            for r in rules
+        ),
+    )
 
 
 def _switch(name: str, enabled: bool, data_dir: DataDir) -> None:
-    try:
-        record = routing_rules.set_rule_enabled(_database(data_dir), name, enabled)
-    except HubError as exc:
-        raise _fail(exc) from exc
+    with refusals():
+        record = routing_rules.set_rule_enabled(database(data_dir), name, enabled)
     console.print(f"rule {escape(record.name)} {'enabled' if enabled else 'disabled'}")
 
 
@@ -127,10 +118,8 @@ def disable(name: Name, data_dir: DataDir = None) -> None:
 @app.command("remove")
 def remove(name: Name, data_dir: DataDir = None) -> None:
     """Delete a rule and its queue items."""
-    try:
-        count = routing_rules.delete_rule(_database(data_dir), name)
-    except HubError as exc:
-        raise _fail(exc) from exc
+    with refusals():
+        count = routing_rules.delete_rule(database(data_dir), name)
     console.print(f"rule {escape(name)} removed ({count} queue item(s) with it)")
 
 
@@ -143,10 +132,8 @@ def queue(
     data_dir: DataDir = None,
 ) -> None:
     """Show the routing queue, newest first: each study, its rule, state and last error."""
-    try:
-        items = routing.list_queue(_database(data_dir), study=study, state=state, rule=rule)
-    except HubError as exc:
-        raise _fail(exc) from exc
+    with refusals():
+        items = routing.list_queue(database(data_dir), study=study, state=state, rule=rule)
     if as_json:
         rows = [
             {
@@ -161,20 +148,23 @@ def queue(
             }
             for i in items
         ]
-        typer.echo(json.dumps(rows, indent=2))
+        echo_json(rows)
         return
-    table = Table("id", "study", "rule", "destination", "state", "attempts", "last error")
-    for i in items:
-        table.add_row(
-            str(i.id),
-            i.study_instance_uid,
-            escape(i.rule),
-            i.destination,
-            i.state,
-            str(i.attempts),
-            escape(i.last_error),
-        )
-    console.print(table)
+    print_table(
+        ("id", "study", "rule", "destination", "state", "attempts", "last error"),
+        (
+            (
+                str(i.id),
+                i.study_instance_uid,
+                escape(i.rule),
+                i.destination,
+                i.state,
+                str(i.attempts),
+                escape(i.last_error),
+            )
+            for i in items
+        ),
+    )
 
 
 @app.command("retry")
@@ -183,8 +173,6 @@ def retry(
     data_dir: DataDir = None,
 ) -> None:
     """Queue a failed (or sent) item again, with its attempts reset."""
-    try:
-        record = routing.retry_item(_database(data_dir), item_id)
-    except HubError as exc:
-        raise _fail(exc) from exc
+    with refusals():
+        record = routing.retry_item(database(data_dir), item_id)
     console.print(f"item {record.id} ({record.study_instance_uid}) queued again")

@@ -15,12 +15,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 from sqlalchemy import func, select
 
-from pacs_hub.cli_common import DataDir, load_settings, open_database
+from pacs_hub.cli_common import (
+    DataDir,
+    console,
+    database,
+    load_settings,
+    open_database,
+    print_table,
+    refusals,
+)
 from pacs_hub.storage.database import Database
 from pacs_hub.trust import audit
 from pacs_hub.trust.atna import AuditSource, InvalidAuditMessage, messages
@@ -40,7 +46,6 @@ app = typer.Typer(
     help="The audit trail: list, verify the hash chain, export as DICOM audit messages.",
     no_args_is_help=True,
 )
-console = Console()
 Patient = Annotated[str, typer.Option(help="Regional patient id (RP...)")]
 User = Annotated[str, typer.Option(help="Actor id (user:alice, node:CT1) or username")]
 StudyUid = Annotated[str, typer.Option("--study", help="Study Instance UID")]
@@ -109,31 +114,34 @@ def list_entries(
     data_dir: DataDir = None,
 ) -> None:
     """Entries matching every filter given, newest first, one page at a time."""
-    database = open_database(load_settings(data_dir=data_dir))
-    flt = _filter(database, patient, user, study, action, outcome, since, until)
+    db = database(data_dir)
+    flt = _filter(db, patient, user, study, action, outcome, since, until)
     entries: list[AuditRecord] = []
     next_before = None
     if flt is not None:
-        with database.read_connection() as conn:
+        with db.read_connection() as conn:
             page = find_entries(conn, flt, limit=limit, before=before)
         entries, next_before = page.entries, page.next_before
-        _read_recorded(database, flt, _how("list"), len(entries))
+        _read_recorded(db, flt, _how("list"), len(entries))
     if as_json:
         typer.echo(json.dumps({"entries": [_as_json(r) for r in entries], "next": next_before}))
         return
-    table = Table("id", "at (UTC)", "actor", "action", "outcome", "rule", "patient", "study")
-    for rec in entries:
-        table.add_row(
-            str(rec.id),
-            rec.at.isoformat(timespec="seconds"),
-            escape(rec.actor_id),
-            rec.action,
-            rec.outcome,
-            rec.rule,
-            rec.regional_id or "-",
-            rec.study_uid or "-",
-        )
-    console.print(table)
+    print_table(
+        ("id", "at (UTC)", "actor", "action", "outcome", "rule", "patient", "study"),
+        (
+            (
+                str(rec.id),
+                rec.at.isoformat(timespec="seconds"),
+                escape(rec.actor_id),
+                rec.action,
+                rec.outcome,
+                rec.rule,
+                rec.regional_id or "-",
+                rec.study_uid or "-",
+            )
+            for rec in entries
+        ),
+    )
     if next_before is not None:
         console.print(f"more: --before {next_before}")
 
@@ -141,11 +149,11 @@ def list_entries(
 @app.command("verify")
 def verify(data_dir: DataDir = None) -> None:
     """Recompute the hash chain; exit 1 and name each entry where it breaks."""
-    database = open_database(load_settings(data_dir=data_dir))
-    with database.read_connection() as conn:
+    db = database(data_dir)
+    with db.read_connection() as conn:
         breaks = audit.verify(conn)
         kept = conn.execute(select(func.count()).select_from(AuditEvent)).scalar_one()
-    _read_recorded(database, AuditFilter(), _how("verify"), kept)
+    _read_recorded(db, AuditFilter(), _how("verify"), kept)
     if not breaks:
         console.print(f"audit trail intact: {kept} entries verified")
         return
@@ -170,22 +178,18 @@ def export(
     """Write matching entries as DICOM audit messages (PS3.15 A.5), oldest first,
     one file per message: ``<entry id>-<n>-<EventID>.xml``."""
     settings = load_settings(data_dir=data_dir)
-    database = open_database(settings)
-    flt = _filter(database, patient, user, study, action, outcome, since, until)
+    db = open_database(settings)
+    flt = _filter(db, patient, user, study, action, outcome, since, until)
     out.mkdir(parents=True, exist_ok=True)
     source = AuditSource.of(settings)
     written = 0
-    try:
-        with database.read_connection() as conn:
-            for rec in iter_entries(conn, flt) if flt is not None else iter(()):
-                for n, msg in enumerate(messages(rec, source), start=1):
-                    (out / f"{rec.id:08d}-{n}-{msg.event_code}.xml").write_bytes(msg.xml)
-                    written += 1
-    except InvalidAuditMessage as exc:
-        console.print(f"[red]error:[/red] {escape(exc.message)}")
-        raise typer.Exit(2) from exc
+    with refusals(InvalidAuditMessage), db.read_connection() as conn:
+        for rec in iter_entries(conn, flt) if flt is not None else iter(()):
+            for n, msg in enumerate(messages(rec, source), start=1):
+                (out / f"{rec.id:08d}-{n}-{msg.event_code}.xml").write_bytes(msg.xml)
+                written += 1
     if flt is not None:
-        _read_recorded(database, flt, _how("export"), written)
+        _read_recorded(db, flt, _how("export"), written)
     console.print(f"{written} audit message(s) written to {escape(str(out))}")
 
 
@@ -194,11 +198,8 @@ def prune(data_dir: DataDir = None) -> None:
     """Apply the retention now (PACS_HUB_AUDIT_RETENTION_DAYS); the hub does it hourly.
     Exit 2, pruning nothing, when the entries to prune do not verify."""
     settings = load_settings(data_dir=data_dir)
-    try:
+    with refusals(audit.AuditChainBroken):
         count = prune_expired(settings, open_database(settings))
-    except audit.AuditChainBroken as exc:
-        console.print(f"[red]error:[/red] {escape(exc.message)}")
-        raise typer.Exit(2) from exc
     console.print(
         f"{count} entr{'y' if count == 1 else 'ies'} older than"
         f" {settings.audit_retention_days} days pruned"

@@ -6,18 +6,13 @@ duplicate username, unknown role, password too short).
 
 from __future__ import annotations
 
-import json
 import secrets
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from pacs_hub.cli_common import DataDir, load_settings, open_database
-from pacs_hub.errors import HubError
-from pacs_hub.storage.database import Database
+from pacs_hub.cli_common import DataDir, console, database, echo_json, print_table, refusals
 from pacs_hub.trust import users as registry
 from pacs_hub.trust.principal import Role
 
@@ -25,7 +20,6 @@ app = typer.Typer(
     help="Users: roles, establishments, passwords (embedded sign-in), patient accounts.",
     no_args_is_help=True,
 )
-console = Console()
 Username = Annotated[str, typer.Argument(help="The user's login name")]
 Roles = Annotated[
     list[str] | None,
@@ -39,15 +33,6 @@ Password = Annotated[
     str | None,
     typer.Option(help="Password (at least 10 characters); default: prompt, or generate"),
 ]
-
-
-def _database(data_dir: DataDir) -> Database:
-    return open_database(load_settings(data_dir=data_dir))
-
-
-def _fail(exc: HubError) -> typer.Exit:
-    console.print(f"[red]error:[/red] {escape(exc.message)}")
-    return typer.Exit(2)
 
 
 def _print(record: registry.UserRecord) -> None:
@@ -94,9 +79,9 @@ def add(
 ) -> None:
     """Register a user with roles and establishments (and a password for the login page)."""
     secret, shown = (None, False) if no_password else _password(password, generate_password)
-    try:
+    with refusals():
         record = registry.create_user(
-            _database(data_dir),
+            database(data_dir),
             username,
             registry.UserFields(
                 display_name=name,
@@ -108,8 +93,6 @@ def add(
                 password=secret,
             ),
         )
-    except HubError as exc:
-        raise _fail(exc) from exc
     console.print(f"user {escape(record.username)} added ({', '.join(record.roles) or 'no role'})")
     if shown:
         console.print(f"password: {secret}  (shown once)")
@@ -121,7 +104,7 @@ def list_(
     data_dir: DataDir = None,
 ) -> None:
     """Every user: roles, establishments, whether active."""
-    records = registry.list_users(_database(data_dir))
+    records = registry.list_users(database(data_dir))
     if as_json:
         rows = [
             {
@@ -134,27 +117,28 @@ def list_(
             }
             for r in records
         ]
-        typer.echo(json.dumps(rows, indent=2))
+        echo_json(rows)
         return
-    table = Table("username", "roles", "establishments", "rpps", "active")
-    for r in records:
-        table.add_row(
-            escape(r.username),
-            ", ".join(r.roles),
-            ", ".join(r.establishments),
-            r.rpps,
-            "yes" if r.active else "no",
-        )
-    console.print(table)
+    print_table(
+        ("username", "roles", "establishments", "rpps", "active"),
+        (
+            (
+                escape(r.username),
+                ", ".join(r.roles),
+                ", ".join(r.establishments),
+                r.rpps,
+                "yes" if r.active else "no",
+            )
+            for r in records
+        ),
+    )
 
 
 @app.command("show")
 def show(username: Username, data_dir: DataDir = None) -> None:
     """One user."""
-    try:
-        _print(registry.get_user(_database(data_dir), username))
-    except HubError as exc:
-        raise _fail(exc) from exc
+    with refusals():
+        _print(registry.get_user(database(data_dir), username))
 
 
 @app.command("passwd")
@@ -168,10 +152,8 @@ def passwd(
 ) -> None:
     """Set a user's password (prompted unless given or generated)."""
     secret, shown = _password(password, generate_password)
-    try:
-        registry.update_user(_database(data_dir), username, registry.UserFields(password=secret))
-    except HubError as exc:
-        raise _fail(exc) from exc
+    with refusals():
+        registry.update_user(database(data_dir), username, registry.UserFields(password=secret))
     console.print(f"password of {escape(username)} changed")
     if shown:
         console.print(f"password: {secret}  (shown once)")
@@ -197,17 +179,13 @@ def update(
         email=email,
         regional_id=patient,
     )
-    try:
-        _print(registry.update_user(_database(data_dir), username, fields))
-    except HubError as exc:
-        raise _fail(exc) from exc
+    with refusals():
+        _print(registry.update_user(database(data_dir), username, fields))
 
 
 def _set_active(username: str, active: bool, data_dir: DataDir) -> None:
-    try:
-        registry.update_user(_database(data_dir), username, registry.UserFields(active=active))
-    except HubError as exc:
-        raise _fail(exc) from exc
+    with refusals():
+        registry.update_user(database(data_dir), username, registry.UserFields(active=active))
     console.print(f"user {escape(username)} {'enabled' if active else 'disabled'}")
 
 
@@ -230,8 +208,6 @@ def grant_establishment(
     data_dir: DataDir = None,
 ) -> None:
     """Add establishments to a user's (their staff see their studies)."""
-    try:
-        record = registry.grant_establishment(_database(data_dir), username, codes)
-    except HubError as exc:
-        raise _fail(exc) from exc
+    with refusals():
+        record = registry.grant_establishment(database(data_dir), username, codes)
     console.print(f"{escape(username)}: {', '.join(record.establishments)}")
