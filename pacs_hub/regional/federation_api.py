@@ -40,6 +40,7 @@ from pacs_hub.regional.scu import pacs_node
 from pacs_hub.trust.access import RemoteAnswer, record_decision, remote_visible
 from pacs_hub.trust.policy import AccessDenied, Decision
 from pacs_hub.trust.principal import Action, Role
+from pacs_hub.web.params import RowId
 
 router = APIRouter()
 Hub = Annotated[HubState, Depends(hub_state)]
@@ -136,7 +137,7 @@ def _job(hub: HubState, job_id: int) -> dict[str, Any]:
 
 
 @router.get("/retrieve/{job_id}")
-def read_retrieve(job_id: int, hub: Hub, caller: CallerDep) -> dict[str, Any]:
+def read_retrieve(job_id: RowId, hub: Hub, caller: CallerDep) -> dict[str, Any]:
     """One retrieve job: state, progress (received / expected instances), error."""
     caller.require("retrieve jobs", *STAFF)
     return _job(hub, job_id)

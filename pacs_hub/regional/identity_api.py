@@ -35,6 +35,7 @@ from pacs_hub.dicomweb.problems import Problem
 from pacs_hub.dicomweb.state import HubState, hub_state
 from pacs_hub.regional import identity_changes as changes
 from pacs_hub.regional import identity_views as views
+from pacs_hub.web.params import RowId
 
 router = APIRouter(dependencies=[Depends(regional_admin)])
 Hub = Annotated[HubState, Depends(hub_state)]
@@ -107,14 +108,14 @@ def list_candidates(hub: Hub, status: str = "pending") -> Any:
 
 
 @router.post("/patients/candidates/{candidate_id}/accept")
-def accept_candidate(hub: Hub, candidate_id: int, body: DecisionIn | None = None) -> Any:
+def accept_candidate(hub: Hub, candidate_id: RowId, body: DecisionIn | None = None) -> Any:
     """Accept a candidate: the identity joins the proposed regional patient."""
     actor = body.actor if body else "api"
     return _change(changes.accept_candidate(hub.database, candidate_id, actor))
 
 
 @router.post("/patients/candidates/{candidate_id}/reject")
-def reject_candidate(hub: Hub, candidate_id: int, body: DecisionIn | None = None) -> Any:
+def reject_candidate(hub: Hub, candidate_id: RowId, body: DecisionIn | None = None) -> Any:
     """Reject a candidate: the identities stay apart."""
     actor = body.actor if body else "api"
     return {"event_id": changes.reject_candidate(hub.database, candidate_id, actor)}
@@ -133,7 +134,7 @@ def merge(hub: Hub, body: MergeIn) -> Any:
 
 
 @router.post("/patients/unmerge/{event_id}")
-def unmerge(hub: Hub, event_id: int, body: DecisionIn | None = None) -> Any:
+def unmerge(hub: Hub, event_id: RowId, body: DecisionIn | None = None) -> Any:
     """Revert a merge, manual link or accepted candidate, restoring the links before it."""
     actor = body.actor if body else "api"
     return {"event_id": changes.revert(hub.database, event_id, actor)}

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pacs_hub.dicomweb.access import regional_admin
 from pacs_hub.dicomweb.state import HubState, hub_state
 from pacs_hub.regional import routing, routing_rules
+from pacs_hub.web.params import RowId
 
 router = APIRouter(dependencies=[Depends(regional_admin)])
 Hub = Annotated[HubState, Depends(hub_state)]
@@ -155,6 +156,6 @@ def list_queue(
 
 
 @router.post("/routing/queue/{item_id}/retry", response_model=QueueItemOut)
-def retry_item(item_id: int, hub: Hub) -> QueueItemOut:
+def retry_item(item_id: RowId, hub: Hub) -> QueueItemOut:
     """Queue a failed or sent item again (attempts reset)."""
     return _item(routing.retry_item(hub.database, item_id))
