@@ -391,7 +391,7 @@ def test_restore_survives_a_kill_and_reconciles_to_zero_missing(scenario: Scenar
     assert run["state"] == "running", "the restore finished before it could be killed"
     second = _restore(scenario)
     out, err = second.communicate(timeout=120)
-    assert second.returncode == 0, err
+    assert second.returncode == 0, f"{err[-2000:]}\n{out[-3000:]}"  # the report says why
     report = json.loads(out)
     assert report["complete"] and report["refused"] == [] and report["count_mismatches"] == []
     assert report["studies"] == STUDIES + 1
