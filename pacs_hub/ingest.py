@@ -113,8 +113,13 @@ class Ingestor:
         received_from_ae: str,
         establishment_pk: int | None = None,
     ) -> IngestResult:
-        if received_from_ae and not header.issuer_of_patient_id:
-            header = self._default_issuer(header, received_from_ae)
+        owner = self.senders.lookup(received_from_ae) if received_from_ae else None
+        if owner is not None and establishment_pk is None:
+            establishment_pk = owner.establishment_pk  # recorded on a new study
+        if owner is not None and owner.default_issuer and not header.issuer_of_patient_id:
+            # No Issuer of Patient ID (0010,0021, PS3.3 C.7.1.1): the patient is indexed under
+            # the default issuer of the sending node's establishment (the bytes keep none).
+            header = dataclasses.replace(header, issuer_of_patient_id=owner.default_issuer)
         with self.database.read_connection() as conn:
             known = existing_instance(conn, header.sop_instance_uid)
             if known is not None and known.sha256 == blob.sha256:
@@ -127,14 +132,6 @@ class Ingestor:
         if outcome is Outcome.CONFLICT:
             raise self._conflict(header)
         return self._result(outcome, header, blob)
-
-    def _default_issuer(self, header: InstanceHeader, ae: str) -> InstanceHeader:
-        """No Issuer of Patient ID (0010,0021, PS3.3 C.7.1.1): index the patient under the
-        default issuer of the sending node's establishment (the stored bytes keep none)."""
-        owner = self.senders.lookup(ae)
-        if owner is None or not owner.default_issuer:
-            return header
-        return dataclasses.replace(header, issuer_of_patient_id=owner.default_issuer)
 
     @staticmethod
     def _conflict(header: InstanceHeader) -> DuplicateConflict:
@@ -179,11 +176,7 @@ class Ingestor:
         with self.database.engine.begin() as conn:
             known = existing_instance(conn, header.sop_instance_uid)
             if known is None:
-                establishment = establishment_pk
-                if establishment is None and ae:
-                    owner = self.senders.lookup(ae)
-                    establishment = owner.establishment_pk if owner is not None else None
-                add_instance(conn, header, blob, ae, now, metadata, establishment)
+                add_instance(conn, header, blob, ae, now, metadata, establishment_pk)
                 return Outcome.STORED
             if known.sha256 == blob.sha256:
                 return Outcome.DUPLICATE
