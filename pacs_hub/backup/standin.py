@@ -115,13 +115,30 @@ def active(settings: Settings, database: Database) -> dict[str, StandIn]:
     return found
 
 
+_port_cache: dict[str, tuple[tuple[int, int, int], int]] = {}
+"""State file -> (its stat signature, the stand-in port it held): the gateways ask every
+few seconds, and a region's state files (every study found on a PACS) are large."""
+
+
 def dedicated_ports(settings: Settings) -> dict[str, int]:
-    """Establishment code -> the DICOM port of its stand-in's own (those that have one)."""
+    """Establishment code -> the DICOM port of its stand-in's own (those that have one).
+
+    A state file is read again only when it was replaced (``standin_port`` is changed by
+    :func:`state.update`, which writes the file anew; the journal never holds it).
+    """
     ports: dict[str, int] = {}
     for code in state.enrolled(settings):
+        path = state.folder(settings) / f"{code}.json"
         try:
-            port = int(state.load(settings, code).get("standin_port") or 0)
-        except (HubError, ValueError):
+            info = path.stat()
+            signature = (info.st_ino, info.st_mtime_ns, info.st_size)
+            cached = _port_cache.get(str(path))
+            if cached is not None and cached[0] == signature:
+                port = cached[1]
+            else:
+                port = int(state.load(settings, code).get("standin_port") or 0)
+                _port_cache[str(path)] = (signature, port)
+        except (HubError, ValueError, OSError):
             continue
         if port:
             ports[code] = port
