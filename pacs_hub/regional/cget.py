@@ -33,7 +33,7 @@ from pacs_hub.config import Settings
 from pacs_hub.dicom.part10 import part10_bytes
 from pacs_hub.errors import HubError
 from pacs_hub.ingest import Ingestor
-from pacs_hub.regional.scu import PacsNode, SourceUnavailable, associate, requestor_ae
+from pacs_hub.regional.scu import PENDING, PacsNode, SourceUnavailable, associate, requestor_ae
 from pacs_hub.storage.blobs import BlobStore
 from pacs_hub.storage.database import Database
 
@@ -41,7 +41,6 @@ LOGGER = logging.getLogger(__name__)
 GET_MODEL = sc.StudyRootQueryRetrieveInformationModelGet
 FIND_MODEL = sc.StudyRootQueryRetrieveInformationModelFind
 MAX_CONTEXTS = 127  # 128 minus the C-GET model's own
-PENDING = (0xFF00, 0xFF01)
 TRANSFER_SYNTAXES = (
     "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
     "1.2.840.10008.1.2",  # Implicit VR Little Endian

@@ -40,7 +40,7 @@ from pacs_hub.config import Settings
 from pacs_hub.errors import HubError
 from pacs_hub.regional.arrivals import ArrivalWatch
 from pacs_hub.regional.pull import get_job, pull_study
-from pacs_hub.regional.scu import PacsNode, associate, requestor_ae
+from pacs_hub.regional.scu import PENDING, PacsNode, associate, requestor_ae
 from pacs_hub.regional.worker import PeriodicTask, WorkerContext, register
 from pacs_hub.storage.database import Database
 from pacs_hub.storage.models import (
@@ -56,7 +56,6 @@ from pacs_hub.storage.models import (
 
 LOGGER = logging.getLogger(__name__)
 INTERVAL = 2.0
-PENDING = (0xFF00, 0xFF01)
 STUDY_ROOT_FIND = sc.StudyRootQueryRetrieveInformationModelFind
 
 

@@ -46,7 +46,14 @@ from pacs_hub.config import Settings
 from pacs_hub.dicom.header import is_valid_uid
 from pacs_hub.errors import HubError, InvalidQuery
 from pacs_hub.regional.cget import get_study
-from pacs_hub.regional.scu import PacsNode, SourceUnavailable, associate, pacs_node, requestor_ae
+from pacs_hub.regional.scu import (
+    PENDING,
+    PacsNode,
+    SourceUnavailable,
+    associate,
+    pacs_node,
+    requestor_ae,
+)
 from pacs_hub.storage.database import Database
 from pacs_hub.storage.models import Node, RetrieveJob
 
@@ -56,7 +63,6 @@ ACTIVE = ("queued", "running")
 WRITE_EVERY = 0.5
 POLL_EVERY = 0.2
 STALE_MARGIN = 5.0
-PENDING = (0xFF00, 0xFF01)
 MOVE_STATUS = {
     0xA701: "out of resources: unable to calculate number of matches",
     0xA702: "out of resources: unable to perform sub-operations",

@@ -28,10 +28,9 @@ from pynetdicom import sop_class as sc
 from pynetdicom.association import Association
 
 from pacs_hub.config import Settings
-from pacs_hub.regional.scu import PacsNode, SourceUnavailable, associate, requestor_ae
+from pacs_hub.regional.scu import PENDING, PacsNode, SourceUnavailable, associate, requestor_ae
 from pacs_hub.storage.database import Database
 
-PENDING = (0xFF00, 0xFF01)
 MODEL = sc.StudyRootQueryRetrieveInformationModelFind
 
 

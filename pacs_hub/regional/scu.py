@@ -25,6 +25,8 @@ from pacs_hub.storage.models import Node
 
 LOGGER = logging.getLogger(__name__)
 PACS_ROLE = "pacs"
+PENDING = (0xFF00, 0xFF01)
+"""Pending statuses of C-FIND, C-MOVE and C-GET responses (PS3.4 C.4.1.1.4, C.4.2.1.5)."""
 
 
 class SourceUnavailable(HubError):
