@@ -42,7 +42,7 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event
 
 from pacs_hub.errors import HubError
-from pacs_hub.gateway import access
+from pacs_hub.gateway import access, pdata
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.gateway.status import SUCCESS, error_status, status
 from pacs_hub.regional.nodes import RemoteNode, get_node
@@ -232,9 +232,17 @@ def _send_to_node(ctx: GatewayContext, node: RemoteNode, result: CommitmentResul
 
 
 def report(
-    ctx: GatewayContext, assoc: Association, calling: str, request: CommitmentRequest
+    ctx: GatewayContext,
+    assoc: Association,
+    calling: str,
+    request: CommitmentRequest,
+    sent_before: int,
 ) -> None:
-    """Check the request and deliver the N-EVENT-REPORT (runs in a background thread)."""
+    """Check the request and deliver the N-EVENT-REPORT (runs in a background thread).
+
+    On the requesting association the report follows the N-ACTION response (J.3.3):
+    it waits until a message was sent after the ``sent_before``-th (that response).
+    """
     try:
         result = check_commitment(ctx, request)
         uids = [ref.sop_instance_uid for ref in request.references]
@@ -245,6 +253,7 @@ def report(
         if node is not None:
             sent = _send_to_node(ctx, node, result)
         else:
+            pdata.wait_sent(assoc, sent_before, ctx.settings.dimse_timeout)
             sent = assoc.is_established and _send(
                 assoc, result, event_information(result, ctx.settings.ae_title)
             )
@@ -274,7 +283,7 @@ def handle_n_action(event: Event, ctx: GatewayContext) -> tuple[int | Dataset, D
         return status(PROCESSING_FAILURE, "internal error"), None
     thread = threading.Thread(
         target=report,
-        args=(ctx, event.assoc, calling, request),
+        args=(ctx, event.assoc, calling, request, pdata.sent_count(event.assoc)),
         name=f"commitment-{calling}",
         daemon=True,
     )

@@ -22,6 +22,14 @@ primitives, 33 thread hand-overs and 33 encodings.
   ahead. In any other state, or when something is queued, the message goes through
   pynetdicom's queue as before.
 
+Every message, direct or not, is sent holding the association's *send lock*
+(:func:`sending`): pynetdicom queues a message as one primitive per PDU, and a
+second thread sending on the same association (a storage commitment report,
+PS3.4 J.3.3, while C-STORE responses go out) must not slip a message between
+those PDUs: the peer would read one message made of two (PS3.8 E.2). The number
+of messages sent is counted (:func:`sent_count`, :func:`wait_sent`), so a thread
+can wait until the response it must follow is on the wire.
+
 It only applies when no handler is bound to the events this path does not raise
 (``EVT_DIMSE_SENT``, ``EVT_PDU_SENT``, ``EVT_DATA_SENT``, ``EVT_FSM_TRANSITION``);
 the hub binds none, and turns pynetdicom's logging handlers off unless it logs at
@@ -53,6 +61,45 @@ DATASET_PRESENT = 0x0001
 NO_DATASET = 0x0101
 _PDU_HEADER = struct.Struct(">BBLLBB")  # PDU type, reserved, length, PDV length, id, control
 _INSTALL_LOCK = threading.Lock()
+_STATE_LOCK = threading.Lock()
+
+
+class SendState:
+    """Per association: the lock held while a message is sent, and how many were sent."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.sent = 0
+        self.changed = threading.Condition(threading.Lock())
+
+    def count(self) -> None:
+        with self.changed:
+            self.sent += 1
+            self.changed.notify_all()
+
+
+def sending(assoc: Association) -> SendState:
+    """The association's :class:`SendState` (made on first use)."""
+    state: SendState | None = getattr(assoc, "_pacs_send", None)
+    if state is None:
+        with _STATE_LOCK:
+            state = getattr(assoc, "_pacs_send", None)
+            if state is None:
+                state = SendState()
+                assoc._pacs_send = state  # type: ignore[attr-defined]
+    return state
+
+
+def sent_count(assoc: Association) -> int:
+    """How many DIMSE messages were sent on ``assoc`` so far."""
+    return sending(assoc).sent
+
+
+def wait_sent(assoc: Association, after: int, timeout: float) -> bool:
+    """Wait until more than ``after`` messages were sent on ``assoc``; False on timeout."""
+    state = sending(assoc)
+    with state.changed:
+        return state.changed.wait_for(lambda: state.sent > after, timeout)
 
 
 def _us(group_element: int, value: int) -> bytes:
@@ -300,11 +347,12 @@ def install() -> None:
         @functools.wraps(original)
         def send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
             assoc = self.assoc
-            if _silent(assoc):
-                encoded = encode_message(primitive)
-                if encoded is not None and write_message(assoc, context_id, *encoded):
-                    return
-            original(self, primitive, context_id)
+            state = sending(assoc)
+            with state.lock:
+                encoded = encode_message(primitive) if _silent(assoc) else None
+                if encoded is None or not write_message(assoc, context_id, *encoded):
+                    original(self, primitive, context_id)
+            state.count()
 
         send_msg._pacs_hub_direct = True  # type: ignore[attr-defined]
         DIMSEServiceProvider.send_msg = send_msg  # type: ignore[method-assign]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,6 +102,45 @@ def test_report_on_the_same_association_lists_successes_and_failures(commit_hub:
     ]
     failures = {f.ReferencedSOPInstanceUID: f.FailureReason for f in report.FailedSOPSequence}
     assert failures == {"1.2.3.4.5.6": 0x0112, STORED[1].SOPInstanceUID: 0x0119}
+
+
+def test_reports_on_the_same_association_follow_their_n_action_response(commit_hub: Hub) -> None:
+    """J.3.3: the report comes after the N-ACTION response, never in the middle of it.
+
+    The report is sent by another thread than the response; before the hub held a
+    send lock per association and waited for the response, about one in forty
+    such exchanges lost its report (the SCU read the two messages' PDUs as one).
+    """
+    failures: list[str] = []
+
+    def exchange(index: int) -> None:
+        reports: queue.Queue[tuple[int, Dataset]] = queue.Queue()
+        ae = AE(ae_title="UNREGISTERED")
+        ae.add_requested_context(StorageCommitmentPushModel)
+        transaction = generate_uid()
+        try:
+            status, assoc = n_action(
+                commit_hub,
+                ae,
+                action_information(transaction, *STORED_REFS),
+                evt_handlers=reports_to(reports),
+            )
+            try:
+                event_type, report = reports.get(timeout=REPORT_TIMEOUT)
+            finally:
+                assoc.release()  # type: ignore[attr-defined]
+            if (status.Status, event_type, report.TransactionUID) != (0, 1, transaction):
+                failures.append(f"{index}: {status.Status:#06x} {event_type}")
+        except Exception as exc:  # collected, asserted below
+            failures.append(f"{index}: {exc!r}")
+
+    for batch in range(6):
+        threads = [threading.Thread(target=exchange, args=(batch * 8 + i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []
 
 
 @pytest.fixture
