@@ -149,14 +149,21 @@ def _send_one(assoc: Any, item: RetrieveItem) -> tuple[int, str]:
 
 
 def send_study(
-    settings: Settings, where: PacsNode, items: Sequence[RetrieveItem]
+    settings: Settings, where: PacsNode, items: Sequence[RetrieveItem], parallel: int = 1
 ) -> tuple[int, list[dict[str, Any]]]:
     """C-STORE every item; ``(restored, refusals)``, each refusal with status and reason.
 
-    An association the PACS releases or aborts part way is opened again (up to
-    :data:`RECONNECTS` times per batch) for the items not yet answered, so a busy
-    PACS dropping one association does not turn the rest of the study into refusals.
+    ``parallel`` associations share the items (a few large studies still use every
+    association the restore may open). An association the PACS releases or aborts part
+    way is opened again (up to :data:`RECONNECTS` times per batch) for the items not yet
+    answered, so a busy PACS dropping one association does not turn the rest of the
+    study into refusals.
     """
+    if parallel > 1 and len(items) > parallel:
+        shares = [items[start::parallel] for start in range(parallel)]
+        with ThreadPoolExecutor(parallel, "restore-study") as pool:
+            results = list(pool.map(lambda share: send_study(settings, where, share), shares))
+        return sum(r[0] for r in results), [x for r in results for x in r[1]]
     sent, refused = 0, []
     destination = forwarding.Destination(where.ae_title, where.host, where.port)
     for batch in forwarding._batches(items):
@@ -256,8 +263,11 @@ def send_all(
     pending = [u for u, s in run["studies"].items() if not s.get("done")]
     started, counter, lock = time.monotonic(), [0], threading.Lock()
 
+    associations = settings.backup_restore_associations
+    per_study = max(1, associations // max(1, min(associations, len(pending))))
+
     def one(uid: str) -> None:
-        sent, refused = send_study(settings, where, _items(database, blobs, uid))
+        sent, refused = send_study(settings, where, _items(database, blobs, uid), per_study)
 
         outcome = {"done": True, "sent": sent, "refused": refused}
         state.record(settings, code, "restore", uid, outcome)
