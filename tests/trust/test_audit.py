@@ -679,7 +679,11 @@ def test_syslog_delivers_every_entry_after_outages(tmp_path: Path) -> None:
         )
         receiver.start()
         wait_until(lambda: _all_ids(db) <= receiver.entry_ids(), what="delivery after outage")
-        assert syslog.read_cursor(hub.data_dir) == max(_all_ids(db))
+        # The cursor is saved once the receiver has the entries: wait for it too.
+        wait_until(
+            lambda: syslog.read_cursor(hub.data_dir) == max(_all_ids(db)),
+            what="the cursor to reach the last entry",
+        )
     finally:
         hub.stop()
         receiver.stop()
