@@ -4,8 +4,9 @@
 selects the establishment's studies in the hub (every study recorded as its own, and
 those stored through the stand-in during an outage), or the named ones, and sends each
 instance *as stored* (the blob's dataset bytes, in the transfer syntax it arrived in,
-:mod:`pacs_hub.regional.forwarding`'s path), one study per association,
-``backup_restore_associations`` at once.
+:mod:`pacs_hub.regional.forwarding`'s path), ``backup_restore_associations`` at
+once: one study per association, or, with fewer studies than associations, each
+study's instances shared by several (two large studies still use all four).
 
 Every instance's answer is kept: Success or Warning (PS3.4 B.2.3) is restored,
 anything else is a refusal with its status and meaning, and a presentation context
