@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import multiprocessing
 import os
@@ -42,6 +43,20 @@ def configure_logging(level: str) -> None:
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
+def freeze_startup_heap() -> None:
+    """Keep what start-up allocated out of the cyclic garbage collector's full passes.
+
+    A gateway process holds ~190,000 objects once pynetdicom, pydicom's dictionaries,
+    SQLAlchemy and the presentation contexts are loaded; each full (oldest generation)
+    collection walked them all, ~70 ms on this hardware, at moments set by allocation
+    counts: a C-FIND that happened to trigger one answered 70 ms late (the p95
+    outliers of the C-FIND benchmark). ``gc.freeze`` moves them to a generation the
+    collector ignores; what requests allocate is collected as before.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def _die_with_parent() -> None:
     """Ask Linux to SIGTERM this process when the parent hub process dies (prctl)."""
     try:
@@ -74,6 +89,7 @@ def run_gateway(settings: Settings, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, on_signal)
     ctx = GatewayContext.open(settings)
     server = serve_dicom(ctx)
+    freeze_startup_heap()
     while not stop.wait(STANDIN_PORTS_CHECK_SECONDS):
         sync_standin_ports(ctx, server)  # a stand-in's own port opens without a restart
     server.shutdown()
@@ -125,6 +141,7 @@ def serve(settings: Settings) -> None:
     worker.start()
     jobs_worker = EmbeddedWorker(settings)  # Celery worker on every queue (embedded default)
     jobs_worker.start()
+    freeze_startup_heap()
     try:
         server.run()
     finally:
