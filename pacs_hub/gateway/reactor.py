@@ -308,7 +308,13 @@ def run_association_reactor(self: Association) -> None:
         wake.clear()
         if not _has_work(self):
             wake.wait(_timer_wait(self.dul._idle_timer))
-        self._reactor_checkpoint.wait()
+        # pynetdicom serves an N-EVENT-REPORT request in a thread of its own, whose
+        # _serve_request sets _is_paused and then clears it: re-assert it while waiting,
+        # as pynetdicom's own loop does every millisecond, or a release() would wait
+        # for a pause that its cleared checkpoint keeps us from ever reaching again.
+        self._is_paused = True
+        while not self._reactor_checkpoint.wait(MAX_WAIT):
+            self._is_paused = True
         self._is_paused = False
         if not self._reactor_checkpoint.is_set():
             continue  # a send_* call paused us meanwhile and may have seen us paused
