@@ -17,7 +17,7 @@ import uvicorn
 
 from pacs_hub.config import Settings
 from pacs_hub.gateway.context import GatewayContext
-from pacs_hub.gateway.server import serve_dicom, sync_standin_ports
+from pacs_hub.gateway.server import prepare_associations, serve_dicom, sync_standin_ports
 from pacs_hub.regional import tasks  # noqa: F401 (registers the background tasks)
 from pacs_hub.regional.worker import RegionalWorker, WorkerContext
 from pacs_hub.storage.blobs import BlobStore
@@ -135,6 +135,7 @@ def serve(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    prepare_associations()  # routing, backfill, prefetch, federated QIDO open associations here
     worker = RegionalWorker(
         WorkerContext(settings, database, BlobStore(settings.data_dir), threading.Event())
     )

@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from pacs_hub.config import Settings
 from pacs_hub.dicom.part10 import dataset_offset
+from pacs_hub.gateway.server import prepare_associations
 from pacs_hub.regional.scu import PacsNode
 from pacs_hub.storage.database import Database
 from pacs_hub.storage.models import Instance, Series, Study
@@ -61,6 +62,7 @@ def fetch(
             received.append(data.getvalue())
         return 0x0000
 
+    prepare_associations()
     ae = AE(ae_title=settings.ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = settings.dimse_timeout
     ae.add_requested_context(GET)

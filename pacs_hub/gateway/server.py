@@ -73,6 +73,22 @@ def enable_tcp_nodelay_on_requests() -> None:
     AssociationSocket._create_socket = create  # type: ignore[method-assign]
 
 
+def prepare_associations() -> None:
+    """Set pynetdicom up in this process before it requests or accepts an association.
+
+    TCP_NODELAY on requested sockets (:func:`enable_tcp_nodelay_on_requests`), the
+    event-driven reactors (:mod:`~pacs_hub.gateway.reactor`, which also close
+    pynetdicom's hand-over race that let a reactor take the response a ``send_*``
+    caller waited for) and the direct P-DATA path (:mod:`~pacs_hub.gateway.pdata`).
+    Every hub process that opens associations calls it first: the gateways, the main
+    process (routing, backfill, prefetch, federated QIDO) and the CLI (restore).
+    Idempotent.
+    """
+    enable_tcp_nodelay_on_requests()
+    reactor.install()
+    pdata.install()
+
+
 def accept_proposed_transfer_syntax_order() -> None:
     """Accept, per presentation context, the first *proposed* transfer syntax we support.
 
@@ -218,10 +234,8 @@ def serve_dicom(ctx: GatewayContext) -> HubAssociationServer:
 
     Returns the server; ``server.shutdown()`` stops it.
     """
-    enable_tcp_nodelay_on_requests()
+    prepare_associations()
     accept_proposed_transfer_syntax_order()
-    reactor.install()
-    pdata.install()
     quiet_pynetdicom_handlers()
     # Identifiers carry patient names and IDs: never log them, even at DEBUG.
     pynetdicom._config.LOG_REQUEST_IDENTIFIERS = False

@@ -23,7 +23,7 @@ from pynetdicom.association import Association
 
 from pacs_hub.config import Settings
 from pacs_hub.gateway.retrieve import MAX_CONTEXTS, StoredFile, enable_stored_file_sends
-from pacs_hub.gateway.server import enable_tcp_nodelay_on_requests
+from pacs_hub.gateway.server import prepare_associations
 from pacs_hub.storage.retrieval import RetrieveItem
 
 LOGGER = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ def _batches(items: Sequence[RetrieveItem]) -> list[list[RetrieveItem]]:
 
 
 def _application_entity(settings: Settings, items: Sequence[RetrieveItem]) -> AE:
+    prepare_associations()
     ae = AE(ae_title=settings.ae_title)
     ae.acse_timeout = settings.acse_timeout
     ae.dimse_timeout = settings.dimse_timeout
@@ -134,7 +135,7 @@ def send_instances(
 
     The hub's AE title (``settings.ae_title``) is the calling AE title.
     """
-    enable_tcp_nodelay_on_requests()
+    prepare_associations()
     enable_stored_file_sends()
     sent, failed, error = 0, 0, ""
     for batch in _batches(items):

@@ -27,7 +27,7 @@ from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
 from pacs_hub.config import Settings
-from pacs_hub.gateway.server import enable_tcp_nodelay_on_requests
+from pacs_hub.gateway.server import prepare_associations
 from pacs_hub.regional.nodes import RemoteNode, list_nodes
 from pacs_hub.regional.worker import PeriodicTask, WorkerContext, register
 from pacs_hub.storage.database import Database
@@ -92,7 +92,7 @@ class EchoResult:
 
 def echo(node: RemoteNode, calling_ae_title: str, timeout: float = ECHO_TIMEOUT) -> EchoResult:
     """Associate with ``node``, send one C-ECHO, release; never raises."""
-    enable_tcp_nodelay_on_requests()  # once per process; else each PDU waits on Nagle
+    prepare_associations()  # once per process; else each PDU waits on Nagle
     ae = AE(ae_title=calling_ae_title)
     ae.add_requested_context(Verification)
     ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout

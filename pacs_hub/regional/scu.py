@@ -84,9 +84,9 @@ def requestor_ae(
     ``timeout`` replaces the ACSE, DIMSE and network timeouts (a federated query's
     per-source budget); by default they are the gateway's.
     """
-    from pacs_hub.gateway.server import enable_tcp_nodelay_on_requests  # no import cycle
+    from pacs_hub.gateway.server import prepare_associations  # no import cycle
 
-    enable_tcp_nodelay_on_requests()
+    prepare_associations()
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_pdu_size = settings.max_pdu_size
     ae.acse_timeout = timeout if timeout is not None else settings.acse_timeout
