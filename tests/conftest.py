@@ -16,6 +16,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pacs_hub.gateway import reactor
+
+# The tests' own pynetdicom clients and storage SCPs run the hub's reactors: pynetdicom's
+# hand-over between a send_* caller and its reactor can give the caller's response to
+# the reactor (pacs_hub/gateway/reactor.py), which under load lost a C-STORE response
+# of a test client now and then.
+reactor.install()
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("PACS_HUB_TEST_DATA", ROOT.parent / "shared" / "data" / "dicom"))
 DCMTK = Path("/usr/bin")  # dcmtk by path: pynetdicom installs console scripts of the same names
