@@ -21,9 +21,9 @@ from typing import Any
 
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
@@ -33,6 +33,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from tests.conftest import HUB_AE, Hub, dcmtk, free_port, start_hub, wait_until
+from tests.regional.study_factory import study_datasets
 
 PACS_AE = "GATEDPACS"
 COUNT = 4
@@ -41,23 +42,7 @@ GATE_TIMEOUT = 120.0
 
 def make_study() -> tuple[str, list[Dataset]]:
     """A small CT study (Explicit VR Little Endian), as datasets."""
-    study, series = generate_uid(), generate_uid()
-    datasets = []
-    for number in range(1, COUNT + 1):
-        ds = Dataset()
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.PatientID, ds.PatientName = "ON-DEMAND", "ON^DEMAND"
-        ds.StudyDate, ds.Modality = "20240315", "CT"
-        ds.SeriesNumber, ds.InstanceNumber = "1", str(number)
-        ds.Rows = ds.Columns = 4
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-        ds.PixelData = bytes(range(number, number + 16))
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        datasets.append(ds)
-    return study, datasets
+    return study_datasets(patient_id="ON-DEMAND", count=COUNT)
 
 
 @dataclass

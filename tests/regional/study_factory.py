@@ -1,4 +1,4 @@
-"""Small synthetic studies for the routing and prefetch tests (pydicom, explicit VR LE)."""
+"""Small synthetic studies for the regional, backup and trust tests (pydicom, explicit VR LE)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import io
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -21,8 +22,7 @@ SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 SOP_CLASSES = {"CT": CT_IMAGE, "MR": MR_IMAGE}
 
 
-def make_study(
-    folder: Path,
+def study_datasets(
     *,
     patient_id: str,
     modality: str = "CT",
@@ -35,12 +35,11 @@ def make_study(
     station: str = "SCANNER1",
     ins: str = "",
 ) -> tuple[str, list[Path]]:
-    """Write ``count`` images of one series of one study; return (Study UID, files)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """``count`` images of one series of one study, in memory; (Study UID, datasets)."""
     study_uid = study_uid or generate_uid()
     series_uid = series_uid or generate_uid()
     sop_class = SOP_CLASSES.get(modality, SECONDARY_CAPTURE)
-    files = []
+    datasets = []
     for number in range(1, count + 1):
         ds = Dataset()
         ds.SOPClassUID = sop_class
@@ -77,6 +76,16 @@ def make_study(
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.file_meta = meta
+        datasets.append(ds)
+    return study_uid, datasets
+
+
+def make_study(folder: Path, **traits: Any) -> tuple[str, list[Path]]:
+    """Write :func:`study_datasets` (same keywords) to ``folder``; (Study UID, files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid, datasets = study_datasets(**traits)
+    files = []
+    for ds in datasets:
         path = folder / f"{ds.SOPInstanceUID}.dcm"
         ds.save_as(path, enforce_file_format=True)
         files.append(path)
