@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -14,6 +17,7 @@ from pacs_hub.backup import commit
 from pacs_hub.config import Settings
 from pacs_hub.regional.scu import PacsNode
 from tests.backup.storescp import running_storescp
+from tests.conftest import DATA, dcmtk, start_hub
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -85,3 +89,39 @@ def test_a_report_that_never_comes_leaves_the_instances_not_committed(settings: 
     commit._collect(settings, {generate_uid(): 3}, outcome)
     assert (outcome.state, outcome.unanswered) == ("no report", 3)
     assert outcome.as_report(3)["not_committed"] == 3
+
+
+def test_a_report_on_the_same_association_is_answered_before_the_release(
+    tmp_path: Path,
+) -> None:
+    """The hub itself as the PACS: it reports on the requesting association (J.3.3).
+
+    Five restores' commitments on one hub, each report read and answered before the
+    release: no exception in any thread (an answer sent after the A-RELEASE-RQ raises
+    one in pynetdicom's DUL thread). The window is small here, the report being polled
+    every 0.2 s: this checks the path end to end more than it provokes the race.
+    """
+    files = [DATA / "charsets/clunie/chrFren.dcm", DATA / "charsets/clunie/chrGerm.dcm"]
+    hub = start_hub(tmp_path / "hub")
+    errors: list[BaseException | None] = []
+    previous = threading.excepthook
+    threading.excepthook = lambda args: errors.append(args.exc_value)
+    try:
+        subprocess.run(
+            [dcmtk("storescu"), "-aec", hub.ae_title, "127.0.0.1", str(hub.dicom_port)]
+            + [str(p) for p in files],
+            check=True,
+            timeout=60,
+        )
+        stored = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+        references = [(str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in stored]
+        settings = Settings(data_dir=tmp_path / "restorer", backup_commitment_timeout=20)
+        where = PacsNode(0, hub.ae_title, "127.0.0.1", hub.dicom_port)
+        for _ in range(5):
+            outcome = commit.request_commitment(settings, where, references)
+            assert (outcome.supported, outcome.state) == (True, "answered")
+            assert outcome.committed == {uid for _, uid in references}
+    finally:
+        threading.excepthook = previous
+        hub.stop()
+    assert errors == []
