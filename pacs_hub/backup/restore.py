@@ -42,7 +42,6 @@ from pacs_hub.backup import commit, inventory, remote, sample, state
 from pacs_hub.config import Settings
 from pacs_hub.errors import InvalidQuery, UnknownNode
 from pacs_hub.gateway.retrieve import StoredFile, enable_stored_file_sends
-from pacs_hub.gateway.server import prepare_associations
 from pacs_hub.regional import forwarding
 from pacs_hub.regional.nodes import get_node
 from pacs_hub.regional.scu import PacsNode
@@ -258,7 +257,6 @@ def send_all(
     report: Callable[[RestoreProgress], None] | None,
 ) -> None:
     """Send every study of ``run`` not yet done, in parallel associations."""
-    prepare_associations()
     enable_stored_file_sends()
     blobs = BlobStore(settings.data_dir)
     pending = [u for u, s in run["studies"].items() if not s.get("done")]

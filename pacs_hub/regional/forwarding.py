@@ -135,7 +135,6 @@ def send_instances(
 
     The hub's AE title (``settings.ae_title``) is the calling AE title.
     """
-    prepare_associations()
     enable_stored_file_sends()
     sent, failed, error = 0, 0, ""
     for batch in _batches(items):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,8 @@ from pacs_hub.backup import commit
 from pacs_hub.config import Settings
 from pacs_hub.regional.scu import PacsNode
 from tests.backup.storescp import running_storescp
-from tests.conftest import DATA, dcmtk, start_hub
+from tests.conftest import DATA, start_hub
+from tests.regional.study_factory import storescu
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -107,12 +107,7 @@ def test_a_report_on_the_same_association_is_answered_before_the_release(
     previous = threading.excepthook
     threading.excepthook = lambda args: errors.append(args.exc_value)
     try:
-        subprocess.run(
-            [dcmtk("storescu"), "-aec", hub.ae_title, "127.0.0.1", str(hub.dicom_port)]
-            + [str(p) for p in files],
-            check=True,
-            timeout=60,
-        )
+        storescu("STORESCU", hub.ae_title, hub.dicom_port, files)
         stored = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
         references = [(str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in stored]
         settings = Settings(data_dir=tmp_path / "restorer", backup_commitment_timeout=20)
