@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,7 +45,6 @@ from pynetdicom.events import Event
 
 from pacs_hub.backup import remote, state
 from pacs_hub.config import Settings
-from pacs_hub.gateway import pdata
 from pacs_hub.regional.scu import PacsNode, requestor_ae
 
 LOGGER = logging.getLogger(__name__)
@@ -55,9 +53,6 @@ PUSH_MODEL_INSTANCE = "1.2.840.10008.1.20.1.1"
 REQUEST_COMMITMENT = 1
 BATCH = 1000
 POLL = 0.2
-RESPONSES_WAIT = 2.0
-"""Seconds to wait, before releasing, for our answers to reports received on the association."""
-_REPORTS_LOCK = threading.Lock()
 SUCCESS = 0x0000
 NO_SUCH_EVENT_TYPE = 0x0113  # PS3.7 C.5.21
 INVALID_ARGUMENT = 0x0115  # PS3.7 C.5.13: a Transaction UID this hub did not ask
@@ -162,9 +157,6 @@ def _peer(event: Event) -> str:
 
 def handle_n_event_report(event: Event, settings: Settings) -> tuple[int, Dataset | None]:
     """EVT_N_EVENT_REPORT: a Storage Commitment report for a waiting restore."""
-    with _REPORTS_LOCK:  # counted per association: its answer must leave before A-RELEASE
-        count = getattr(event.assoc, "_pacs_reports", 0)
-        event.assoc._pacs_reports = count + 1  # type: ignore[attr-defined]
     try:
         sop_class = str(getattr(event.request, "AffectedSOPClassUID", "") or "")
         if sop_class != PUSH_MODEL:
@@ -267,11 +259,9 @@ def request_commitment(
     if assoc is None:
         return outcome
     transactions: dict[str, int] = {}
-    sent_before, asked = pdata.sent_count(assoc), 0
     try:
         for start in range(0, len(references), BATCH):
             batch = references[start : start + BATCH]
-            asked += 1
             transaction, declined = _ask(settings, assoc, where, batch)
             if declined:
                 if not transactions:  # the first request refused: the PACS declines
@@ -283,19 +273,5 @@ def request_commitment(
         _collect(settings, transactions, outcome)  # the association open meanwhile
     finally:
         if assoc.is_established:
-            _answers_sent(assoc, sent_before + asked)
             assoc.release()
     return outcome
-
-
-def _answers_sent(assoc: Association, requests_sent: int) -> None:
-    """Wait until the answer to each report received on ``assoc`` has been sent.
-
-    pynetdicom answers an N-EVENT-REPORT from a thread of its own after the handler
-    returns; an A-RELEASE-RQ sent first would make that answer a P-DATA in the
-    release state (PS3.8 9.2, Sta7), which pynetdicom refuses. ``requests_sent`` is
-    how many messages this side had sent by then (the N-ACTION requests).
-    """
-    reports = getattr(assoc, "_pacs_reports", 0)
-    if reports:
-        pdata.wait_sent(assoc, requests_sent + reports - 1, RESPONSES_WAIT)

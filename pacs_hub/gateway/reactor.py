@@ -24,7 +24,13 @@ of events):
   thread ends and when the association is killed; its timeout is the network
   (idle) timer's remaining time, so the network timeout fires as before.
 
-Both waits are also capped at :data:`MAX_WAIT` seconds, a safety net only. The
+Both waits are also capped at :data:`MAX_WAIT` seconds, a safety net only.
+
+pynetdicom serves an N-EVENT-REPORT request (a storage commitment report, PS3.4
+J.3.3) in a thread of its own, which answers after the handler returns; a
+``release()`` from the user's thread could queue the A-RELEASE-RQ first, and the
+answer, a P-DATA in Sta7 (PS3.8 9.2), was refused. ``release()`` waits (at most
+:data:`SIDE_ANSWER_WAIT` seconds) until such threads are done. The
 queues pynetdicom uses between the threads are kept (same objects, same order);
 they only signal the consumer on ``put``. Installed once per process by
 :func:`install`, before any association exists.
@@ -51,6 +57,8 @@ from pynetdicom.timer import Timer
 
 MAX_WAIT = 0.1
 """Longest block (seconds) of either reactor without a wake-up (a safety net)."""
+SIDE_ANSWER_WAIT = 2.0
+"""Longest wait of ``release()`` for pynetdicom to send its answer to an N-EVENT-REPORT."""
 _POLL_IN = select.POLLIN | select.POLLPRI
 _INSTALL_LOCK = threading.Lock()
 
@@ -170,6 +178,8 @@ def _attach(assoc: Association) -> None:
     dul._pacs_lock = threading.RLock()  # type: ignore[attr-defined]
     assoc._pacs_wake = assoc_wake  # type: ignore[attr-defined]
     assoc._reactor_checkpoint = checkpoint
+    assoc._pacs_side_serving = set()  # type: ignore[attr-defined]
+    assoc._pacs_side_done = threading.Condition()  # type: ignore[attr-defined]
     dul.event_queue = WakingQueue(wake_dul)
     dul.to_provider_queue = WakingQueue(wake_dul)
     dul.to_user_queue = WakingQueue(assoc_wake.set)
@@ -371,6 +381,8 @@ def install() -> None:
         original_init = Association.__init__
         original_kill = Association.kill
         original_kill_dul = DULServiceProvider.kill_dul
+        original_serve = Association._serve_request
+        original_release = Association.release
         original_stop_dul = DULServiceProvider.stop_dul
 
         @functools.wraps(original_init)
@@ -383,6 +395,28 @@ def install() -> None:
             self._kill = True
             self._pacs_wake.set()  # type: ignore[attr-defined]
             original_kill(self)
+
+        @functools.wraps(original_serve)
+        def serve_request(self: Association, msg: Any, context_id: int) -> None:
+            if threading.current_thread() is self:  # the reactor
+                original_serve(self, msg, context_id)
+                return
+            serving, done = self._pacs_side_serving, self._pacs_side_done  # type: ignore[attr-defined]
+            with done:
+                serving.add(threading.get_ident())
+            try:
+                original_serve(self, msg, context_id)
+            finally:
+                with done:
+                    serving.discard(threading.get_ident())
+                    done.notify_all()
+
+        @functools.wraps(original_release)
+        def release(self: Association) -> None:
+            serving, done = self._pacs_side_serving, self._pacs_side_done  # type: ignore[attr-defined]
+            with done:  # an answer queued after the A-RELEASE-RQ would be refused (Sta7)
+                done.wait_for(lambda: not serving - {threading.get_ident()}, SIDE_ANSWER_WAIT)
+            original_release(self)
 
         @functools.wraps(original_kill_dul)
         def kill_dul(self: DULServiceProvider) -> None:
@@ -400,6 +434,8 @@ def install() -> None:
         Association.__init__ = init  # type: ignore[method-assign]
         Association.kill = kill  # type: ignore[method-assign]
         Association._run_reactor = run_association_reactor  # type: ignore[method-assign]
+        Association._serve_request = serve_request  # type: ignore[method-assign]
+        Association.release = release  # type: ignore[method-assign]
         DULServiceProvider.kill_dul = kill_dul  # type: ignore[method-assign]
         DULServiceProvider.stop_dul = stop_dul  # type: ignore[method-assign]
         DULServiceProvider.run_reactor = run_dul_reactor  # type: ignore[method-assign]
