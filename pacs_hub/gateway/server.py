@@ -22,7 +22,6 @@ find no usable context.
 
 from __future__ import annotations
 
-import copy
 import functools
 import logging
 import socket
@@ -36,7 +35,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 from pacs_hub.backup import commit, standin
-from pacs_hub.gateway import access, commitment, pdata, reactor
+from pacs_hub.gateway import access, commitment, pdata, reactor, relayed_answer
 from pacs_hub.gateway.callers import CallerPolicy
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.gateway.status import SUCCESS
@@ -102,10 +101,14 @@ def accept_proposed_transfer_syntax_order() -> None:
     @functools.wraps(original)
     def negotiate(rq_contexts: Any, ac_contexts: Any, roles: Any = None) -> Any:
         result, ac_roles = original(rq_contexts, ac_contexts, roles)
-        ours = {cx.abstract_syntax: set(cx.transfer_syntax) for cx in ac_contexts}
+        ours = (
+            ac_contexts.transfer_syntaxes
+            if isinstance(ac_contexts, AcceptorContexts)
+            else {str(cx.abstract_syntax): frozenset(cx.transfer_syntax) for cx in ac_contexts}
+        )
         proposed = {cx.context_id: cx.transfer_syntax for cx in rq_contexts}
         for cx in result:
-            supported = ours.get(cx.abstract_syntax, set())
+            supported = ours.get(str(cx.abstract_syntax), frozenset())
             first = [ts for ts in proposed.get(cx.context_id, []) if ts in supported][:1]
             if cx.result == 0x00 and first:
                 cx.transfer_syntax = first
@@ -116,23 +119,25 @@ def accept_proposed_transfer_syntax_order() -> None:
 
 
 class AcceptorContexts(list[PresentationContext]):
-    """The server's supported contexts, cheap to ``deepcopy``.
+    """The server's supported contexts, shared by its associations, not copied.
 
     pynetdicom gives every accepted association ``deepcopy(server.contexts)``
     (``RequestHandler._create_association``). The hub supports every storage SOP
     class with every transfer syntax: 178 contexts holding ~7,700 UIDs, whose
-    deepcopy cost ~65 ms of CPU per association (every storescu, findscu, movescu).
-    UIDs are immutable strings, so copying each context and its transfer-syntax
-    list gives the association the same independent contexts for ~1 ms.
+    deepcopy cost ~65 ms of CPU per association (every storescu, findscu, movescu),
+    and a copy of each context still ~1 ms. An association only *reads* them, once,
+    in ``presentation.negotiate_as_acceptor`` (which builds new result contexts),
+    and the hub never changes a server's contexts after it starts: every association
+    gets this same list (``__deepcopy__`` returns it).
     """
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> list[PresentationContext]:
-        copies = []
-        for context in self:
-            twin = copy.copy(context)
-            twin._transfer_syntax = list(context._transfer_syntax)
-            copies.append(twin)
-        return copies
+    def __deepcopy__(self, memo: dict[int, Any]) -> AcceptorContexts:
+        return self
+
+    @functools.cached_property
+    def transfer_syntaxes(self) -> dict[str, frozenset[str]]:
+        """Abstract syntax -> the transfer syntaxes supported for it."""
+        return {str(cx.abstract_syntax): frozenset(cx.transfer_syntax) for cx in self}
 
 
 def quiet_pynetdicom_handlers() -> None:
@@ -235,6 +240,7 @@ def serve_dicom(ctx: GatewayContext) -> HubAssociationServer:
     Returns the server; ``server.shutdown()`` stops it.
     """
     prepare_associations()
+    relayed_answer.install()
     accept_proposed_transfer_syntax_order()
     quiet_pynetdicom_handlers()
     # Identifiers carry patient names and IDs: never log them, even at DEBUG.
