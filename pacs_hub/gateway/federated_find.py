@@ -49,12 +49,14 @@ from typing import Any
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.events import Event
 
 from pacs_hub.dicom.charset import answer_charset
 from pacs_hub.errors import HubError, InvalidQuery
 from pacs_hub.gateway import access, find
 from pacs_hub.gateway.context import GatewayContext
+from pacs_hub.gateway.relayed_answer import relayed_answer
 from pacs_hub.gateway.status import CANCEL, PENDING, error_status, status
 from pacs_hub.regional.federation import FederatedMatch, FederatedSearch
 from pacs_hub.regional.remote_find import pool_of
@@ -62,6 +64,8 @@ from pacs_hub.storage.query import Level
 
 LOGGER = logging.getLogger(__name__)
 UNABLE_TO_PROCESS = 0xC000
+# The caller's transfer syntaxes a PACS's answer is relayed in as it is (relayed_answer).
+RELAYED_SYNTAXES = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian})
 
 
 def is_federated(event: Event, ctx: GatewayContext) -> bool:
@@ -187,12 +191,25 @@ def _pending(
 ) -> Iterator[tuple[int | Dataset, Any]]:
     """One Pending answer per match as it comes; Cancel as soon as the peer asks."""
     keys = find._answer_keys(request)
+    syntax = str(event.context.transfer_syntax)
+    relay = syntax in RELAYED_SYNTAXES
     while match is not None:
         if event.is_cancelled:
             rest.close()  # aborts the PACS still answering
             yield CANCEL, None
             return
-        yield PENDING, build_answer(request, match, keys)
+        answer = None
+        if relay and match.local is None and match.remote is not None:
+            answer = relayed_answer(
+                match.remote,
+                keys,
+                request.level.value,
+                request.charset,
+                match.locations,
+                match.availability,
+                implicit=syntax == ImplicitVRLittleEndian,
+            )
+        yield PENDING, answer if answer is not None else build_answer(request, match, keys)
         match = next(rest, None)
     if search.unavailable:
         LOGGER.warning(
