@@ -55,11 +55,13 @@ SILENT_EVENTS = (evt.EVT_DIMSE_SENT, evt.EVT_PDU_SENT, evt.EVT_DATA_SENT, evt.EV
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 C_GET_RSP = 0x8010
+C_FIND_RQ = 0x0020
 C_FIND_RSP = 0x8020
 C_MOVE_RSP = 0x8021
 DATASET_PRESENT = 0x0001
 NO_DATASET = 0x0101
 _PDU_HEADER = struct.Struct(">BBLLBB")  # PDU type, reserved, length, PDV length, id, control
+_ELEMENT_HEADER = struct.Struct("<HHL")  # Implicit VR Little Endian: group, element, length
 _INSTALL_LOCK = threading.Lock()
 _STATE_LOCK = threading.Lock()
 
@@ -227,6 +229,41 @@ def find_response_command(primitive: C_FIND) -> bytes | None:
     return _with_group_length(elements)
 
 
+def find_request_command(message_id: int, sop_class_uid: str, priority: int = 0) -> bytes:
+    """The encoded command set of a C-FIND request with an Identifier (PS3.7 9.3.2.1):
+    Affected SOP Class UID, Command Field, Message ID, Priority (0: MEDIUM) and
+    Command Data Set Type, after the Command Group Length (PS3.7 6.3.1, E.1)."""
+    return _with_group_length(
+        [
+            _text(0x00020000, sop_class_uid, b"\x00"),
+            _us(0x01000000, C_FIND_RQ),
+            _us(0x01100000, message_id),
+            _us(0x07000000, priority),
+            _us(0x08000000, DATASET_PRESENT),
+        ]
+    )
+
+
+def command_elements(command: bytes) -> dict[int, bytes]:
+    """A command set's elements (Implicit VR Little Endian, PS3.7 6.3.1), tag -> value."""
+    elements, offset = {}, 0
+    while offset + 8 <= len(command):
+        group, element, length = _ELEMENT_HEADER.unpack_from(command, offset)
+        offset += 8
+        elements[group << 16 | element] = command[offset : offset + length]
+        offset += length
+    return elements
+
+
+def message_pdus(command: bytes, dataset: bytes | None, context_id: int, max_pdu: int) -> bytes:
+    """The P-DATA-TF PDUs of one DIMSE message, ready to write (see :func:`_pdus`)."""
+    parts: list[bytes | memoryview] = []
+    _pdus(parts, command, context_id, max_pdu, 0x01)
+    if dataset is not None:
+        _pdus(parts, memoryview(dataset), context_id, max_pdu, 0x00)
+    return b"".join(parts)
+
+
 def _fragments(data: bytes | memoryview, size: int) -> Iterator[bytes | memoryview]:
     """``data`` cut into ``size``-byte fragments (one, if size is 0); at least one."""
     if size <= 0 or len(data) <= size:
@@ -317,10 +354,7 @@ def write_message(
     if lock is None:
         return False
     max_pdu = int(assoc.dimse.maximum_pdu_size or 0)
-    parts: list[bytes | memoryview] = []
-    _pdus(parts, command, context_id, max_pdu, 0x01)
-    if dataset is not None:
-        _pdus(parts, memoryview(dataset), context_id, max_pdu, 0x00)
+    pdus = message_pdus(command, dataset, context_id, max_pdu)
     with lock:
         sock = dul.socket
         if (
@@ -331,7 +365,7 @@ def write_message(
         ):
             return False
         try:
-            sock.socket.sendall(b"".join(parts))
+            sock.socket.sendall(pdus)
         except Exception:
             dul.event_queue.put("Evt17")
     return True

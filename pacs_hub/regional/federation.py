@@ -1,9 +1,10 @@
 """Federated query: the hub's own index and every establishment PACS, as one answer.
 
 A federated C-FIND (PS3.4 C.4.1) sends a Study Root C-FIND as SCU (PS3.4 C.6.2) to
-every registered node whose role is ``pacs``, one thread each
-(:mod:`pacs_hub.regional.remote_find`: answers handed over as they arrive, associations
-reused by long-lived processes), and meanwhile runs the hub's own matching
+every registered node whose role is ``pacs``, all from the querying thread
+(:mod:`pacs_hub.regional.remote_find`: non-blocking associations polled together,
+answers handed over as they arrive, associations reused by long-lived processes), and
+meanwhile runs the hub's own matching
 (:mod:`pacs_hub.storage.query`, the SQL of C-FIND and QIDO-RS). Each remote source
 has ``settings.federated_timeout`` seconds, all of them together: at that deadline
 the sources that have not finished are aborted and reported as unavailable, as are
@@ -32,8 +33,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pacs_hub.config import Settings
-from pacs_hub.regional.remote_find import Answered, AssociationPool, Finished, RemoteFind
+from pacs_hub.regional.remote_find import Answered, LinkPool, MultiFind
 from pacs_hub.regional.scu import PACS_ROLE, PacsNode
 from pacs_hub.storage.database import Database
 from pacs_hub.storage.models import Establishment, EstablishmentIssuer, Node
@@ -270,7 +269,7 @@ def _askable(settings: Settings, session: Session) -> tuple[list[PacsNode], list
 class FederatedSearch:
     """One federated query, iterated as its merged matches become known.
 
-    The PACS are asked first (one thread each), then the hub's index is read while
+    The PACS are asked first (their requests sent), then the hub's index is read while
     they answer. With ``stream`` (a C-FIND SCP's Pending responses), a match only
     PACS hold is yielded as soon as the first of them answers it and ``shown``
     accepts it: the hub's own matches are known by then, so it is never one the hub
@@ -296,7 +295,7 @@ class FederatedSearch:
         identifier: Dataset,
         *,
         local_limit: int | None = None,
-        pool: AssociationPool | None = None,
+        pool: LinkPool | None = None,
         stream: bool = False,
         shown: Callable[[FederatedMatch], bool] | None = None,
     ) -> None:
@@ -315,22 +314,20 @@ class FederatedSearch:
     def __iter__(self) -> Generator[FederatedMatch, None, None]:
         start = time.monotonic()
         timeout = self.settings.federated_timeout
-        events: queue.SimpleQueue[Answered | Finished] = queue.SimpleQueue()
-        finds = self._ask_remotes(timeout, events)
-        pending = dict(finds)
+        finds = self._ask_remotes(timeout)
+        pending = set(finds.titles)
         try:
             with self.database.reader() as session:
                 local = find(session, self.level, self.query, limit=self.local_limit)
             self._merger.add_local(local)
-            yield from self._drain(events, pending, start + timeout)
+            yield from self._drain(finds, pending, start + timeout)
         finally:
-            for remote in pending.values():
-                remote.abort()
-        for title in pending:
+            finds.close()  # the finished PACS' associations pooled, the others aborted
+        for title in sorted(pending):
             self._failed.append(Unavailable(title, f"no answer within {timeout:g}s"))
             self._merger.forget(title)
         self.unavailable = tuple(sorted(self._failed, key=lambda u: u.ae_title))
-        for title in finds:
+        for title in finds.titles:
             for answer in self._answers.get(title, ()) if title not in pending else ():
                 self._merger.add_remote(title, answer)
         for match in self._merger.matches(skip=self._sent):
@@ -339,45 +336,35 @@ class FederatedSearch:
         self.elapsed = time.monotonic() - start
         self._log()
 
-    def _ask_remotes(
-        self, timeout: float, events: queue.SimpleQueue[Answered | Finished]
-    ) -> dict[str, RemoteFind]:
-        """Start one C-FIND thread per PACS to ask; the others are unavailable."""
+    def _ask_remotes(self, timeout: float) -> MultiFind:
+        """Send the C-FIND requests to every PACS to ask; the others are unavailable."""
         wire = remote_identifier(self.identifier, self.level)
         with self.database.reader() as session:
             nodes, self._failed = _askable(self.settings, session)
             plans = plan_requests(session, self.query, wire, nodes)
-        finds = {
-            node.ae_title: RemoteFind(self.settings, node, requests, timeout, self.pool)
-            for node, requests in plans
-        }
-        self.sources = tuple(sorted([*finds, *(u.ae_title for u in self._failed)]))
-        for remote in finds.values():
-            threading.Thread(target=remote.run, args=(events.put,), name="fed-find").start()
+        finds = MultiFind(self.settings, plans, timeout, self.pool)
+        self.sources = tuple(sorted([*finds.titles, *(u.ae_title for u in self._failed)]))
         return finds
 
     def _drain(
-        self,
-        events: queue.SimpleQueue[Answered | Finished],
-        pending: dict[str, RemoteFind],
-        deadline: float,
+        self, finds: MultiFind, pending: set[str], deadline: float
     ) -> Iterator[FederatedMatch]:
         """Take the PACS' events until each has finished or the deadline passed."""
         while pending:
-            try:
-                event = events.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return
-            if event.ae_title not in pending:
-                continue
-            if isinstance(event, Answered):
-                yield from self._answered(event)
-                continue
-            del pending[event.ae_title]
-            if event.reason:
-                self._failed.append(Unavailable(event.ae_title, event.reason))
-                self._answers.pop(event.ae_title, None)
-                self._merger.forget(event.ae_title)
+            for event in finds.poll(left):
+                if event.ae_title not in pending:
+                    continue
+                if isinstance(event, Answered):
+                    yield from self._answered(event)
+                    continue
+                pending.discard(event.ae_title)
+                if event.reason:
+                    self._failed.append(Unavailable(event.ae_title, event.reason))
+                    self._answers.pop(event.ae_title, None)
+                    self._merger.forget(event.ae_title)
 
     def _answered(self, event: Answered) -> Iterator[FederatedMatch]:
         if not self.stream:
@@ -414,7 +401,7 @@ def federated_find(
     identifier: Dataset,
     *,
     local_limit: int | None = None,
-    pool: AssociationPool | None = None,
+    pool: LinkPool | None = None,
 ) -> FederatedResult:
     """Query the hub's index (``query``) and every PACS node (``identifier``); merge.
 

@@ -17,14 +17,23 @@ from pathlib import Path
 
 import pytest
 from pynetdicom import AE
-from pynetdicom.dimse_messages import C_FIND_RSP, C_GET_RSP, C_MOVE_RSP, C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_messages import (
+    C_FIND_RQ,
+    C_FIND_RSP,
+    C_GET_RSP,
+    C_MOVE_RSP,
+    C_STORE_RQ,
+    C_STORE_RSP,
+)
 from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from pacs_hub.gateway.pdata import (
     c_store_command,
+    command_elements,
     encode_message,
+    find_request_command,
     find_response_command,
     retrieve_response_command,
 )
@@ -197,3 +206,19 @@ def test_no_response_is_taken_by_the_reactor_of_a_busy_sender() -> None:
     )
     counts = json.loads(result.stdout.strip().splitlines()[-1])
     assert counts == {"sent": 20000, "lost": 0}
+
+
+@pytest.mark.parametrize("message_id", [1, 2, 65535])
+@pytest.mark.parametrize("priority", [0, 1, 2])
+def test_c_find_request_command_is_pynetdicoms(message_id: int, priority: int) -> None:
+    request = C_FIND()
+    request.MessageID = message_id
+    request.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.1"
+    request.Priority = priority
+    request.Identifier = BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")
+    command = find_request_command(message_id, "1.2.840.10008.5.1.4.1.2.2.1", priority)
+    assert command == pynetdicom_command(C_FIND_RQ, request)
+    fields = command_elements(command)  # and read back
+    assert fields[0x00000100] == (0x0020).to_bytes(2, "little")
+    assert fields[0x00000110] == message_id.to_bytes(2, "little")
+    assert fields[0x00000002] == b"1.2.840.10008.5.1.4.1.2.2.1\x00"
