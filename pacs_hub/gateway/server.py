@@ -35,7 +35,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 from pacs_hub.backup import commit, standin
-from pacs_hub.gateway import access, commitment, pdata, reactor, relayed_answer
+from pacs_hub.gateway import access, commitment, pdata, reactor, relayed_answer, store_response
 from pacs_hub.gateway.callers import CallerPolicy
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.gateway.status import SUCCESS
@@ -78,7 +78,8 @@ def prepare_associations() -> None:
     TCP_NODELAY on requested sockets (:func:`enable_tcp_nodelay_on_requests`), the
     event-driven reactors (:mod:`~pacs_hub.gateway.reactor`, which also close
     pynetdicom's hand-over race that let a reactor take the response a ``send_*``
-    caller waited for) and the direct P-DATA path (:mod:`~pacs_hub.gateway.pdata`).
+    caller waited for), the direct P-DATA path (:mod:`~pacs_hub.gateway.pdata`) and
+    the direct reading of C-STORE responses (:mod:`~pacs_hub.gateway.store_response`).
     Every hub process that opens associations calls it first: the gateways, the main
     process (routing, backfill, prefetch, federated QIDO) and the CLI (restore).
     Idempotent.
@@ -86,6 +87,7 @@ def prepare_associations() -> None:
     enable_tcp_nodelay_on_requests()
     reactor.install()
     pdata.install()
+    store_response.install()
 
 
 def accept_proposed_transfer_syntax_order() -> None:

@@ -24,9 +24,11 @@ from pynetdicom.dimse_messages import (
     C_MOVE_RSP,
     C_STORE_RQ,
     C_STORE_RSP,
+    DIMSEMessage,
 )
 from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from pacs_hub.gateway.pdata import (
@@ -37,6 +39,7 @@ from pacs_hub.gateway.pdata import (
     find_response_command,
     retrieve_response_command,
 )
+from pacs_hub.gateway.store_response import store_response
 from tests.conftest import Hub, start_hub, wait_until
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -222,3 +225,58 @@ def test_c_find_request_command_is_pynetdicoms(message_id: int, priority: int) -
     assert fields[0x00000100] == (0x0020).to_bytes(2, "little")
     assert fields[0x00000110] == message_id.to_bytes(2, "little")
     assert fields[0x00000002] == b"1.2.840.10008.5.1.4.1.2.2.1\x00"
+
+
+def pynetdicom_reads(fragment: bytes) -> C_STORE:
+    """The primitive pynetdicom's own DIMSE decoding makes of one P-DATA fragment."""
+    data = P_DATA()
+    data.presentation_data_value_list = [[1, fragment]]
+    message = DIMSEMessage()
+    assert message.decode_msg(data)
+    primitive = message.message_to_primitive()
+    assert isinstance(primitive, C_STORE)
+    return primitive
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xB000, 0xA700])
+@pytest.mark.parametrize("instance", ["1.2.3.4", "1.2.3.45"])
+def test_a_plain_c_store_response_is_read_as_pynetdicom_reads_it(
+    status: int, instance: str
+) -> None:
+    response = C_STORE()
+    response.MessageIDBeingRespondedTo = 513
+    response.AffectedSOPClassUID = CT
+    response.AffectedSOPInstanceUID = instance
+    response.Status = status
+    command = c_store_command(response)
+    assert command is not None
+    fragment = b"\x03" + command
+    fast, slow = store_response(fragment), pynetdicom_reads(fragment)
+    assert fast is not None
+    for name in ("MessageIDBeingRespondedTo", "AffectedSOPClassUID", "AffectedSOPInstanceUID"):
+        assert getattr(fast, name) == getattr(slow, name)
+    assert fast.Status == slow.Status == status
+    assert fast.is_valid_response and fast.ErrorComment is None
+
+
+def test_other_messages_are_left_to_pynetdicom() -> None:
+    response = C_STORE()
+    response.MessageIDBeingRespondedTo = 2
+    response.AffectedSOPClassUID = CT
+    response.AffectedSOPInstanceUID = "1.2.3"
+    response.Status = 0xA700
+    plain = c_store_command(response)
+    assert plain is not None
+    response.ErrorComment = "no space"  # an optional element: pynetdicom reads it
+    commented = pynetdicom_command(C_STORE_RSP, response)
+    request = C_STORE()
+    request.MessageID, request.Priority = 2, 0
+    request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = CT, "1.2.3"
+    request.DataSet = BytesIO(b"\x00\x00")
+    asked = c_store_command(request)
+    assert asked is not None
+    assert store_response(b"\x03" + commented) is None
+    assert store_response(b"\x03" + asked) is None  # a request, not a response
+    assert store_response(b"\x01" + plain) is None  # not the last command fragment
+    assert store_response(b"\x02" + plain) is None  # a data set fragment
+    assert store_response(b"\x03" + plain) is not None
