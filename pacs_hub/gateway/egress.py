@@ -9,7 +9,11 @@ callers hand pynetdicom's ``Association.send_c_store`` a :class:`StoredFile` (a
 
 * a file of at most :data:`IN_MEMORY_MAX` bytes (every image but the largest
   multi-frames) is opened and read once: its File Meta Information is skipped in
-  memory and the dataset bytes go out as they are (:class:`LoadedFile`);
+  memory and the dataset bytes go out as they are, the C-STORE request written
+  directly (:func:`send_loaded`: its command set encoded here, the P-DATA PDUs
+  written by :mod:`~pacs_hub.gateway.pdata`, the response read as pynetdicom waits
+  for it), or through pynetdicom's ``send_c_store`` (:class:`LoadedFile`) when the
+  association is not ready for a direct write;
 * a larger one is sent by pynetdicom's chunked-file path (which reads its meta, then
   streams the dataset from disk), so memory stays bounded.
 
@@ -26,6 +30,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,8 +41,10 @@ from pydicom.uid import UID
 from pynetdicom import _config
 from pynetdicom import association as pynetdicom_association
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 
 from pacs_hub.dicom.part10 import dataset_offset
+from pacs_hub.gateway import pdata
 from pacs_hub.storage.retrieval import RetrieveItem
 
 IN_MEMORY_MAX = 64 * 1024 * 1024
@@ -54,13 +61,33 @@ class StoredFile(Dataset):
     file's dataset, read from ``stored_path`` by the patched ``send_c_store``.
     """
 
+    stored_path: Path
+    stored_size: int
+    stored_syntax: str
+    stored_sop_class: str
+    stored_sop_instance: str
+
     def __init__(self, item: RetrieveItem) -> None:
         super().__init__()
-        self.SOPClassUID = item.sop_class_uid
-        self.SOPInstanceUID = item.sop_instance_uid
-        self.stored_path: Path = item.path
-        self.stored_size: int = item.size_bytes
-        self.stored_syntax: str = item.transfer_syntax_uid
+        self.add_new(0x00080016, "UI", item.sop_class_uid)
+        self.add_new(0x00080018, "UI", item.sop_instance_uid)
+        vars(self).update(  # plain attributes, past pydicom's keyword look-ups
+            stored_path=item.path,
+            stored_size=item.size_bytes,
+            stored_syntax=item.transfer_syntax_uid,
+            stored_sop_class=item.sop_class_uid,
+            stored_sop_instance=item.sop_instance_uid,
+        )
+
+
+def stored_body(stored: StoredFile) -> bytes | memoryview:
+    """The stored file's dataset bytes (File Meta Information skipped, PS3.10 7.1),
+    with the trailing NUL of PS3.5 A.5 when odd (deflated)."""
+    data = stored.stored_path.read_bytes()
+    offset = dataset_offset(io.BytesIO(data))
+    if (len(data) - offset) % 2:
+        return data[offset:] + b"\x00"
+    return memoryview(data)[offset:]
 
 
 class LoadedFile(Dataset):
@@ -71,15 +98,13 @@ class LoadedFile(Dataset):
     then fails the sub-operation) for any other: nothing is ever converted.
     """
 
-    def __init__(self, stored: StoredFile, data: bytes) -> None:
+    def __init__(self, stored: StoredFile, body: bytes | memoryview) -> None:
         super().__init__()
-        self.SOPClassUID = stored.SOPClassUID
-        self.SOPInstanceUID = stored.SOPInstanceUID
+        self.SOPClassUID = stored.stored_sop_class
+        self.SOPInstanceUID = stored.stored_sop_instance
         self.file_meta = FileMetaDataset()
         self.file_meta.TransferSyntaxUID = UID(stored.stored_syntax)
-        offset = dataset_offset(io.BytesIO(data))
-        body = data[offset:]
-        self.encoded: bytes = body + b"\x00" if len(body) % 2 else body
+        self.encoded: bytes = bytes(body)
         syntax = UID(stored.stored_syntax)
         self.encoding = (syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
 
@@ -117,6 +142,80 @@ def _from_disk(stored: StoredFile) -> Iterator[Path]:
         yield path
 
 
+def _context_id(assoc: Association, sop_class: str, syntax: str) -> int | None:
+    """The accepted context pynetdicom's ``send_c_store`` would pick for a stored
+    file, when it carries the file's own transfer syntax (else None), per association."""
+    cache: dict[tuple[str, str], int | None] | None = getattr(assoc, "_pacs_store_cx", None)
+    if cache is None:
+        cache = assoc._pacs_store_cx = {}  # type: ignore[attr-defined]
+    key = (sop_class, syntax)
+    if key not in cache:
+        try:
+            context = assoc._get_valid_context(sop_class, syntax, "scu", allow_conversion=True)
+        except ValueError:
+            cache[key] = None
+        else:
+            same = context.transfer_syntax[0] == syntax and context.context_id is not None
+            cache[key] = int(context.context_id) if same else None  # type: ignore[arg-type]
+    return cache[key]
+
+
+def _status(assoc: Association, response: Any) -> Dataset:
+    """What ``Association._check_received_status`` returns, made directly for a plain
+    valid C-STORE response (a Status and nothing else, PS3.7 9.1.1.1.9)."""
+    plain = isinstance(response, C_STORE) and response.is_valid_response
+    optional = (getattr(response, name, None) for name in response.STATUS_OPTIONAL_KEYWORDS)
+    if not plain or any(value is not None for value in optional):
+        return assoc._check_received_status(response)
+    status = Dataset()
+    status.add_new(0x00000900, "US", response.Status)
+    return status
+
+
+def send_loaded(
+    assoc: Association,
+    stored: StoredFile,
+    body: bytes | memoryview,
+    msg_id: int = 1,
+    priority: int = 2,
+    originator_aet: str | None = None,
+    originator_id: int | None = None,
+) -> Dataset | None:
+    """``Association.send_c_store`` for a file read into memory, the message written
+    directly (PS3.7 9.3.1.1, :func:`~pacs_hub.gateway.pdata.write_message`) instead of
+    through pynetdicom's validating primitive; None (nothing sent) when this path
+    does not apply: no context with the file's own transfer syntax (pynetdicom then
+    fails it as before), or the association not ready for a direct write.
+
+    The hand-over with the association's reactor and the wait for the response are
+    pynetdicom's own (``send_c_store``: pause the reactor, send, ``get_msg``, resume).
+    """
+    sop_class, sop_instance = stored.stored_sop_class, stored.stored_sop_instance
+    context_id = _context_id(assoc, sop_class, stored.stored_syntax)
+    if context_id is None or not assoc.is_established or not pdata.silent(assoc):
+        return None
+    command = pdata.c_store_request_command(
+        msg_id, sop_class, sop_instance, priority, originator_aet, originator_id
+    )
+    state = pdata.sending(assoc)
+    assoc._reactor_checkpoint.clear()  # as send_c_store: pause the reactor first
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    with state.lock:
+        written = pdata.write_message(assoc, context_id, command, body)
+        if written:
+            state.count()
+    if not written:
+        assoc._reactor_checkpoint.set()
+        return None
+    _cx, response = assoc.dimse.get_msg(block=True)
+    assoc._reactor_checkpoint.set()
+    if response is None:  # the DIMSE timeout expired: pynetdicom aborts
+        assoc._handle_no_response()
+        return Dataset()
+    return _status(assoc, response)
+
+
 def enable_stored_file_sends() -> None:
     """Make ``Association.send_c_store`` send a :class:`StoredFile` from its file.
 
@@ -146,8 +245,11 @@ def enable_stored_file_sends() -> None:
                 return original(self, dataset, *args, **kwargs)
             size = dataset.stored_size or dataset.stored_path.stat().st_size  # 0: not known
             if size <= IN_MEMORY_MAX:
-                loaded = LoadedFile(dataset, dataset.stored_path.read_bytes())
-                return original(self, loaded, *args, **kwargs)
+                body = stored_body(dataset)
+                sent = send_loaded(self, dataset, body, *args, **kwargs)
+                if sent is not None:
+                    return sent
+                return original(self, LoadedFile(dataset, body), *args, **kwargs)
             with _from_disk(dataset) as path:
                 return original(self, path, *args, **kwargs)
 

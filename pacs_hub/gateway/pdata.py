@@ -131,19 +131,14 @@ def c_store_command(primitive: C_STORE) -> bytes | None:
     if p.MessageIDBeingRespondedTo is None:
         if None in (p.AffectedSOPClassUID, p.MessageID, p.AffectedSOPInstanceUID, p.Priority):
             return None
-        elements = [
-            _text(0x00020000, str(p.AffectedSOPClassUID), b"\x00"),
-            _us(0x01000000, C_STORE_RQ),
-            _us(0x01100000, int(p.MessageID)),  # type: ignore[arg-type]
-            _us(0x07000000, int(p.Priority)),
-            _us(0x08000000, DATASET_PRESENT),
-            _text(0x10000000, str(p.AffectedSOPInstanceUID), b"\x00"),
-        ]
-        if p.MoveOriginatorApplicationEntityTitle is not None:
-            elements.append(_text(0x10300000, p.MoveOriginatorApplicationEntityTitle, b" "))
-        if p.MoveOriginatorMessageID is not None:
-            elements.append(_us(0x10310000, int(p.MoveOriginatorMessageID)))
-        return _with_group_length(elements)
+        return c_store_request_command(
+            int(p.MessageID),  # type: ignore[arg-type]
+            str(p.AffectedSOPClassUID),
+            str(p.AffectedSOPInstanceUID),
+            int(p.Priority),
+            p.MoveOriginatorApplicationEntityTitle,
+            p.MoveOriginatorMessageID,
+        )
     if p.Status is None or p.ErrorComment is not None or p.OffendingElement is not None:
         return None
     elements = []
@@ -157,6 +152,32 @@ def c_store_command(primitive: C_STORE) -> bytes | None:
     ]
     if p.AffectedSOPInstanceUID is not None:
         elements.append(_text(0x10000000, str(p.AffectedSOPInstanceUID), b"\x00"))
+    return _with_group_length(elements)
+
+
+def c_store_request_command(
+    message_id: int,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    priority: int = 2,
+    originator_ae_title: str | None = None,
+    originator_message_id: int | None = None,
+) -> bytes:
+    """The encoded command set of a C-STORE request (PS3.7 9.3.1.1), with the Move
+    Originator elements of a C-MOVE sub-operation when given (PS3.7 9.1.1.1.10).
+    Byte-identical to pynetdicom's encoding of the same request."""
+    elements = [
+        _text(0x00020000, sop_class_uid, b"\x00"),
+        _us(0x01000000, C_STORE_RQ),
+        _us(0x01100000, message_id),
+        _us(0x07000000, priority),
+        _us(0x08000000, DATASET_PRESENT),
+        _text(0x10000000, sop_instance_uid, b"\x00"),
+    ]
+    if originator_ae_title is not None:
+        elements.append(_text(0x10300000, originator_ae_title, b" "))
+    if originator_message_id is not None:
+        elements.append(_us(0x10310000, originator_message_id))
     return _with_group_length(elements)
 
 
@@ -255,7 +276,9 @@ def command_elements(command: bytes) -> dict[int, bytes]:
     return elements
 
 
-def message_pdus(command: bytes, dataset: bytes | None, context_id: int, max_pdu: int) -> bytes:
+def message_pdus(
+    command: bytes, dataset: bytes | memoryview | None, context_id: int, max_pdu: int
+) -> bytes:
     """The P-DATA-TF PDUs of one DIMSE message, ready to write (see :func:`_pdus`)."""
     parts: list[bytes | memoryview] = []
     _pdus(parts, command, context_id, max_pdu, 0x01)
@@ -304,7 +327,7 @@ def _dataset_bytes(primitive: Any) -> bytes | None:
     return None
 
 
-def _silent(assoc: Association) -> bool:
+def silent(assoc: Association) -> bool:
     """True when no handler is bound to an event the direct path would skip."""
     for event in SILENT_EVENTS:
         handlers = assoc.get_handlers(event)
@@ -342,7 +365,7 @@ def encode_message(primitive: Any) -> tuple[bytes, bytes | None] | None:
 
 
 def write_message(
-    assoc: Association, context_id: int, command: bytes, dataset: bytes | None
+    assoc: Association, context_id: int, command: bytes, dataset: bytes | memoryview | None
 ) -> bool:
     """Write the message's PDUs now if the DUL is in Sta6 with nothing queued.
 
@@ -383,7 +406,7 @@ def install() -> None:
             assoc = self.assoc
             state = sending(assoc)
             with state.lock:
-                encoded = encode_message(primitive) if _silent(assoc) else None
+                encoded = encode_message(primitive) if silent(assoc) else None
                 if encoded is None or not write_message(assoc, context_id, *encoded):
                     original(self, primitive, context_id)
             state.count()

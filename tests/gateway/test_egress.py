@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+import pynetdicom
 import pytest
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
@@ -38,13 +39,16 @@ def _count_opens(event: str, args: tuple[Any, ...]) -> None:
 sys.addaudithook(_count_opens)  # audit hooks cannot be removed; this one only counts
 
 
+ANSWER: list[Any] = [0x0000]  # what the receiver answers (a status, or a status Dataset)
+
+
 @pytest.fixture
 def receiver() -> Iterator[tuple[int, list[bytes]]]:
     received: list[bytes] = []
 
-    def on_store(event: evt.Event) -> int:
+    def on_store(event: evt.Event) -> Any:
         received.append(event.request.DataSet.getvalue())
-        return 0x0000
+        return ANSWER[0]
 
     ae = AE(ae_title="EGRESS_SCP")
     ae.add_supported_context(CTImageStorage, ["1.2.840.10008.1.2.1"])
@@ -73,18 +77,28 @@ def _stored(tmp_path: Path) -> tuple[RetrieveItem, bytes]:
     return item, data[dataset_offset(io.BytesIO(data)) :]
 
 
-def _send(port: int, item: RetrieveItem, times: int) -> list[int]:
+def _statuses(port: int, item: RetrieveItem, times: int, watched: bool = False) -> list[Any]:
+    """Send ``item`` ``times`` on one association; each status Dataset.
+
+    ``watched``: a handler bound to EVT_DIMSE_SENT, so that the message goes through
+    pynetdicom's own ``send_c_store`` instead of the direct write (egress.send_loaded).
+    """
     enable_stored_file_sends()
     ae = AE(ae_title="EGRESS_SCU")
     ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1"])
-    assoc = ae.associate("127.0.0.1", port, ae_title="EGRESS_SCP")
+    handlers = [(evt.EVT_DIMSE_SENT, lambda _event: None)] if watched else []
+    assoc = ae.associate("127.0.0.1", port, ae_title="EGRESS_SCP", evt_handlers=handlers)
     assert assoc.is_established
     WATCHED.append(str(item.path))
     try:
-        return [int(assoc.send_c_store(StoredFile(item)).Status) for _ in range(times)]
+        return [assoc.send_c_store(StoredFile(item)) for _ in range(times)]
     finally:
         WATCHED.clear()
         assoc.release()
+
+
+def _send(port: int, item: RetrieveItem, times: int) -> list[int]:
+    return [int(status.Status) for status in _statuses(port, item, times)]
 
 
 def test_a_stored_file_is_read_once_per_send_and_sent_as_stored(
@@ -108,3 +122,41 @@ def test_a_large_file_goes_from_disk_unchanged(
     assert _send(port, item, 1) == [0]
     assert len(OPENS) == 2  # pynetdicom's chunked path: its meta, then the dataset
     assert received == [dataset]
+
+
+@pytest.mark.parametrize("answer", ["success", "warning", "failure with a comment"])
+def test_the_direct_send_and_pynetdicoms_send_the_same_and_read_the_same_status(
+    receiver: tuple[int, list[bytes]],
+    tmp_path: Path,
+    answer: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port, received = receiver
+    direct_sends: list[bool] = []
+    send_loaded = egress.send_loaded
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        sent = send_loaded(*args, **kwargs)
+        direct_sends.append(sent is not None)
+        return sent
+
+    monkeypatch.setattr(egress, "send_loaded", spy)
+    # As the hub runs (server.quiet_pynetdicom_handlers): no logging handler bound to
+    # EVT_DIMSE_SENT, which the direct write does not raise.
+    monkeypatch.setattr(pynetdicom._config, "LOG_HANDLER_LEVEL", "none")
+    item, dataset = _stored(tmp_path)
+    status = pydicom.Dataset()
+    status.Status = {"success": 0x0000, "warning": 0xB000, "failure with a comment": 0xA700}[answer]
+    if answer == "failure with a comment":
+        status.ErrorComment = "out of space"
+    ANSWER[0] = status
+    try:
+        direct = _statuses(port, item, 2)
+        through_pynetdicom = _statuses(port, item, 2, watched=True)
+    finally:
+        ANSWER[0] = 0x0000
+    assert direct_sends == [True, True, False, False]  # written directly, then by pynetdicom
+    assert received == [dataset] * 4  # the same bytes either way
+    assert direct == through_pynetdicom  # the same status Dataset either way
+    assert direct[0].Status == status.Status
+    assert direct[0].get("ErrorComment") == status.get("ErrorComment")
