@@ -85,6 +85,7 @@ def prepare_associations() -> None:
     Idempotent.
     """
     enable_tcp_nodelay_on_requests()
+    quiet_pynetdicom_handlers()  # else the direct paths stand aside for the log handlers
     reactor.install()
     pdata.install()
     store_response.install()
@@ -244,7 +245,6 @@ def serve_dicom(ctx: GatewayContext) -> HubAssociationServer:
     prepare_associations()
     relayed_answer.install()
     accept_proposed_transfer_syntax_order()
-    quiet_pynetdicom_handlers()
     # Identifiers carry patient names and IDs: never log them, even at DEBUG.
     pynetdicom._config.LOG_REQUEST_IDENTIFIERS = False
     pynetdicom._config.LOG_RESPONSE_IDENTIFIERS = False
