@@ -224,9 +224,10 @@ def render(rows: list[Rate], whole: float, verdict: str) -> list[str]:
         "(target: >= 80% each). The backfill stores every instance through the hub's ingest"
         " (fsync and index commit per instance, see the ingest table), which storescp does"
         " not; with --quick, the inventory C-FINDs and per-study bookkeeping dominate."
-        " The restore shares each study's instances over its associations and sends each"
-        " C-STORE through pynetdicom's requestor (a thread hand-over per message) in one"
-        " Python process, on the same 2 cores as the Orthanc receiving them.",
+        " The restore shares each study's instances over its associations and writes each"
+        " C-STORE request directly (gateway/egress.py send_loaded; pynetdicom's requestor"
+        " still hands each response over between threads) in one Python process, on the"
+        " same 2 cores as the Orthanc receiving them.",
         f"Whole restore with verification: {whole:.1f} s; verdict: {verdict}.",
         f"RTO for 1 TB at the measured restore rate: {rto:.1f} h.",
     ]

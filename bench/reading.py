@@ -91,10 +91,12 @@ def _move_paragraph(res: Results) -> str | None:
         return "**C-MOVE**: hub egress matches or beats Orthanc's."
     return (
         f"**C-MOVE**: hub egress is {hub.inst_s / orth.inst_s:.0%} of Orthanc's "
-        f"({hub.inst_s:.0f} vs {orth.inst_s:.0f} inst/s to storescp +B). Sending through a "
-        "pynetdicom C-STORE SCU costs Python time per PDU and per message (the baseline "
-        "measured ~190-250 inst/s for a plain pynetdicom sender), while Orthanc streams files "
-        "from C++."
+        f"({hub.inst_s:.0f} vs {orth.inst_s:.0f} inst/s to storescp +B). Each sub-operation "
+        "is written directly (command set and PDUs built by the hub, the response read "
+        "without pydicom: 0.35-0.40 ms of hub CPU per 525 KB instance, measured on "
+        "2026-11-30), then waits for storescp's response before the next (one association, "
+        "no asynchronous operations window), through pynetdicom's C-MOVE SCP and its "
+        "thread hand-overs in one Python process; Orthanc streams files from C++."
     )
 
 
