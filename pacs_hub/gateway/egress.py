@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
@@ -49,7 +49,6 @@ from pacs_hub.storage.retrieval import RetrieveItem
 
 IN_MEMORY_MAX = 64 * 1024 * 1024
 DEFLATED = "1.2.840.10008.1.2.1.99"
-ENCODER = "encode"
 _INSTALL_LOCK = threading.Lock()
 
 
@@ -90,7 +89,7 @@ def stored_body(stored: StoredFile) -> bytes | memoryview:
     return memoryview(data)[offset:]
 
 
-class LoadedFile(Dataset):
+class LoadedFile(pdata.PreEncoded):
     """A stored file read once: its UIDs, its transfer syntax, its dataset bytes.
 
     pynetdicom takes it for a dataset to encode; the patched ``encode`` answers with
@@ -230,14 +229,7 @@ def enable_stored_file_sends() -> None:
         if getattr(original, "_pacs_hub_files", False):
             return
         _config.STORE_SEND_CHUNKED_DATASET = True
-        encode = getattr(pynetdicom_association, ENCODER)  # dsutils.encode, as imported there
-
-        @functools.wraps(encode)
-        def encode_loaded(ds: Dataset, *args: Any, **kwargs: Any) -> bytes | None:
-            if not isinstance(ds, LoadedFile):
-                return cast(bytes | None, encode(ds, *args, **kwargs))
-            wanted = (*args, kwargs.get("deflated", False))[:3]
-            return ds.encoded if tuple(wanted) == ds.encoding else None
+        pdata.pass_pre_encoded(pynetdicom_association)  # a LoadedFile goes out as read
 
         @functools.wraps(original)
         def send_c_store(self: Association, dataset: Any, *args: Any, **kwargs: Any) -> Dataset:
@@ -254,5 +246,4 @@ def enable_stored_file_sends() -> None:
                 return original(self, path, *args, **kwargs)
 
         send_c_store._pacs_hub_files = True  # type: ignore[attr-defined]
-        setattr(pynetdicom_association, ENCODER, encode_loaded)
         Association.send_c_store = send_c_store  # type: ignore[method-assign]

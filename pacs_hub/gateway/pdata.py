@@ -44,8 +44,10 @@ import threading
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, cast
 
+from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -63,6 +65,7 @@ NO_DATASET = 0x0101
 _PDU_HEADER = struct.Struct(">BBLLBB")  # PDU type, reserved, length, PDV length, id, control
 _ELEMENT_HEADER = struct.Struct("<HHL")  # Implicit VR Little Endian: group, element, length
 _INSTALL_LOCK = threading.Lock()
+_ENCODER_LOCK = threading.Lock()
 _STATE_LOCK = threading.Lock()
 
 
@@ -102,6 +105,36 @@ def wait_sent(assoc: Association, after: int, timeout: float) -> bool:
     state = sending(assoc)
     with state.changed:
         return state.changed.wait_for(lambda: state.sent > after, timeout)
+
+
+class PreEncoded(Dataset):
+    """A data set handed to pynetdicom already encoded: :attr:`encoded`, for the one
+    transfer syntax :attr:`encoding` says (implicit VR, little endian, deflated, as
+    pynetdicom asks ``dsutils.encode``). See :func:`pass_pre_encoded`."""
+
+    encoded: bytes
+    encoding: tuple[bool, bool, bool]
+
+
+def pass_pre_encoded(module: ModuleType) -> None:
+    """Make ``module.encode`` (pynetdicom's ``dsutils.encode`` as that module imported
+    it) give a :class:`PreEncoded`'s bytes as they are when asked for its encoding, and
+    None for any other (pynetdicom then fails that message: nothing is converted).
+    Idempotent, per module."""
+    with _ENCODER_LOCK:
+        encode = getattr(module, "encode")  # noqa: B009 (any module importing it)
+        if getattr(encode, "_pacs_hub_pre_encoded", False):
+            return
+
+        @functools.wraps(encode)
+        def encode_pre_encoded(ds: Dataset, *args: Any, **kwargs: Any) -> bytes | None:
+            if not isinstance(ds, PreEncoded):
+                return cast(bytes | None, encode(ds, *args, **kwargs))
+            wanted = (*args, kwargs.get("deflated", False))[:3]
+            return ds.encoded if tuple(wanted) == ds.encoding else None
+
+        encode_pre_encoded._pacs_hub_pre_encoded = True  # type: ignore[attr-defined]
+        setattr(module, "encode", encode_pre_encoded)  # noqa: B010
 
 
 def _us(group_element: int, value: int) -> bytes:

@@ -23,17 +23,16 @@ the pydicom way.
 
 from __future__ import annotations
 
-import functools
 import struct
-import threading
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pynetdicom import service_class
 
-ENCODER = "encode"
+from pacs_hub.gateway import pdata
+
 # PS3.5 Table 7.1-1: VRs whose Explicit VR header has 2 reserved bytes and a 4-byte length.
 LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"})
 # Values a text VR may carry as they are; binary VRs are copied byte for byte.
@@ -46,10 +45,9 @@ SPECIFIC_CHARACTER_SET = 0x00080005
 RETRIEVE_AE_TITLE = 0x00080054
 INSTANCE_AVAILABILITY = 0x00080056
 UNDEFINED_LENGTH = 0xFFFFFFFF
-_INSTALL_LOCK = threading.Lock()
 
 
-class EncodedIdentifier(Dataset):
+class EncodedIdentifier(pdata.PreEncoded):
     """An Identifier already encoded for one transfer syntax (``encoding``:
     implicit VR, little endian, deflated, as pynetdicom's encoder is asked)."""
 
@@ -158,19 +156,5 @@ def relayed_answer(
 
 def install() -> None:
     """Make pynetdicom's C-FIND SCP send an :class:`EncodedIdentifier` as it is
-    (the encoding it was written for; any other falls back to None, a failure that
-    pynetdicom reports as 0xC312). Idempotent, once per process."""
-    with _INSTALL_LOCK:
-        encode = getattr(service_class, ENCODER)
-        if getattr(encode, "_pacs_hub_relay", False):
-            return
-
-        @functools.wraps(encode)
-        def encode_relayed(ds: Dataset, *args: Any, **kwargs: Any) -> bytes | None:
-            if not isinstance(ds, EncodedIdentifier):
-                return cast(bytes | None, encode(ds, *args, **kwargs))
-            wanted = (*args, kwargs.get("deflated", False))[:3]
-            return ds.encoded if tuple(wanted) == ds.encoding else None
-
-        encode_relayed._pacs_hub_relay = True  # type: ignore[attr-defined]
-        setattr(service_class, ENCODER, encode_relayed)
+    (:func:`~pacs_hub.gateway.pdata.pass_pre_encoded`). Idempotent, once per process."""
+    pdata.pass_pre_encoded(service_class)
