@@ -83,10 +83,10 @@ def install() -> None:
         def receive_primitive(self: DIMSEServiceProvider, primitive: Any) -> None:
             values = getattr(primitive, "presentation_data_value_list", None)
             if self.message is None and values and len(values) == 1:
-                handlers = self.assoc.get_handlers(evt.EVT_DIMSE_RECV)
                 context_id, data = values[0]
-                response = None if handlers and handlers[0] else store_response(data)
-                if response is not None:
+                response = store_response(data)  # None for every request: checked first
+                bound = response is not None and self.assoc.get_handlers(evt.EVT_DIMSE_RECV)
+                if response is not None and not (bound and bound[0]):
                     response._context_id = context_id
                     response._dataset_path = None
                     response._dataset_file = None
