@@ -126,11 +126,10 @@ def pool_of(database: Database) -> LinkPool:
 
 @dataclass
 class _Exchange:
-    """One PACS's requests in a :class:`MultiFind`: on which link, reused or fresh."""
+    """One PACS's requests in a :class:`MultiFind` (keyed by their link): reused or fresh."""
 
     node: PacsNode
     requests: list[Dataset]
-    link: Link
     reused: bool
 
 
@@ -165,7 +164,7 @@ class MultiFind:
             pooled = self.pool.take(LinkPool.key(self.settings, node))
         try:
             link = pooled or Link(node, self.settings.ae_title, self.settings.max_pdu_size)
-            self._exchanges[link] = _Exchange(node, requests, link, pooled is not None)
+            self._exchanges[link] = _Exchange(node, requests, pooled is not None)
             link.start(requests)
         except (OSError, LinkFailed) as exc:
             if pooled is None:
@@ -212,7 +211,7 @@ class MultiFind:
             self._selector.unregister(link.sock)
         self._events += link.take_events()
         link.abort()
-        if exchange.reused and exchange.link.answered == 0:  # closed by the PACS while idle
+        if exchange.reused and link.answered == 0:  # closed by the PACS while idle
             LOGGER.debug("%s: reused association failed (%s); a fresh one", exchange.node, exc)
             self._begin(exchange.node, exchange.requests, reuse=False)
             return

@@ -17,30 +17,15 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pynetdicom.dsutils import decode, encode
 
+from pacs_hub.dicomweb.search import DEFAULT_KEYS
 from pacs_hub.gateway import find
 from pacs_hub.gateway.federated_find import build_answer
 from pacs_hub.gateway.relayed_answer import relayed_answer
 from pacs_hub.regional.federation import FederatedMatch
 from pacs_hub.storage.query import Level, parse_query
 
-KEYWORDS = [
-    "StudyDate",
-    "StudyTime",
-    "AccessionNumber",
-    "ModalitiesInStudy",
-    "ReferringPhysicianName",
-    "StudyDescription",
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyInstanceUID",
-    "StudyID",
-    "NumberOfStudyRelatedSeries",
-    "NumberOfStudyRelatedInstances",
-    "InstanceAvailability",
-    "ProcedureCodeSequence",
-]
+# QIDO-RS's default study keys (PS3.18 Table 10.6.3-3), one the hub sets itself, a sequence.
+KEYWORDS = [*DEFAULT_KEYS[Level.STUDY], "InstanceAvailability", "ProcedureCodeSequence"]
 
 
 def request_for(keywords: list[str], charset: tuple[str, ...] = ()) -> find.FindRequest:
