@@ -1,11 +1,11 @@
 """The hub as a DICOM *requestor* of establishment PACS: node look-up and associations.
 
-Federated C-FIND (:mod:`pacs_hub.regional.federation`) and retrieve on demand
-(:mod:`pacs_hub.regional.pull`) open associations (PS3.8 7.1) to the nodes whose role
-is ``pacs``, calling with the hub's own AE title (the PACS must know it, as it must
-for a C-MOVE back to the hub). Every requested socket gets TCP_NODELAY, as the
-gateway's do; the timeouts come from the settings (or a per-call override for a
-federated query).
+Retrieve on demand (:mod:`pacs_hub.regional.pull`), prefetch and backup open
+associations (PS3.8 7.1) to the nodes whose role is ``pacs``, calling with the hub's
+own AE title (the PACS must know it, as it must for a C-MOVE back to the hub). Every
+requested socket gets TCP_NODELAY, as the gateway's do; the timeouts come from the
+settings. Federated C-FIND keeps its own associations
+(:mod:`pacs_hub.regional.remote_find`), under the query's deadline.
 """
 
 from __future__ import annotations
@@ -76,23 +76,17 @@ def node_by_pk(database: Database, pk: int) -> PacsNode | None:
         return _record(node) if node is not None else None
 
 
-def requestor_ae(
-    settings: Settings, contexts: Sequence[str], *, timeout: float | None = None
-) -> AE:
-    """An AE calling as the hub (``settings.ae_title``) proposing ``contexts``.
-
-    ``timeout`` replaces the ACSE, DIMSE and network timeouts (a federated query's
-    per-source budget); by default they are the gateway's.
-    """
+def requestor_ae(settings: Settings, contexts: Sequence[str]) -> AE:
+    """An AE calling as the hub (``settings.ae_title``) proposing ``contexts``, with the
+    gateway's ACSE, DIMSE and network timeouts."""
     from pacs_hub.gateway.server import prepare_associations  # no import cycle
 
     prepare_associations()
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_pdu_size = settings.max_pdu_size
-    ae.acse_timeout = timeout if timeout is not None else settings.acse_timeout
-    ae.dimse_timeout = timeout if timeout is not None else settings.dimse_timeout
-    ae.network_timeout = timeout if timeout is not None else settings.network_timeout
-    ae.connection_timeout = timeout if timeout is not None else settings.acse_timeout
+    ae.acse_timeout = ae.connection_timeout = settings.acse_timeout
+    ae.dimse_timeout = settings.dimse_timeout
+    ae.network_timeout = settings.network_timeout
     for uid in contexts:
         ae.add_requested_context(uid)
     return ae
