@@ -32,6 +32,7 @@ from pacs_hub.storage.index import (
     existing_instance,
     replace_blob,
 )
+from pacs_hub.storage.index_hot_path import IndexHotPath
 
 LOGGER = logging.getLogger(__name__)
 RETRIES = 5
@@ -62,6 +63,7 @@ class Ingestor:
         self.blobs = blobs
         self.duplicate_policy = duplicate_policy
         self.senders = NodeDirectory(database)
+        self._hot_path = IndexHotPath(database)
 
     def ingest(self, part10: bytes, received_from_ae: str = "") -> IngestResult:
         """Store one Part 10 file held in memory; return only once it is durable.
@@ -120,12 +122,11 @@ class Ingestor:
             # No Issuer of Patient ID (0010,0021, PS3.3 C.7.1.1): the patient is indexed under
             # the default issuer of the sending node's establishment (the bytes keep none).
             header = dataclasses.replace(header, issuer_of_patient_id=owner.default_issuer)
-        with self.database.read_connection() as conn:
-            known = existing_instance(conn, header.sop_instance_uid)
-            if known is not None and known.sha256 == blob.sha256:
-                return self._result(Outcome.DUPLICATE, header, blob)
-            if known is not None and self.duplicate_policy is DuplicatePolicy.KEEP_FIRST:
-                raise self._conflict(header)
+        known = self._hot_path.lookup(header.sop_instance_uid)
+        if known is not None and known.sha256 == blob.sha256:
+            return self._result(Outcome.DUPLICATE, header, blob)
+        if known is not None and self.duplicate_policy is DuplicatePolicy.KEEP_FIRST:
+            raise self._conflict(header)
         metadata = dicomjson.encode(dataset)  # before the blob moves: deferred values
         write_blob()
         outcome = self._index(header, blob, received_from_ae, metadata, establishment_pk)
@@ -149,20 +150,43 @@ class Ingestor:
         metadata: bytes,
         establishment_pk: int | None = None,
     ) -> Outcome:
+        hot = self._hot_path
         delay = 0.01
         for attempt in range(RETRIES):
             try:
-                return self._index_once(header, blob, ae, metadata, establishment_pk)
-            except IntegrityError:
+                outcome = self._index_known_series(header, blob, ae, metadata)
+                if outcome is None:
+                    outcome = self._index_once(header, blob, ae, metadata, establishment_pk)
+                return outcome
+            except (IntegrityError, hot.integrity_error):
                 # A concurrent ingest created the same patient/study/series: retry reads it.
                 if attempt == RETRIES - 1:
                     raise
-            except OperationalError as exc:
+            except (OperationalError, hot.operational_error) as exc:
                 if attempt == RETRIES - 1:
-                    raise IndexUnavailable(f"index did not commit: {exc.orig}") from exc
+                    reason = exc.orig if isinstance(exc, OperationalError) else exc
+                    raise IndexUnavailable(f"index did not commit: {reason}") from exc
             time.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")
+
+    def _index_known_series(
+        self, header: InstanceHeader, blob: StoredBlob, ae: str, metadata: bytes
+    ) -> Outcome | None:
+        """The hot path: index an instance of an indexed series in plain SQL.
+
+        None, with nothing written, when the general path must decide: the series is
+        not indexed yet, or the SOP Instance UID is indexed with other bytes.
+        """
+        now = datetime.now(UTC).replace(tzinfo=None)
+        hot = self._hot_path
+        with hot.transaction() as cursor:
+            known = hot.known(cursor, header.sop_instance_uid)
+            if known is not None:
+                return Outcome.DUPLICATE if known.sha256 == blob.sha256 else None
+            if hot.add_to_known_series(cursor, header, blob, ae, now, metadata):
+                return Outcome.STORED
+        return None
 
     def _index_once(
         self,

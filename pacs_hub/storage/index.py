@@ -86,36 +86,57 @@ def existing_instance(conn: Connection, sop_instance_uid: str) -> KnownInstance 
     return KnownInstance(row[0], row[1], row[2], row[3]) if row else None
 
 
+_SELECT_PATIENT = select(Patient.id).where(
+    Patient.patient_id == bindparam("patient_id"),
+    Patient.issuer_of_patient_id == bindparam("issuer"),
+)
+_INSERT_PATIENT = insert(Patient).returning(Patient.id)
+_INSERT_STUDY = insert(Study).returning(Study.id)
+_INSERT_SERIES = insert(Series).returning(Series.id)
+_SELECT_STUDY_FOR_UPDATE = (
+    select(Study.id, Study.patient_pk, Study.modalities_in_study)
+    .where(Study.study_instance_uid == bindparam("uid"))
+    .with_for_update()
+)
+_STUDY_NEW_SERIES = (
+    update(Study)
+    .where(Study.id == bindparam("pk"))
+    .values(num_series=Study.num_series + 1, modalities_in_study=bindparam("modalities"))
+)
+_PATIENT_NEW_STUDY = (
+    update(Patient).where(Patient.id == bindparam("pk")).values(num_studies=Patient.num_studies + 1)
+)
+_PATIENT_NEW_SERIES = (
+    update(Patient).where(Patient.id == bindparam("pk")).values(num_series=Patient.num_series + 1)
+)
+
+
 def _patient_pk(conn: Connection, h: InstanceHeader) -> int:
     pk = conn.execute(
-        select(Patient.id).where(
-            Patient.patient_id == h.patient_id,
-            Patient.issuer_of_patient_id == h.issuer_of_patient_id,
-        )
+        _SELECT_PATIENT, {"patient_id": h.patient_id, "issuer": h.issuer_of_patient_id}
     ).scalar()
     if pk is not None:
         return int(pk)
     pk = int(
         conn.execute(
-            insert(Patient)
-            .values(
-                patient_id=h.patient_id,
-                issuer_of_patient_id=h.issuer_of_patient_id,
-                patient_name=h.patient_name,
-                patient_name_match=normalise_name(h.patient_name),
-                patient_name_fuzzy=fuzzy_name(h.patient_name),
-                patient_birth_date=h.patient_birth_date,
-                patient_sex=h.patient_sex,
-                num_studies=0,
-                num_series=0,
-                num_instances=0,
-                ins=h.ins,
-                ins_oid=h.ins_oid,
-                birth_name=h.birth_name,
-                given_names=h.given_names,
-                birth_place=h.birth_place,
-            )
-            .returning(Patient.id)
+            _INSERT_PATIENT,
+            {
+                "patient_id": h.patient_id,
+                "issuer_of_patient_id": h.issuer_of_patient_id,
+                "patient_name": h.patient_name,
+                "patient_name_match": normalise_name(h.patient_name),
+                "patient_name_fuzzy": fuzzy_name(h.patient_name),
+                "patient_birth_date": h.patient_birth_date,
+                "patient_sex": h.patient_sex,
+                "num_studies": 0,
+                "num_series": 0,
+                "num_instances": 0,
+                "ins": h.ins,
+                "ins_oid": h.ins_oid,
+                "birth_name": h.birth_name,
+                "given_names": h.given_names,
+                "birth_place": h.birth_place,
+            },
         ).scalar_one()
     )
     link_new_identity(conn, pk)  # same transaction: a local identity is never left unlinked
@@ -127,31 +148,28 @@ def _new_study(
 ) -> tuple[int, int, str]:
     patient_pk = _patient_pk(conn, h)
     study_pk = conn.execute(
-        insert(Study)
-        .values(
-            study_instance_uid=h.study_instance_uid,
-            patient_pk=patient_pk,
-            establishment_pk=establishment_pk,
-            study_date=h.study_date,
-            study_time=h.study_time,
-            accession_number=h.accession_number,
-            study_id=h.study_id,
-            study_description=h.study_description,
-            referring_physician_name=h.referring_physician_name,
-            referring_physician_name_match=normalise_name(h.referring_physician_name),
-            referring_physician_name_fuzzy=fuzzy_name(h.referring_physician_name),
-            modalities_in_study="",
-            num_series=0,
-            num_instances=0,
-            size_bytes=0,
-            created_at=now,
-            updated_at=now,
-        )
-        .returning(Study.id)
+        _INSERT_STUDY,
+        {
+            "study_instance_uid": h.study_instance_uid,
+            "patient_pk": patient_pk,
+            "establishment_pk": establishment_pk,
+            "study_date": h.study_date,
+            "study_time": h.study_time,
+            "accession_number": h.accession_number,
+            "study_id": h.study_id,
+            "study_description": h.study_description,
+            "referring_physician_name": h.referring_physician_name,
+            "referring_physician_name_match": normalise_name(h.referring_physician_name),
+            "referring_physician_name_fuzzy": fuzzy_name(h.referring_physician_name),
+            "modalities_in_study": "",
+            "num_series": 0,
+            "num_instances": 0,
+            "size_bytes": 0,
+            "created_at": now,
+            "updated_at": now,
+        },
     ).scalar_one()
-    conn.execute(
-        update(Patient).where(Patient.id == patient_pk).values(num_studies=Patient.num_studies + 1)
-    )
+    conn.execute(_PATIENT_NEW_STUDY, {"pk": patient_pk})
     return int(study_pk), patient_pk, ""
 
 
@@ -164,11 +182,7 @@ def _study(
     SQLite, whose writers are serialised) so that two new series of the same study
     do not both rewrite Modalities in Study from the same old value.
     """
-    row = conn.execute(
-        select(Study.id, Study.patient_pk, Study.modalities_in_study)
-        .where(Study.study_instance_uid == h.study_instance_uid)
-        .with_for_update()
-    ).first()
+    row = conn.execute(_SELECT_STUDY_FOR_UPDATE, {"uid": h.study_instance_uid}).first()
     if row is None:
         return _new_study(conn, h, now, establishment_pk)
     return int(row[0]), int(row[1]), str(row[2])
@@ -179,32 +193,25 @@ def _new_series(
 ) -> tuple[int, int, int]:
     study_pk, patient_pk, modalities = _study(conn, h, now, establishment_pk)
     series_pk = conn.execute(
-        insert(Series)
-        .values(
-            series_instance_uid=h.series_instance_uid,
-            study_pk=study_pk,
-            modality=h.modality,
-            series_number=h.series_number,
-            series_description=h.series_description,
-            body_part_examined=h.body_part_examined,
-            series_date=h.series_date,
-            series_time=h.series_time,
-            station_name=h.station_name,
-            num_instances=0,
-        )
-        .returning(Series.id)
+        _INSERT_SERIES,
+        {
+            "series_instance_uid": h.series_instance_uid,
+            "study_pk": study_pk,
+            "modality": h.modality,
+            "series_number": h.series_number,
+            "series_description": h.series_description,
+            "body_part_examined": h.body_part_examined,
+            "series_date": h.series_date,
+            "series_time": h.series_time,
+            "station_name": h.station_name,
+            "num_instances": 0,
+        },
     ).scalar_one()
     listed = [m for m in modalities.split("\\") if m]
     if h.modality and h.modality not in listed:
         listed = sorted([*listed, h.modality])
-    conn.execute(
-        update(Study)
-        .where(Study.id == study_pk)
-        .values(num_series=Study.num_series + 1, modalities_in_study="\\".join(listed))
-    )
-    conn.execute(
-        update(Patient).where(Patient.id == patient_pk).values(num_series=Patient.num_series + 1)
-    )
+    conn.execute(_STUDY_NEW_SERIES, {"pk": study_pk, "modalities": "\\".join(listed)})
+    conn.execute(_PATIENT_NEW_SERIES, {"pk": patient_pk})
     return int(series_pk), study_pk, patient_pk
 
 

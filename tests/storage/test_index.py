@@ -252,3 +252,51 @@ def test_a_file_ingested_for_an_establishment_records_it_on_the_new_study(
             == est_pk
         )
     assert not temp.exists()  # moved in as the blob
+
+
+def test_a_known_series_takes_the_plain_sql_hot_path_and_reads_back_alike(
+    ingestor: Ingestor, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first instance creates its series (general path), the next ones take the hot path;
+    both rows read back through the ORM with the same types and values."""
+    from datetime import UTC, datetime
+
+    from pacs_hub.dicom.dicomjson import expand
+    from pacs_hub.storage.index_hot_path import IndexHotPath
+
+    taken: list[bool] = []
+    original = IndexHotPath.add_to_known_series
+
+    def spy(self: IndexHotPath, *args: Any) -> bool:
+        taken.append(original(self, *args))
+        return taken[-1]
+
+    monkeypatch.setattr(IndexHotPath, "add_to_known_series", spy)
+    study = generate_uid()
+    first = synthetic_dataset(study, comment="first")
+    second = synthetic_dataset(study, first.SeriesInstanceUID, comment="second")
+    before = datetime.now(UTC).replace(tzinfo=None)
+    results = [ingestor.ingest(as_part10(ds), "MODALITY") for ds in (first, second)]
+    assert [r.outcome for r in results] == [Outcome.STORED, Outcome.STORED]
+    assert taken == [False, True]  # series unknown, then known
+    assert ingestor.ingest(as_part10(second), "MODALITY").outcome is Outcome.DUPLICATE
+    with database.reader() as session:
+        rows = session.scalars(select(Instance).order_by(Instance.id)).all()
+        blobs = [(r.metadata_json, r.sop_instance_uid) for r in rows]
+        columns = [
+            (r.sop_class_uid, r.transfer_syntax_uid, r.received_from_ae, r.rows, r.columns)
+            for r in rows
+        ]
+        received = [r.received_at for r in rows]
+        study_row = session.scalars(select(Study)).one()
+    after = datetime.now(UTC).replace(tzinfo=None)
+    assert [uid for _, uid in blobs] == [first.SOPInstanceUID, second.SOPInstanceUID]
+    assert columns[0] == columns[1]
+    assert all(type(when) is datetime for when in received)
+    assert before <= received[0] <= received[1] <= after
+    assert study_row.updated_at == received[1]
+    for metadata, uid in blobs:
+        assert metadata is not None
+        assert uid in expand(metadata, "http://hub/instances/x")
+    assert study_row.num_instances == 2
+    assert_counters_consistent(database)
