@@ -71,6 +71,7 @@ class Database:
         if run_migrations:
             migrate(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._kept: list[Any] = []  # DBAPI connections not in use (list.pop/append are atomic)
 
     @property
     def is_sqlite(self) -> bool:
@@ -97,6 +98,35 @@ class Database:
         with self.read_connection() as conn, Session(bind=conn) as session:
             yield session
 
+    @contextmanager
+    def kept_connection(self) -> Iterator[Any]:
+        """A bare DBAPI connection for the ingest hot path, kept for the next caller after.
+
+        Taken from the engine's pool once (so set up by its connect events) and then
+        kept out of it: the pool's check-out and check-in (events, a reset on return)
+        cost more than the few statements run on it. The caller ends any transaction
+        it opens; one that raised is rolled back, or closed if even that fails.
+        """
+        try:
+            raw = self._kept.pop()
+        except IndexError:
+            fairy = self.engine.raw_connection()
+            fairy.detach()  # ours from now on; the pool may open another in its place
+            raw = fairy.dbapi_connection
+        try:
+            yield raw
+        except BaseException:
+            try:
+                raw.rollback()
+            except Exception:
+                raw.close()
+                raise
+            self._kept.append(raw)
+            raise
+        self._kept.append(raw)
+
     def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled and kept connection."""
         self.engine.dispose()
+        while self._kept:
+            self._kept.pop().close()

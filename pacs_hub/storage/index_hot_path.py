@@ -55,6 +55,7 @@ class IndexHotPath:
     def __init__(self, database: Database) -> None:
         dialect = database.engine.dialect
         self._database = database
+        self._sqlite = database.is_sqlite
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
         self._select_instance = _SELECT_INSTANCE.replace("?", mark)
         self._select_series = _SELECT_SERIES.replace("?", mark)
@@ -77,27 +78,20 @@ class IndexHotPath:
         On SQLite the transaction is ``BEGIN IMMEDIATE``, as for every writer of the
         index (:mod:`pacs_hub.storage.database`).
         """
-        raw = self._database.engine.raw_connection()
-        try:
+        with self._database.kept_connection() as raw:
             cursor = raw.cursor()
-            if self._database.is_sqlite:
+            if self._sqlite:
                 cursor.execute("BEGIN IMMEDIATE")
-            try:
-                yield cursor
-            except BaseException:
-                raw.rollback()
-                raise
+            yield cursor
             raw.commit()
-        finally:
-            raw.close()
 
     def lookup(self, sop_instance_uid: str) -> KnownInstance | None:
         """The indexed instance with this SOP Instance UID, read outside any write lock."""
-        raw = self._database.engine.raw_connection()
-        try:
-            return self.known(raw.cursor(), sop_instance_uid)
-        finally:
-            raw.close()  # the pool rolls a PostgreSQL read transaction back
+        with self._database.kept_connection() as raw:
+            known = self.known(raw.cursor(), sop_instance_uid)
+            if not self._sqlite:
+                raw.rollback()  # end PostgreSQL's read transaction (SQLite's is per statement)
+            return known
 
     def known(self, cursor: Any, sop_instance_uid: str) -> KnownInstance | None:
         """The indexed instance with this SOP Instance UID, if any."""
