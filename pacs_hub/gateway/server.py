@@ -35,7 +35,15 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 from pacs_hub.backup import commit, standin
-from pacs_hub.gateway import access, commitment, pdata, reactor, relayed_answer, store_response
+from pacs_hub.gateway import (
+    access,
+    commitment,
+    pdata,
+    reactor,
+    relayed_answer,
+    store_request,
+    store_response,
+)
 from pacs_hub.gateway.callers import CallerPolicy
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.gateway.status import SUCCESS
@@ -79,7 +87,8 @@ def prepare_associations() -> None:
     event-driven reactors (:mod:`~pacs_hub.gateway.reactor`, which also close
     pynetdicom's hand-over race that let a reactor take the response a ``send_*``
     caller waited for), the direct P-DATA path (:mod:`~pacs_hub.gateway.pdata`) and
-    the direct reading of C-STORE responses (:mod:`~pacs_hub.gateway.store_response`).
+    the direct reading of C-STORE responses (:mod:`~pacs_hub.gateway.store_response`)
+    and of C-STORE requests (:mod:`~pacs_hub.gateway.store_request`).
     Every hub process that opens associations calls it first: the gateways, the main
     process (routing, backfill, prefetch, federated QIDO) and the CLI (restore).
     Idempotent.
@@ -89,6 +98,7 @@ def prepare_associations() -> None:
     reactor.install()
     pdata.install()
     store_response.install()
+    store_request.install()
 
 
 def accept_proposed_transfer_syntax_order() -> None:
