@@ -61,6 +61,23 @@ def port_open(port: int) -> bool:
         return False
 
 
+def wait_quiet(pids: Sequence[int], timeout: float = 60.0, busy: float = 0.05) -> None:
+    """Wait until the processes use under ``busy`` of a core over half a second.
+
+    A server answers its port or health check before it has finished starting (the
+    hub's gateway processes and job worker import their modules, Orthanc opens its
+    index); its start-up must not be timed as, or compete with, the work measured.
+    """
+    deadline = time.monotonic() + timeout
+    last = cpu_seconds(pids)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = cpu_seconds(pids)
+        if now - last < busy * 0.5:
+            return
+        last = now
+
+
 def sync() -> None:
     """Flush dirty pages outside the timed windows."""
     subprocess.run(["sync"], check=True)

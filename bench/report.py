@@ -133,7 +133,10 @@ def method_section(res: Results) -> list[str]:
         f"Run {res.started:%Y-%m-%d %H:%M} to {res.finished or res.started:%H:%M} UTC with "
         f"`{cfg['command']}`. Everything runs on loopback on this machine, one server at a time "
         "(hub and Orthanc never run together). `TCP_NODELAY=1` is set for every dcmtk tool and "
-        "for Orthanc; the hub sets TCP_NODELAY on its own sockets.",
+        "for Orthanc; the hub sets TCP_NODELAY on its own sockets. Every server started "
+        "(hub or Orthanc) is timed only once its processes are idle (under 5 % of a core "
+        "over half a second): answering its port or health check is not the end of its "
+        "start-up (the hub's gateway processes and job worker still importing).",
         "",
         f"* **Data** (deterministic, generated with pydicom + numpy into `bench/out/data/`): "
         f"CT Image Storage, Explicit VR Little Endian, 16-bit (12 stored), thorax phantom + noise. "

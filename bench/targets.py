@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench.orthanc import start_orthanc
-from bench.procs import LOOPBACK, StoreScp, free_port, wait_for
+from bench.procs import LOOPBACK, StoreScp, free_port, wait_for, wait_quiet
 
 HUB_AE = "PACS_HUB"
 ORTHANC_AE = "ORTHANC"
@@ -133,6 +133,7 @@ class HubTarget:
         wait_for(lambda: _http_ok(url) or self.process.poll() is not None, 60, "hub health")  # type: ignore[union-attr]
         if self.process.poll() is not None:
             raise RuntimeError(f"hub exited; see {self.workdir / 'hub.log'}")
+        wait_quiet(self.server_pids())  # gateways and job worker done starting
         return self
 
     def count(self) -> int:
@@ -185,6 +186,7 @@ class OrthancTarget:
                 **(self.web_config() if self.dicomweb else {}),
             },
         )
+        wait_quiet(self.server_pids())
         return self
 
     @staticmethod

@@ -9,15 +9,22 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 from collections.abc import Iterator
+from multiprocessing.synchronize import Event as EventType
 from types import FrameType
 
 import uvicorn
 
 from pacs_hub.config import Settings
 from pacs_hub.gateway.context import GatewayContext
-from pacs_hub.gateway.server import prepare_associations, serve_dicom, sync_standin_ports
+from pacs_hub.gateway.server import (
+    open_listener,
+    prepare_associations,
+    serve_dicom,
+    sync_standin_ports,
+)
 from pacs_hub.regional import tasks  # noqa: F401 (registers the background tasks)
 from pacs_hub.regional.worker import RegionalWorker, WorkerContext
 from pacs_hub.storage.blobs import BlobStore
@@ -74,8 +81,15 @@ class _Server(uvicorn.Server):
         yield
 
 
-def run_gateway(settings: Settings, parent_pid: int) -> None:
-    """Body of one gateway process: listen until SIGTERM or SIGINT, or the hub dies."""
+def run_gateway(
+    settings: Settings,
+    parent_pid: int,
+    listener: socket.socket | None = None,
+    ready: EventType | None = None,
+) -> None:
+    """Body of one gateway process: accept on the DICOM port's ``listener`` (shared with
+    the other gateways) until SIGTERM or SIGINT, or the hub dies; ``ready`` is set once
+    it accepts."""
     _die_with_parent()
     if os.getppid() != parent_pid:
         return  # the hub died before we got here
@@ -88,8 +102,10 @@ def run_gateway(settings: Settings, parent_pid: int) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     ctx = GatewayContext.open(settings)
-    server = serve_dicom(ctx)
+    server = serve_dicom(ctx, listener)
     freeze_startup_heap()
+    if ready is not None:
+        ready.set()
     while not stop.wait(STANDIN_PORTS_CHECK_SECONDS):
         sync_standin_ports(ctx, server)  # a stand-in's own port opens without a restart
     server.shutdown()
@@ -110,9 +126,14 @@ def serve(settings: Settings) -> None:
     database = prepare_storage(settings)
     spawn = multiprocessing.get_context("spawn")
     gateways: list[multiprocessing.context.SpawnProcess] = []
+    listener = open_listener(settings.host, settings.dicom_port)  # passed on to each gateway
+    ready: list[EventType] = []
     for _ in range(settings.effective_gateway_processes):
+        ready.append(spawn.Event())
         proc = spawn.Process(
-            target=run_gateway, args=(settings, os.getpid()), name="pacs-hub-gateway"
+            target=run_gateway,
+            args=(settings, os.getpid(), listener, ready[-1]),
+            name="pacs-hub-gateway",
         )
         proc.start()
         gateways.append(proc)
@@ -124,7 +145,11 @@ def serve(settings: Settings) -> None:
     )
     print(viewer_banner(settings), flush=True)
     print(sign_in_banner(settings, database), flush=True)
-    app = create_app(settings, database, lambda: sum(p.is_alive() for p in gateways))
+    app = create_app(
+        settings,
+        database,
+        lambda: sum(p.is_alive() and r.is_set() for p, r in zip(gateways, ready, strict=True)),
+    )
     server = _Server(
         uvicorn.Config(app, host=settings.host, port=settings.http_port, log_level="warning")
     )
@@ -154,5 +179,6 @@ def serve(settings: Settings) -> None:
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.kill()
+        listener.close()
         database.dispose()
         LOGGER.info("PACS Hub stopped")

@@ -7,9 +7,15 @@ codec is needed), Patient Root and Study Root Query/Retrieve FIND, MOVE and GET
 (:mod:`pacs_hub.gateway.commitment`), N-EVENT-REPORT for the hub's own requests as the
 SCU (a PACS reporting on a new association, :mod:`pacs_hub.backup.commit`).
 
-Several gateway processes can listen on one port (``SO_REUSEPORT``), each with its
-own pynetdicom AE; every socket the hub opens or accepts has ``TCP_NODELAY`` set,
-else each DIMSE message waits on Nagle's algorithm (~40 ms).
+Several gateway processes, each with its own pynetdicom AE, accept on the DICOM port
+from one listening socket opened by the hub (:func:`open_listener`): each new
+association goes to the process whose acceptor is first to take it, so an idle
+process takes it before a busy one. (With ``SO_REUSEPORT`` the kernel would pick
+the process by a hash of the peer's address: two associations out of two landed on
+the same process, one core of two idle, about half the time.) A gateway started on
+its own (tests, stand-in ports) binds its own socket with ``SO_REUSEPORT``. Every
+socket the hub opens or accepts has ``TCP_NODELAY`` set, else each DIMSE message
+waits on Nagle's algorithm (~40 ms).
 
 Of the transfer syntaxes a peer proposes for a presentation context, the hub accepts
 the first one it supports, in the *peer's* order (PS3.8 9.3.3.2: the acceptor picks
@@ -26,6 +32,7 @@ import functools
 import logging
 import socket
 import threading
+import time
 from typing import Any
 
 import pynetdicom
@@ -165,8 +172,23 @@ def quiet_pynetdicom_handlers() -> None:
         pynetdicom._config.LOG_HANDLER_LEVEL = "none"
 
 
+def open_listener(host: str, port: int) -> socket.socket:
+    """The DICOM port's listening socket, to be shared by every gateway process.
+
+    Non-blocking: every gateway's acceptor wakes for a new connection and those that
+    lose the race to accept it go back to waiting.
+    """
+    listener = socket.create_server((host, port), backlog=128)
+    listener.setblocking(False)
+    return listener
+
+
 class HubAssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded server, sharing its port and with TCP_NODELAY on."""
+
+    listener: socket.socket | None = None
+    """A listening socket opened by the hub, shared with other gateway processes;
+    None: bind one of this server's own (``SO_REUSEPORT``)."""
 
     companions: dict[int, tuple[str, ThreadedAssociationServer]]
     """Servers of the same gateway on stand-ins' own ports: port -> (establishment, server)."""
@@ -180,20 +202,45 @@ class HubAssociationServer(ThreadedAssociationServer):
 
     def server_bind(self) -> None:
         assert self.socket is not None
+        if self.listener is not None:
+            self.socket.close()
+            self.socket = self.listener
+            self.server_address = self.listener.getsockname()
+            return
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
+
+    def server_activate(self) -> None:
+        if self.listener is None:
+            super().server_activate()  # a shared listener is listening already
+
+    def server_close(self) -> None:
+        if self.listener is None:
+            super().server_close()
+        else:
+            self.listener.close()  # no shutdown(): the other gateways still accept on it
 
     handshake_timeout = 10.0
     """Seconds a TLS client has to finish its handshake (pynetdicom does it in the
     accept loop: a client that connects and says nothing would otherwise hold it)."""
 
+    busy_yield = 0.002
+    """Seconds a gateway serving associations waits, per association (up to four), before
+    taking a new one from a shared listener: an idle gateway takes it first."""
+
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        if self.listener is not None:
+            busy = len(self.ae.active_associations)
+            if busy:
+                time.sleep(self.busy_yield * min(busy, 4))
         if self.ssl_context is None:
             client, address = super().get_request()
+            client.setblocking(True)  # from a non-blocking shared listener it may not be
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return client, address
         assert self.socket is not None
         raw, address = self.socket.accept()
+        raw.setblocking(True)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         raw.settimeout(self.handshake_timeout)
         try:
@@ -247,10 +294,12 @@ def handle_echo(event: evt.Event) -> int:
     return SUCCESS
 
 
-def serve_dicom(ctx: GatewayContext) -> HubAssociationServer:
+def serve_dicom(ctx: GatewayContext, listener: socket.socket | None = None) -> HubAssociationServer:
     """Listen on the configured host and DICOM port in a background thread.
 
-    Returns the server; ``server.shutdown()`` stops it.
+    ``listener``: the port's socket from :func:`open_listener`, shared with the other
+    gateway processes; by default the server binds its own. Returns the server;
+    ``server.shutdown()`` stops it.
     """
     prepare_associations()
     relayed_answer.install()
@@ -259,7 +308,7 @@ def serve_dicom(ctx: GatewayContext) -> HubAssociationServer:
     pynetdicom._config.LOG_REQUEST_IDENTIFIERS = False
     pynetdicom._config.LOG_RESPONSE_IDENTIFIERS = False
     ae = build_ae(ctx)
-    server = _listen(ae, ctx, ctx.settings.dicom_port)
+    server = _listen(ae, ctx, ctx.settings.dicom_port, listener=listener)
     server.companions, server.unusable = {}, set()
     sync_standin_ports(ctx, server)
     return server
@@ -289,13 +338,23 @@ def sync_standin_ports(ctx: GatewayContext, server: HubAssociationServer) -> Non
             server.unusable.add((port, code))
 
 
-def _listen(ae: AE, ctx: GatewayContext, port: int, dedicated: str = "") -> HubAssociationServer:
-    """One server of ``ae`` on ``port`` (``dedicated``: a stand-in's own), started."""
+def _listen(
+    ae: AE,
+    ctx: GatewayContext,
+    port: int,
+    dedicated: str = "",
+    listener: socket.socket | None = None,
+) -> HubAssociationServer:
+    """One server of ``ae`` on ``port`` (``dedicated``: a stand-in's own), started;
+    on ``listener`` when given (shared with the other gateway processes)."""
     address = (ctx.settings.host, port)
+    server_class: type[HubAssociationServer] = HubAssociationServer
+    if listener is not None:  # pynetdicom makes the server from its class alone
+        server_class = type("SharedPortServer", (HubAssociationServer,), {"listener": listener})
     server = ae.make_server(
         address,
         evt_handlers=handlers(ctx, dedicated),
-        server_class=HubAssociationServer,
+        server_class=server_class,
         ssl_context=access.tls_context(ctx.settings),  # TLS when PACS_HUB_DICOM_TLS_* set
     )
     assert isinstance(server, HubAssociationServer)

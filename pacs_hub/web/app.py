@@ -69,7 +69,9 @@ def create_app(
             index_ok = False
         alive = gateways_alive() if gateways_alive else 0
         expected = settings.effective_gateway_processes if gateways_alive else 0
-        listening = _accepts(settings.host, settings.dicom_port)
+        # A gateway counts once it accepts on the port; probing the port would only reach
+        # the hub's listening socket (and leave a gateway waiting for a request).
+        listening = alive > 0 if gateways_alive else _accepts(settings.host, settings.dicom_port)
         ok = index_ok and alive == expected and listening
         body = {
             "status": "ok" if ok else "degraded",

@@ -1,0 +1,92 @@
+"""Gateway processes share the DICOM port's listening socket: a new association goes to
+an idle gateway, not to one already serving (server.open_listener, busy_yield)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification
+
+from tests.conftest import Hub, start_hub
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _cpu_ticks(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def _wait_idle(pids: list[int], timeout: float = 120.0) -> None:
+    """Until the gateways have finished starting (no CPU used over half a second)."""
+    deadline = time.monotonic() + timeout
+    last = _cpu_ticks(pids)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = _cpu_ticks(pids)
+        if now == last:
+            return
+        last = now
+    raise AssertionError("the gateways kept busy")
+
+
+def _owner(hub: Hub, client_port: int) -> int:
+    """The hub process holding the server side of the connection from ``client_port``."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1], fields[2]
+        if int(local.split(":")[1], 16) == hub.dicom_port:
+            if int(remote.split(":")[1], 16) == client_port:
+                inodes.add(f"socket:[{fields[9]}]")
+    for pid in _children(hub.process.pid):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) in inodes:
+                    return pid
+            except OSError:
+                continue
+    raise AssertionError(f"no hub process holds the connection from port {client_port}")
+
+
+def _echoing(hub: Hub) -> Association:
+    ae = AE(ae_title="PORT_TEST")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", hub.dicom_port, ae_title=hub.ae_title)
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000  # type: ignore[attr-defined]
+    return assoc
+
+
+def test_a_new_association_goes_to_an_idle_gateway(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    hub = start_hub(tmp_path / "data", processes=2)  # healthy: both gateways accept
+    try:
+        _wait_idle(_children(hub.process.pid))
+        first = _echoing(hub)
+        second = _echoing(hub)
+        third = _echoing(hub)  # both busy now: one of them takes it all the same
+        owners = [_owner(hub, a.local["port"]) for a in (first, second, third)]
+        for assoc in (first, second, third):
+            assoc.release()
+    finally:
+        hub.stop()
+    assert owners[0] != owners[1]
+    assert owners[2] in owners[:2]
