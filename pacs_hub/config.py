@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     http_port: int = 8042
     gateway_processes: int = Field(
         default=0,
-        description="DICOM gateway processes sharing the port (SO_REUSEPORT); 0 = one per core",
+        description="DICOM gateway processes accepting on one listening socket; 0 = one per core",
     )
     max_pdu_size: int = Field(default=262144, description="Maximum PDU length we receive")
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
