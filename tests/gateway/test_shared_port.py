@@ -52,10 +52,9 @@ def _owner(hub: Hub, client_port: int) -> int:
     inodes = set()
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        local, remote = fields[1], fields[2]
-        if int(local.split(":")[1], 16) == hub.dicom_port:
-            if int(remote.split(":")[1], 16) == client_port:
-                inodes.add(f"socket:[{fields[9]}]")
+        local_port, remote_port = (int(f.split(":")[1], 16) for f in fields[1:3])
+        if (local_port, remote_port) == (hub.dicom_port, client_port):
+            inodes.add(f"socket:[{fields[9]}]")
     for pid in _children(hub.process.pid):
         for fd in Path(f"/proc/{pid}/fd").iterdir():
             try:
