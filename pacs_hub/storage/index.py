@@ -111,6 +111,14 @@ _PATIENT_NEW_SERIES = (
 )
 
 
+def with_modality(modalities: str, modality: str) -> str:
+    """Modalities in Study (0008,0061), sorted, once a series of ``modality`` is added."""
+    listed = [m for m in modalities.split("\\") if m]
+    if modality and modality not in listed:
+        listed = sorted([*listed, modality])
+    return "\\".join(listed)
+
+
 def _patient_pk(conn: Connection, h: InstanceHeader) -> int:
     pk = conn.execute(
         _SELECT_PATIENT, {"patient_id": h.patient_id, "issuer": h.issuer_of_patient_id}
@@ -207,10 +215,9 @@ def _new_series(
             "num_instances": 0,
         },
     ).scalar_one()
-    listed = [m for m in modalities.split("\\") if m]
-    if h.modality and h.modality not in listed:
-        listed = sorted([*listed, h.modality])
-    conn.execute(_STUDY_NEW_SERIES, {"pk": study_pk, "modalities": "\\".join(listed)})
+    conn.execute(
+        _STUDY_NEW_SERIES, {"pk": study_pk, "modalities": with_modality(modalities, h.modality)}
+    )
     conn.execute(_PATIENT_NEW_SERIES, {"pk": patient_pk})
     return int(series_pk), study_pk, patient_pk
 

@@ -7,8 +7,9 @@ a pooled DBAPI connection, in one transaction: look the SOP Instance UID up, fin
 the series (and its study and patient), insert the instance row, and bump the
 counters that answer the computed attributes of PS3.4 C.6.1.1.3 / C.6.2.1.3
 (Number of Patient/Study/Series Related Instances), exactly as
-:func:`pacs_hub.storage.index.add_instance` does. Anything rarer (a new series, study
-or patient and the identity link made with it, a replaced blob) stays in
+:func:`pacs_hub.storage.index.add_instance` does. A new series of an indexed study
+is created here too (one instance in one for a radiograph); anything rarer (a new
+study or patient and the identity link made with it, a replaced blob) stays in
 :mod:`pacs_hub.storage.index`.
 
 The SQL is portable (SQLite and PostgreSQL); only the parameter marker and the
@@ -25,7 +26,7 @@ from typing import Any
 
 from pacs_hub.dicom.header import InstanceHeader
 from pacs_hub.storage.database import Database
-from pacs_hub.storage.index import KnownInstance, StoredBlob
+from pacs_hub.storage.index import KnownInstance, StoredBlob, with_modality
 from pacs_hub.storage.models import Instance
 
 _SELECT_INSTANCE = (
@@ -41,6 +42,18 @@ _INSERT_INSTANCE = (
     " blob_key, sha256, size_bytes, received_from_ae, received_at, metadata_json)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_SELECT_STUDY = (
+    "SELECT id, patient_pk, modalities_in_study FROM studies WHERE study_instance_uid = ?"
+)
+_INSERT_SERIES = (
+    "INSERT INTO series (series_instance_uid, study_pk, modality, series_number,"
+    " series_description, body_part_examined, series_date, series_time, station_name,"
+    " num_instances) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0) RETURNING id"
+)
+_STUDY_NEW_SERIES = (
+    "UPDATE studies SET num_series = num_series + 1, modalities_in_study = ? WHERE id = ?"
+)
+_PATIENT_NEW_SERIES = "UPDATE patients SET num_series = num_series + 1 WHERE id = ?"
 _BUMP_SERIES = "UPDATE series SET num_instances = num_instances + 1 WHERE id = ?"
 _BUMP_STUDY = (
     "UPDATE studies SET num_instances = num_instances + 1, size_bytes = size_bytes + ?,"
@@ -63,6 +76,13 @@ class IndexHotPath:
         self._bump_series = _BUMP_SERIES.replace("?", mark)
         self._bump_study = _BUMP_STUDY.replace("?", mark)
         self._bump_patient = _BUMP_PATIENT.replace("?", mark)
+        # The study row is locked (a no-op on SQLite, whose writers are serialised) so that
+        # two new series of one study do not both rewrite Modalities in Study from one value.
+        lock = "" if database.is_sqlite else " FOR UPDATE"
+        self._select_study = _SELECT_STUDY.replace("?", mark) + lock
+        self._insert_series = _INSERT_SERIES.replace("?", mark)
+        self._study_new_series = _STUDY_NEW_SERIES.replace("?", mark)
+        self._patient_new_series = _PATIENT_NEW_SERIES.replace("?", mark)
         # SQLite keeps a DateTime as text in SQLAlchemy's own format; PostgreSQL takes it as is.
         process = Instance.__table__.c.received_at.type.bind_processor(dialect)
         self._timestamp: Callable[[datetime], Any] = process or (lambda value: value)
@@ -108,9 +128,10 @@ class IndexHotPath:
         now: datetime,
         metadata: bytes | None,
     ) -> bool:
-        """Index a new instance whose series is indexed; False (nothing written) otherwise."""
+        """Index a new instance whose series, or at least study, is indexed; False (nothing
+        written) when its study is not."""
         cursor.execute(self._select_series, (h.series_instance_uid,))
-        row = cursor.fetchone()
+        row = cursor.fetchone() or self._new_series(cursor, h)
         if row is None:
             return False
         series_pk, study_pk, patient_pk = row
@@ -139,3 +160,30 @@ class IndexHotPath:
         cursor.execute(self._bump_study, (blob.size, when, study_pk))
         cursor.execute(self._bump_patient, (patient_pk,))
         return True
+
+    def _new_series(self, cursor: Any, h: InstanceHeader) -> tuple[int, int, int] | None:
+        """Create the series of ``h`` in its indexed study: (series, study, patient) pks;
+        None, with nothing written, when the study is not indexed either."""
+        cursor.execute(self._select_study, (h.study_instance_uid,))
+        study = cursor.fetchone()
+        if study is None:
+            return None
+        study_pk, patient_pk, modalities = study
+        cursor.execute(
+            self._insert_series,
+            (
+                h.series_instance_uid,
+                study_pk,
+                h.modality,
+                h.series_number,
+                h.series_description,
+                h.body_part_examined,
+                h.series_date,
+                h.series_time,
+                h.station_name,
+            ),
+        )
+        series_pk = cursor.fetchone()[0]
+        cursor.execute(self._study_new_series, (with_modality(modalities, h.modality), study_pk))
+        cursor.execute(self._patient_new_series, (patient_pk,))
+        return series_pk, study_pk, patient_pk

@@ -254,11 +254,12 @@ def test_a_file_ingested_for_an_establishment_records_it_on_the_new_study(
     assert not temp.exists()  # moved in as the blob
 
 
-def test_a_known_series_takes_the_plain_sql_hot_path_and_reads_back_alike(
+def test_a_known_study_takes_the_plain_sql_hot_path_and_reads_back_alike(
     ingestor: Ingestor, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first instance creates its series (general path), the next ones take the hot path;
-    both rows read back through the ORM with the same types and values."""
+    """The first instance creates its study (general path); the next ones, in its series
+    or in a new series of the study, take the hot path; every row reads back through the
+    ORM with the same types and values, and the counters add up."""
     from datetime import UTC, datetime
 
     from pacs_hub.dicom.dicomjson import expand
@@ -273,12 +274,13 @@ def test_a_known_series_takes_the_plain_sql_hot_path_and_reads_back_alike(
 
     monkeypatch.setattr(IndexHotPath, "add_to_known_series", spy)
     study = generate_uid()
-    first = synthetic_dataset(study, comment="first")
-    second = synthetic_dataset(study, first.SeriesInstanceUID, comment="second")
+    first = synthetic_dataset(study, comment="first", modality="CT")
+    second = synthetic_dataset(study, first.SeriesInstanceUID, comment="second", modality="CT")
+    third = synthetic_dataset(study, comment="other series", modality="MR")
     before = datetime.now(UTC).replace(tzinfo=None)
-    results = [ingestor.ingest(as_part10(ds), "MODALITY") for ds in (first, second)]
-    assert [r.outcome for r in results] == [Outcome.STORED, Outcome.STORED]
-    assert taken == [False, True]  # series unknown, then known
+    results = [ingestor.ingest(as_part10(ds), "MODALITY") for ds in (first, second, third)]
+    assert [r.outcome for r in results] == [Outcome.STORED] * 3
+    assert taken == [False, True, True]  # study unknown, then series known, then study known
     assert ingestor.ingest(as_part10(second), "MODALITY").outcome is Outcome.DUPLICATE
     with database.reader() as session:
         rows = session.scalars(select(Instance).order_by(Instance.id)).all()
@@ -289,14 +291,23 @@ def test_a_known_series_takes_the_plain_sql_hot_path_and_reads_back_alike(
         ]
         received = [r.received_at for r in rows]
         study_row = session.scalars(select(Study)).one()
+        series_rows = session.scalars(select(Series).order_by(Series.id)).all()
+        series = [(s.series_instance_uid, s.modality, s.num_instances) for s in series_rows]
+        patient_row = session.scalars(select(Patient)).one()
     after = datetime.now(UTC).replace(tzinfo=None)
-    assert [uid for _, uid in blobs] == [first.SOPInstanceUID, second.SOPInstanceUID]
-    assert columns[0] == columns[1]
+    assert [uid for _, uid in blobs] == [ds.SOPInstanceUID for ds in (first, second, third)]
+    assert columns[0] == columns[1] == columns[2]
     assert all(type(when) is datetime for when in received)
-    assert before <= received[0] <= received[1] <= after
-    assert study_row.updated_at == received[1]
+    assert before <= received[0] <= received[1] <= received[2] <= after
+    assert study_row.updated_at == received[2]
     for metadata, uid in blobs:
         assert metadata is not None
         assert uid in expand(metadata, "http://hub/instances/x")
-    assert study_row.num_instances == 2
+    assert series == [
+        (first.SeriesInstanceUID, "CT", 2),
+        (third.SeriesInstanceUID, "MR", 1),
+    ]
+    assert (study_row.num_series, study_row.num_instances) == (2, 3)
+    assert study_row.modalities_in_study == "CT\\MR"
+    assert (patient_row.num_series, patient_row.num_instances) == (2, 3)
     assert_counters_consistent(database)
