@@ -245,15 +245,25 @@ def _with_patient_id(wire: Dataset, patient_id: str) -> Dataset:
     return request
 
 
-def _askable(settings: Settings, session: Session) -> tuple[list[PacsNode], list[Unavailable]]:
+_ASKABLE = (
+    select(Node.id, Node.ae_title, Node.host, Node.port, Node.health_status, Node.down_since)
+    .where(Node.role == PACS_ROLE)
+    .order_by(Node.ae_title)
+)
+
+
+def _askable(settings: Settings, database: Database) -> tuple[list[PacsNode], list[Unavailable]]:
     """The PACS nodes to query, and those reported unavailable without asking.
 
     A node the health check found down (:mod:`pacs_hub.regional.health`) is not asked:
     a hung PACS would cost every query the whole timeout. A node registered under the
-    hub's own federated AE title would make a query ask itself: never asked.
+    hub's own federated AE title would make a query ask itself: never asked. Read
+    with one Core statement, no ORM session: it runs before every federated query.
     """
     nodes, skipped = [], []
-    for row in session.scalars(select(Node).where(Node.role == PACS_ROLE).order_by(Node.ae_title)):
+    with database.read_connection() as conn:
+        rows = conn.execute(_ASKABLE).all()
+    for row in rows:
         node = PacsNode(row.id, row.ae_title, row.host, row.port)
         if node.ae_title == settings.federated_ae_title:
             LOGGER.warning("node %s is the hub's federated AE title: not asked", node.ae_title)
@@ -339,9 +349,12 @@ class FederatedSearch:
     def _ask_remotes(self, timeout: float) -> MultiFind:
         """Send the C-FIND requests to every PACS to ask; the others are unavailable."""
         wire = remote_identifier(self.identifier, self.level)
-        with self.database.reader() as session:
-            nodes, self._failed = _askable(self.settings, session)
-            plans = plan_requests(session, self.query, wire, nodes)
+        nodes, self._failed = _askable(self.settings, self.database)
+        if self.query.linked is None:
+            plans = [(node, [wire]) for node in nodes]  # as plan_requests, without a session
+        else:
+            with self.database.reader() as session:
+                plans = plan_requests(session, self.query, wire, nodes)
         finds = MultiFind(self.settings, plans, timeout, self.pool)
         self.sources = tuple(sorted([*finds.titles, *(u.ae_title for u in self._failed)]))
         return finds
