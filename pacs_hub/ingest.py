@@ -173,9 +173,9 @@ class Ingestor:
     def _index_known_series(
         self, header: InstanceHeader, blob: StoredBlob, ae: str, metadata: bytes
     ) -> Outcome | None:
-        """The hot path: index an instance of an indexed series in plain SQL.
+        """The hot path: index an instance of an indexed series or study in plain SQL.
 
-        None, with nothing written, when the general path must decide: the series is
+        None, with nothing written, when the general path must decide: the study is
         not indexed yet, or the SOP Instance UID is indexed with other bytes.
         """
         now = datetime.now(UTC).replace(tzinfo=None)

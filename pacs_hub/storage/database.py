@@ -119,9 +119,9 @@ class Database:
             try:
                 raw.rollback()
             except Exception:
-                raw.close()
-                raise
-            self._kept.append(raw)
+                raw.close()  # broken (a lost server): not kept; the caller's error stands
+            else:
+                self._kept.append(raw)
             raise
         self._kept.append(raw)
 

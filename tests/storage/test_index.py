@@ -311,3 +311,20 @@ def test_a_known_study_takes_the_plain_sql_hot_path_and_reads_back_alike(
     assert study_row.modalities_in_study == "CT\\MR"
     assert (patient_row.num_series, patient_row.num_instances) == (2, 3)
     assert_counters_consistent(database)
+
+
+def test_a_kept_connection_that_broke_is_dropped_and_the_error_kept(database: Database) -> None:
+    """Database.kept_connection: a connection whose rollback fails is closed, not reused,
+    and the caller sees its own error, not the rollback's."""
+    with database.kept_connection() as first:
+        pass
+    with pytest.raises(ValueError, match="caller's"), database.kept_connection() as again:
+        assert again is first  # kept and handed out again
+        again.close()  # as a lost server would leave it
+        raise ValueError("the caller's error")
+    with database.kept_connection() as fresh:
+        assert fresh is not first
+        cursor = fresh.cursor()
+        cursor.execute("SELECT 1")
+        assert cursor.fetchone()[0] == 1
+        fresh.rollback()
