@@ -176,9 +176,11 @@ def open_listener(host: str, port: int) -> socket.socket:
     """The DICOM port's listening socket, to be shared by every gateway process.
 
     Non-blocking: every gateway's acceptor wakes for a new connection and those that
-    lose the race to accept it go back to waiting.
+    lose the race to accept it go back to waiting. ``SO_REUSEPORT`` as well: after a
+    ``kill -9`` of the hub its gateways hold the old socket until they notice and exit,
+    and a hub restarted at once must be able to listen meanwhile.
     """
-    listener = socket.create_server((host, port), backlog=128)
+    listener = socket.create_server((host, port), backlog=128, reuse_port=True)
     listener.setblocking(False)
     return listener
 

@@ -89,3 +89,16 @@ def test_a_new_association_goes_to_an_idle_gateway(tmp_path: Path) -> None:
         hub.stop()
     assert owners[0] != owners[1]
     assert owners[2] in owners[:2]
+
+
+def test_a_hub_restarted_at_once_listens_while_old_gateways_hold_the_port() -> None:
+    """After a kill -9 of the hub, its gateways keep the listening socket until they exit;
+    the restarted hub opens the port meanwhile (it failed with EADDRINUSE)."""
+    from pacs_hub.gateway.server import open_listener
+
+    old = open_listener("127.0.0.1", 0)
+    try:
+        new = open_listener("127.0.0.1", old.getsockname()[1])
+        new.close()
+    finally:
+        old.close()
