@@ -49,7 +49,6 @@ from pacs_hub.gateway import (
     reactor,
     relayed_answer,
     store_request,
-    store_response,
 )
 from pacs_hub.gateway.callers import CallerPolicy
 from pacs_hub.gateway.context import GatewayContext
@@ -104,8 +103,7 @@ def prepare_associations() -> None:
     quiet_pynetdicom_handlers()  # else the direct paths stand aside for the log handlers
     reactor.install()
     pdata.install()
-    store_response.install()
-    store_request.install()
+    store_request.install()  # C-STORE requests and responses read directly
 
 
 def accept_proposed_transfer_syntax_order() -> None:

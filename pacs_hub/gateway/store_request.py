@@ -34,8 +34,7 @@ from pynetdicom import _config, evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 
-from pacs_hub.gateway.pdata import command_elements
-from pacs_hub.gateway.store_response import _uid, _us
+from pacs_hub.gateway.store_response import _uid, _us, command_fields, response_from
 
 C_STORE_RQ = 0x0001
 NO_DATASET = 0x0101
@@ -47,30 +46,18 @@ _US_TAGS = (0x00000100, 0x00000110, 0x00000700, 0x00000800)
 _INSTALL_LOCK = threading.Lock()
 
 
-def _plain_fields(data: bytes) -> dict[int, bytes] | None:
-    """The elements of one complete C-STORE-RQ command fragment with a data set, checked."""
-    if len(data) < 2 or data[0] & 0x03 != 0x03:
-        return None
-    command = data[1:]
-    fields = command_elements(command)
+def request_from(fields: dict[int, bytes], length: int) -> C_STORE | None:
+    """The C-STORE-RQ primitive, without its data set, of a command's elements
+    (``length`` bytes in all); None when it is anything else."""
     if not REQUIRED <= fields.keys() <= REQUIRED | MOVE_ORIGINATOR:
         return None
-    if sum(8 + len(value) for value in fields.values()) != len(command):
+    if sum(8 + len(value) for value in fields.values()) != length:
         return None  # a value cut short
-    if len(fields[0x00000000]) != 4 or _us(fields[0x00000000]) != len(command) - 12:
+    if len(fields[0x00000000]) != 4 or _us(fields[0x00000000]) != length - 12:
         return None  # Command Group Length (UL) must count every element after it
     if any(len(fields[tag]) != 2 for tag in _US_TAGS):
         return None
     if _us(fields[0x00000100]) != C_STORE_RQ or _us(fields[0x00000800]) == NO_DATASET:
-        return None
-    return fields
-
-
-def store_request(data: bytes) -> C_STORE | None:
-    """The C-STORE-RQ primitive of one complete command fragment (its control header
-    byte first), without its data set; None when it is anything else."""
-    fields = _plain_fields(data)
-    if fields is None:
         return None
     primitive = C_STORE()
     try:
@@ -90,6 +77,13 @@ def store_request(data: bytes) -> C_STORE | None:
     if primitive.AffectedSOPClassUID is None or primitive.AffectedSOPInstanceUID is None:
         return None
     return primitive
+
+
+def store_request(data: bytes) -> C_STORE | None:
+    """The C-STORE-RQ primitive of one complete command fragment (its control header
+    byte first), without its data set; None when it is anything else."""
+    fields = command_fields(data)
+    return None if fields is None else request_from(fields, len(data) - 1)
 
 
 class StoreMessage:
@@ -137,23 +131,39 @@ class StoreMessage:
 
 
 def install() -> None:
-    """Read common C-STORE requests directly (see the module docstring), once per process."""
+    """Read common C-STORE requests, and plain C-STORE responses
+    (:mod:`~pacs_hub.gateway.store_response`), directly; once per process.
+
+    One hook on ``DIMSEServiceProvider.receive_primitive``: the first fragment of each
+    message has its command elements read once, then taken as a response, else as a
+    request, else left to pynetdicom.
+    """
     with _INSTALL_LOCK:
         original = DIMSEServiceProvider.receive_primitive
-        if getattr(original, "_pacs_hub_store_rq", False):
+        if getattr(original, "_pacs_hub_store", False):
             return
 
         @functools.wraps(original)
         def receive_primitive(self: DIMSEServiceProvider, primitive: Any) -> None:
             values = getattr(primitive, "presentation_data_value_list", None)
-            if self.message is None and values and not _config.STORE_RECV_CHUNKED_DATASET:
+            if self.message is None and values:
                 context_id, data = values[0]
-                request = store_request(data)  # None for every response: checked first
-                if request is not None:
-                    bound = self.assoc.get_handlers(evt.EVT_DIMSE_RECV)
-                    if not (bound and bound[0]):
+                fields = command_fields(data)  # read once, for both directions
+                bound = fields is not None and self.assoc.get_handlers(evt.EVT_DIMSE_RECV)
+                if fields is not None and not (bound and bound[0]):
+                    response = response_from(fields) if len(values) == 1 else None
+                    if response is not None:
+                        response._context_id = context_id
+                        response._dataset_path = None
+                        response._dataset_file = None
+                        self.msg_queue.put((context_id, response))
+                        return
+                    request = None
+                    if not _config.STORE_RECV_CHUNKED_DATASET:
+                        request = request_from(fields, len(data) - 1)
+                    if request is not None:
                         self.message = StoreMessage(request, context_id)  # type: ignore[assignment]
             original(self, primitive)
 
-        receive_primitive._pacs_hub_store_rq = True  # type: ignore[attr-defined]
+        receive_primitive._pacs_hub_store = True  # type: ignore[attr-defined]
         DIMSEServiceProvider.receive_primitive = receive_primitive  # type: ignore[method-assign]

@@ -15,18 +15,13 @@ element: Command Group Length, Affected SOP Class UID, Command Field (0x8001),
 Message ID Being Responded To, Command Data Set Type (0x0101), Status and Affected
 SOP Instance UID. The primitive it queues holds what pynetdicom's would. Anything
 else, or an association with a handler bound to ``EVT_DIMSE_RECV`` (the fast path
-does not raise it), goes through pynetdicom as before.
+does not raise it), goes through pynetdicom as before. The hook that reads it is
+:func:`pacs_hub.gateway.store_request.install`, which reads requests too.
 """
 
 from __future__ import annotations
 
-import functools
-import threading
-from typing import Any
-
 from pydicom.uid import UID
-from pynetdicom import evt
-from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 
 from pacs_hub.gateway.pdata import command_elements
@@ -36,7 +31,6 @@ NO_DATASET = 0x0101
 ELEMENTS = frozenset(
     {0x00000000, 0x00000002, 0x00000100, 0x00000120, 0x00000800, 0x00000900, 0x00001000}
 )
-_INSTALL_LOCK = threading.Lock()
 
 
 def _us(value: bytes) -> int:
@@ -48,12 +42,17 @@ def _uid(value: bytes) -> UID:
     return UID(value.decode("ascii").rstrip("\x00 ").strip())
 
 
-def store_response(data: bytes) -> C_STORE | None:
-    """The C-STORE-RSP primitive of one complete command fragment (its control header
-    byte first), or None when it is anything else (see the module docstring)."""
+def command_fields(data: bytes) -> dict[int, bytes] | None:
+    """The elements of one complete command fragment (its control header byte first,
+    PS3.8 E.2: "command, last fragment"); None for anything else."""
     if len(data) < 2 or data[0] & 0x03 != 0x03:
         return None
-    fields = command_elements(data[1:])
+    return command_elements(data[1:])
+
+
+def response_from(fields: dict[int, bytes]) -> C_STORE | None:
+    """The C-STORE-RSP primitive of a command's elements, or None when it is anything
+    else (see the module docstring)."""
     if fields.keys() != ELEMENTS:
         return None
     if _us(fields[0x00000100]) != C_STORE_RSP or _us(fields[0x00000800]) != NO_DATASET:
@@ -72,27 +71,7 @@ def store_response(data: bytes) -> C_STORE | None:
     return primitive
 
 
-def install() -> None:
-    """Read plain C-STORE responses directly (see the module docstring), once per process."""
-    with _INSTALL_LOCK:
-        original = DIMSEServiceProvider.receive_primitive
-        if getattr(original, "_pacs_hub_store_rsp", False):
-            return
-
-        @functools.wraps(original)
-        def receive_primitive(self: DIMSEServiceProvider, primitive: Any) -> None:
-            values = getattr(primitive, "presentation_data_value_list", None)
-            if self.message is None and values and len(values) == 1:
-                context_id, data = values[0]
-                response = store_response(data)  # None for every request: checked first
-                bound = response is not None and self.assoc.get_handlers(evt.EVT_DIMSE_RECV)
-                if response is not None and not (bound and bound[0]):
-                    response._context_id = context_id
-                    response._dataset_path = None
-                    response._dataset_file = None
-                    self.msg_queue.put((context_id, response))
-                    return
-            original(self, primitive)
-
-        receive_primitive._pacs_hub_store_rsp = True  # type: ignore[attr-defined]
-        DIMSEServiceProvider.receive_primitive = receive_primitive  # type: ignore[method-assign]
+def store_response(data: bytes) -> C_STORE | None:
+    """The C-STORE-RSP primitive of one complete command fragment, or None."""
+    fields = command_fields(data)
+    return None if fields is None else response_from(fields)
