@@ -37,7 +37,9 @@ import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag, Tag
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -134,11 +136,27 @@ def remote_identifier(identifier: Dataset, level: Level) -> Dataset:
     return out
 
 
+def unique_key(answer: Dataset, tag: BaseTag) -> str:
+    """The UID at ``tag`` of a PACS answer ('' when absent or empty).
+
+    Read from the element's raw bytes when it is still undecoded (a UI value is
+    ASCII, padded with NUL, PS3.5 6.2): converting it through pydicom cost more than
+    decoding the whole answer, for each of a large result's answers.
+    """
+    elem = answer.get_item(tag)
+    if elem is None:
+        return ""
+    if isinstance(elem, RawDataElement):
+        return bytes(elem.value or b"").decode("ascii", "replace").strip(" \x00")
+    return str(elem.value or "").strip()
+
+
 class Merger:
     """Answers merged by the level's unique key as they come (PS3.4 C.6.2.1)."""
 
     def __init__(self, level: Level, hub_ae: str) -> None:
         self.keyword = UNIQUE_KEYS[level]
+        self.tag = Tag(self.keyword)
         self.hub_ae = hub_ae
         self.rows: dict[str, Row | None] = {}
         self.answers: dict[str, Dataset] = {}
@@ -154,7 +172,7 @@ class Merger:
 
     def add_remote(self, ae_title: str, answer: Dataset) -> str:
         """One PACS answer; its key ('' when it has none: ignored)."""
-        key = str(answer.get(self.keyword) or "").strip()
+        key = unique_key(answer, self.tag)
         if key:
             if key not in self.rows:
                 self.rows[key], self.where[key] = None, []
@@ -396,7 +414,7 @@ class FederatedSearch:
             LOGGER.warning(
                 "federated query: source %s unavailable (%s)", source.ae_title, source.reason
             )
-        LOGGER.info(
+        LOGGER.debug(  # one line per query is noise at INFO; failures are WARNINGs above
             "federated %s query: %d match(es) from the hub and %d PACS (%d unavailable) in %.2fs",
             self.level,
             len(self._merger.rows),

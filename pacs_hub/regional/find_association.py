@@ -128,6 +128,7 @@ class Link:
         self.dataset = bytearray()
         self.fields: dict[int, bytes] | None = None
         self.requests: list[Dataset] = []
+        self.encoded: dict[tuple[int, bool], bytes] = {}
         self.answered = 0
         self.events: list[Answered | Finished] = []
         self._request_pdu = associate_request(calling, node.ae_title, max_pdu)
@@ -156,9 +157,13 @@ class Link:
             return True
         return True
 
-    def start(self, requests: list[Dataset]) -> None:
-        """Send ``requests`` one after another, as soon as the association is up."""
-        self.requests, self.answered = list(requests), 0
+    def start(self, requests: list[Dataset], encoded: dict[tuple[int, bool], bytes]) -> None:
+        """Send ``requests`` one after another, as soon as the association is up.
+
+        ``encoded`` holds the Identifiers already encoded (by ``id`` and implicit VR),
+        shared by the links of one query: the same request goes to every PACS.
+        """
+        self.requests, self.encoded, self.answered = list(requests), encoded, 0
         if self.state == "ready":
             self._next_request()
 
@@ -245,9 +250,12 @@ class Link:
     def _next_request(self) -> None:
         request = self.requests.pop(0)
         self.message_id = self.message_id % 0xFFFF + 1
-        identifier = encode(request, self.implicit, True)
+        identifier = self.encoded.get((id(request), self.implicit))
         if identifier is None:
-            raise LinkFailed("cannot encode the request Identifier")
+            identifier = encode(request, self.implicit, True)
+            if identifier is None:
+                raise LinkFailed("cannot encode the request Identifier")
+            self.encoded[id(request), self.implicit] = identifier
         command = find_request_command(self.message_id, MODEL)
         self.outbox += message_pdus(command, identifier, CONTEXT_ID, self.peer_max_pdu)
         self.state = "finding"

@@ -82,10 +82,12 @@ class LinkPool:
         """Keep ``link`` (idle, association up) for the next query, ``idle`` seconds."""
         with self._lock:
             self._idle.setdefault(key, []).append((link, time.monotonic() + idle))
+            # A sweeper already waiting wakes at an earlier deadline (each query gives
+            # back with the same idle time): waking it for every association given back
+            # cost every query thread switches.
             if not self._sweeping:
                 self._sweeping = True
                 threading.Thread(target=self._sweep, name="fed-find-pool", daemon=True).start()
-            self._changed.notify()
 
     def _expired(self, now: float) -> tuple[list[Link], float | None]:
         expired: list[Link] = []
@@ -155,6 +157,7 @@ class MultiFind:
         self._exchanges: dict[Link, _Exchange] = {}
         self._done: list[Link] = []
         self._events: list[Answered | Finished] = []
+        self._encoded: dict[tuple[int, bool], bytes] = {}  # the plans keep the requests alive
         for node, requests in plans:
             self._begin(node, requests, reuse=True)
 
@@ -165,7 +168,7 @@ class MultiFind:
         try:
             link = pooled or Link(node, self.settings.ae_title, self.settings.max_pdu_size)
             self._exchanges[link] = _Exchange(node, requests, pooled is not None)
-            link.start(requests)
+            link.start(requests, self._encoded)
         except (OSError, LinkFailed) as exc:
             if pooled is None:
                 self._events.append(Finished(node.ae_title, _reason(node, exc)))

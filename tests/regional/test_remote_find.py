@@ -12,16 +12,22 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from io import BytesIO
 from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pynetdicom import AE, evt
+from pynetdicom.dsutils import decode, encode
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
 
 from pacs_hub.config import Settings
+from pacs_hub.regional import find_association
+from pacs_hub.regional.federation import Merger, unique_key
 from pacs_hub.regional.remote_find import Answered, Finished, LinkPool, MultiFind
 from pacs_hub.regional.scu import PacsNode
+from pacs_hub.storage.query import Level
 from tests.conftest import free_port, wait_until
 
 Handler = Callable[[Dataset], Iterator[tuple[int | Dataset, Dataset | None]]]
@@ -150,6 +156,29 @@ def test_several_requests_go_one_after_another_on_one_association(
     assert events[-1] == Finished("PACS_A") and a.associations == 1
 
 
+def test_one_request_to_several_pacs_is_encoded_once(
+    peers: Callable[..., Peer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encoded: list[int] = []
+    original = find_association.encode
+
+    def counting(ds: Dataset, *args: Any) -> bytes | None:
+        encoded.append(id(ds))
+        return original(ds, *args)
+
+    monkeypatch.setattr(find_association, "encode", counting)
+    a, b = peers("PACS_A", studies("A1")), peers("PACS_B", studies("B1"))
+    c = peers("PACS_C", studies("C1"))
+    wire, other = request(), request("P2")
+    plans = [(a.node, [wire]), (b.node, [wire]), (c.node, [wire, other])]
+    finds = MultiFind(SETTINGS, plans, 5.0)
+    events = run(finds)
+    finds.close()
+    assert len([e for e in events if isinstance(e, Answered)]) == 4
+    assert sorted(encoded) == sorted([id(wire), id(other)])  # both syntaxes alike here
+    assert [r.PatientID for r in a.requests + b.requests + c.requests] == ["*", "*", "*", "P2"]
+
+
 def test_a_pooled_association_serves_the_next_query_then_is_released_idle(
     peers: Callable[..., Peer],
 ) -> None:
@@ -228,3 +257,18 @@ def test_identifiers_larger_than_a_pdu_cross_in_fragments(peers: Callable[..., P
     assert [answer.PatientID for answer in answers] == ["A1", "A2"]
     assert all(answer.PatientComments == comments for answer in answers)
     assert a.requests[0].PatientComments == comments
+
+
+def test_the_merge_key_is_read_from_the_answer_as_received() -> None:
+    answer = Dataset()
+    answer.StudyInstanceUID = "1.2.3.45"  # odd length: padded with NUL on the wire
+    answer.PatientID = "P1"
+    for implicit in (True, False):
+        received = decode(BytesIO(encode(answer, implicit, True) or b""), implicit, True)
+        assert unique_key(received, Tag("StudyInstanceUID")) == "1.2.3.45"
+        assert unique_key(received, Tag("SeriesInstanceUID")) == ""
+    assert unique_key(answer, Tag("StudyInstanceUID")) == "1.2.3.45"  # converted already
+    merger = Merger(Level.STUDY, "PACS_HUB")
+    assert merger.add_remote("PACS_A", received) == "1.2.3.45"
+    assert merger.add_remote("PACS_B", answer) == "1.2.3.45"
+    assert merger.match("1.2.3.45").locations == ("PACS_A", "PACS_B")
