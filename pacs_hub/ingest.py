@@ -84,6 +84,7 @@ class Ingestor:
         received_from_ae: str = "",
         establishment_pk: int | None = None,
         parsed: tuple[InstanceHeader, Dataset] | None = None,
+        sha256: str | None = None,
     ) -> IngestResult:
         """Store one Part 10 file spooled to a temp file of the blob store (STOW-RS).
 
@@ -92,10 +93,11 @@ class Ingestor:
         The temp file is consumed when stored; the caller removes it otherwise.
         ``establishment_pk`` is recorded on a new study (the storing user's
         establishment); by default it is the sending node's. ``parsed`` is
-        :func:`parse_instance` of ``path`` when the caller already has it.
+        :func:`parse_instance` of ``path`` when the caller already has it, ``sha256``
+        the file's SHA-256 when the caller computed it while writing the file.
         """
         header, dataset = parsed or parse_instance(path)
-        sha256 = sha256_file(path)
+        sha256 = sha256 or sha256_file(path)
         blob = StoredBlob(self.blobs.key_for(sha256), sha256, path.stat().st_size)
         return self._store(
             header,

@@ -10,11 +10,12 @@ malformed body raises :class:`MalformedMultipart` and leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 MAX_HEADER_BYTES = 16384
 MAX_BOUNDARY = 256
@@ -44,6 +45,13 @@ class Part:
     headers: dict[str, str]
     path: Path
     size: int = 0
+    digest: Any = field(default_factory=hashlib.sha256, repr=False)
+    """SHA-256 of the content, fed as it is written (the blob key; no second read)."""
+
+    @property
+    def sha256(self) -> str:
+        """The content's SHA-256 as 64 hex digits (once the part is complete)."""
+        return str(self.digest.hexdigest())
 
     @property
     def content_type(self) -> str:
@@ -160,7 +168,9 @@ class MultipartSpooler:
 
     def _write(self, count: int) -> None:
         assert self._file is not None
-        self._file.write(self._buffer[:count])
+        data = self._buffer[:count]
+        self._file.write(data)
+        self.parts[-1].digest.update(data)
         self.parts[-1].size += count
         del self._buffer[:count]
 

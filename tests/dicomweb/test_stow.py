@@ -158,6 +158,10 @@ def test_dicomweb_client_stores_a_mixed_batch_partially(stow_hub: Hub) -> None:
     assert other.SOPInstanceUID not in stored_sha256(stow_hub)
     found = client.search_for_instances(study_instance_uid=study)
     assert [f["00080018"]["Value"][0] for f in found] == [good.SOPInstanceUID]
+    # Its part had no preamble (added by the hub): the blob is named by what is stored.
+    digest = stored_sha256(stow_hub)[good.SOPInstanceUID]
+    blob = (stow_hub.data_dir / "blobs" / digest[:2] / f"{digest}.dcm").read_bytes()
+    assert blob[128:132] == b"DICM" and hashlib.sha256(blob).hexdigest() == digest
 
 
 @pytest.mark.parametrize(
