@@ -4,13 +4,18 @@ an idle gateway, not to one already serving (server.open_listener, busy_yield)."
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
+from pacs_hub.gateway import server as server_module
+from pacs_hub.gateway.server import HubAssociationServer, open_listener
 from tests.conftest import Hub, start_hub
 
 
@@ -94,11 +99,34 @@ def test_a_new_association_goes_to_an_idle_gateway(tmp_path: Path) -> None:
 def test_a_hub_restarted_at_once_listens_while_old_gateways_hold_the_port() -> None:
     """After a kill -9 of the hub, its gateways keep the listening socket until they exit;
     the restarted hub opens the port meanwhile (it failed with EADDRINUSE)."""
-    from pacs_hub.gateway.server import open_listener
-
     old = open_listener("127.0.0.1", 0)
     try:
         new = open_listener("127.0.0.1", old.getsockname()[1])
         new.close()
     finally:
         old.close()
+
+
+def test_only_established_associations_make_a_gateway_yield(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An association released or aborted lingers while pynetdicom stops its threads;
+    a gateway holding only such ones takes the next connection without waiting."""
+    slept: list[float] = []
+    monkeypatch.setattr(server_module.time, "sleep", slept.append)
+    listener = open_listener("127.0.0.1", 0)
+    gateway = object.__new__(HubAssociationServer)
+    gateway.listener = gateway.socket = listener
+    gateway.ssl_context = None
+    ending, serving = SimpleNamespace(is_established=False), SimpleNamespace(is_established=True)
+    try:
+        for active, expected in (([ending, ending], []), ([ending, serving], [0.002])):
+            gateway.ae = SimpleNamespace(active_associations=active)  # type: ignore[assignment]
+            slept.clear()
+            client = socket.create_connection(listener.getsockname())
+            accepted, _address = gateway.get_request()
+            accepted.close()
+            client.close()
+            assert slept == expected
+    finally:
+        listener.close()
