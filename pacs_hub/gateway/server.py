@@ -226,8 +226,9 @@ class HubAssociationServer(ThreadedAssociationServer):
 
     busy_yield = 0.002
     """Seconds a gateway serving associations waits, per association (up to four), before
-    taking a new one from a shared listener: an idle gateway takes it first. Only
-    established associations count: one released or aborted lingers ~10 ms while
+    taking a new one from a shared listener: an idle gateway takes it first. An
+    association being negotiated counts (two storescu starting together must land on two
+    gateways); one released, aborted or rejected does not: it lingers ~10 ms while
     pynetdicom stops its threads, and a client associating again right away (a viewer's
     next query, a PACS's next study) would wait for nothing."""
 
@@ -242,7 +243,7 @@ class HubAssociationServer(ThreadedAssociationServer):
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         if self.listener is not None:
-            busy = sum(1 for assoc in self.ae.active_associations if assoc.is_established)
+            busy = sum(1 for assoc in self.ae.active_associations if _serving(assoc))
             if busy:
                 time.sleep(self.busy_yield * min(busy, 4))
         if self.ssl_context is None:
@@ -262,6 +263,12 @@ class HubAssociationServer(ThreadedAssociationServer):
             raise
         client.settimeout(None)
         return client, address
+
+
+def _serving(assoc: Any) -> bool:
+    """An association negotiating or established, not one ending (see busy_yield)."""
+    ending = assoc.is_released or assoc.is_aborted or assoc.is_rejected
+    return not (ending or getattr(assoc, "_kill", False))
 
 
 def build_ae(ctx: GatewayContext) -> AE:

@@ -107,20 +107,25 @@ def test_a_hub_restarted_at_once_listens_while_old_gateways_hold_the_port() -> N
         old.close()
 
 
-def test_only_established_associations_make_a_gateway_yield(
+def test_only_associations_not_ending_make_a_gateway_yield(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An association released or aborted lingers while pynetdicom stops its threads;
-    a gateway holding only such ones takes the next connection without waiting."""
+    a gateway holding only such ones takes the next connection without waiting. One
+    still negotiating counts: simultaneous clients go to different gateways."""
     slept: list[float] = []
     monkeypatch.setattr(server_module.time, "sleep", slept.append)
     listener = open_listener("127.0.0.1", 0)
     gateway = object.__new__(HubAssociationServer)
     gateway.listener = gateway.socket = listener
     gateway.ssl_context = None
-    ending, serving = SimpleNamespace(is_established=False), SimpleNamespace(is_established=True)
+    flags = {"is_released": False, "is_aborted": False, "is_rejected": False}
+    released = SimpleNamespace(**(flags | {"is_released": True}))
+    aborted = SimpleNamespace(**(flags | {"is_aborted": True}))
+    negotiating = SimpleNamespace(**flags)  # not established yet: it counts
+    cases = (([released, aborted], []), ([released, negotiating], [0.002]))
     try:
-        for active, expected in (([ending, ending], []), ([ending, serving], [0.002])):
+        for active, expected in cases:
             gateway.ae = SimpleNamespace(active_associations=active)  # type: ignore[assignment]
             slept.clear()
             client = socket.create_connection(listener.getsockname())
