@@ -8,6 +8,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import select
 import signal
 import socket
 import threading
@@ -81,6 +82,37 @@ class _Server(uvicorn.Server):
         yield
 
 
+class _StopSignals:
+    """SIGTERM and SIGINT, waited for without a lock a signal handler could re-enter.
+
+    A handler calling ``threading.Event.set`` deadlocks when a second signal arrives
+    while the first handler holds the Event's lock (the hub's ``terminate`` and the
+    parent-death signal together): the gateway then never exits and keeps the port.
+    Here the handler only records the signal; the wake-up comes through a pipe that
+    the interpreter writes from its C-level handler (``signal.set_wakeup_fd``).
+    """
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._wake, write = os.pipe()
+        os.set_blocking(self._wake, False)
+        os.set_blocking(write, False)
+        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._record)
+        signal.signal(signal.SIGINT, self._record)
+
+    def _record(self, signum: int, _frame: FrameType | None) -> None:
+        self.received.append(signum)
+
+    def wait(self, timeout: float) -> bool:
+        """True once a stop signal came; else after ``timeout`` seconds, False."""
+        if not self.received:
+            select.select([self._wake], [], [], timeout)
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake, 512)
+        return bool(self.received)
+
+
 def run_gateway(
     settings: Settings,
     parent_pid: int,
@@ -94,13 +126,7 @@ def run_gateway(
     if os.getppid() != parent_pid:
         return  # the hub died before we got here
     configure_logging(settings.log_level)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = _StopSignals()
     ctx = GatewayContext.open(settings)
     server = serve_dicom(ctx, listener)
     freeze_startup_heap()
