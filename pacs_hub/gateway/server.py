@@ -232,15 +232,6 @@ class HubAssociationServer(ThreadedAssociationServer):
     pynetdicom stops its threads, and a client associating again right away (a viewer's
     next query, a PACS's next study) would wait for nothing."""
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Set the association up in the accepting thread; it runs in its own threads.
-
-        pynetdicom's threaded server starts one more thread per connection only to create
-        the :class:`~pynetdicom.association.Association` and start it: a thread start
-        (and the wait for it) on every association's critical path.
-        """
-        self.process_request_thread(request, client_address)
-
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         if self.listener is not None:
             busy = sum(1 for assoc in self.ae.active_associations if _serving(assoc))
