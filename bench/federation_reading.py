@@ -24,7 +24,7 @@ FIND_COST = (
     "federated query is ~5 ms for a 2-match answer and ~11 ms for 45 matches, of which the "
     "search itself (remote requests, local SQL, merge, relay; timed in-process) is 2.0 and "
     "5.6 ms; the rest is pynetdicom's association and C-FIND service machinery. The "
-    "client's association to the hub costs ~0.9-1.2 ms (A-ASSOCIATE-AC) plus ~0.6 ms for "
+    "client's association to the hub costs ~1.3 ms (A-ASSOCIATE-AC) plus ~0.6-0.8 ms for "
     "its first message (two pynetdicom threads per association, the message handed from "
     "one to the other) against ~0.1-0.2 ms at Orthanc; the first answer of a 2-match query "
     "leaves the hub ~5 ms after the request (1.8 ms at one Orthanc alone), the last of 45 "
