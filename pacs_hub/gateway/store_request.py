@@ -34,10 +34,10 @@ from pynetdicom import _config, evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 
+from pacs_hub.gateway.pdata import NO_DATASET
 from pacs_hub.gateway.store_response import _uid, _us, command_fields, response_from
 
 C_STORE_RQ = 0x0001
-NO_DATASET = 0x0101
 REQUIRED = frozenset(
     {0x00000000, 0x00000002, 0x00000100, 0x00000110, 0x00000700, 0x00000800, 0x00001000}
 )

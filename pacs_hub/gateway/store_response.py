@@ -24,10 +24,9 @@ from __future__ import annotations
 from pydicom.uid import UID
 from pynetdicom.dimse_primitives import C_STORE
 
-from pacs_hub.gateway.pdata import command_elements
+from pacs_hub.gateway.pdata import NO_DATASET, command_elements
 
 C_STORE_RSP = 0x8001
-NO_DATASET = 0x0101
 ELEMENTS = frozenset(
     {0x00000000, 0x00000002, 0x00000100, 0x00000120, 0x00000800, 0x00000900, 0x00001000}
 )

@@ -41,14 +41,18 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import build_context
 
-from pacs_hub.gateway.pdata import command_elements, find_request_command, message_pdus
+from pacs_hub.gateway.pdata import (
+    NO_DATASET,
+    command_elements,
+    find_request_command,
+    message_pdus,
+)
 from pacs_hub.regional.scu import PENDING, PacsNode
 
 MODEL = sc.StudyRootQueryRetrieveInformationModelFind
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"  # PS3.7 A.2.1
 CONTEXT_ID = 1
 C_FIND_RSP = 0x8020
-NO_DATASET = 0x0101
 COMMAND_FIELD, RESPONDED_TO, DATASET_TYPE, STATUS, ERROR_COMMENT = (
     0x00000100,
     0x00000120,
