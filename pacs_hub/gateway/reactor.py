@@ -26,6 +26,10 @@ of events):
 
 Both waits are also capped at :data:`MAX_WAIT` seconds, a safety net only.
 
+A C-ECHO or C-STORE request an acceptor receives while its Association reactor is
+idle is served by the DUL thread itself (:class:`MessageQueue`): no hand-over
+between the two threads for the messages an archive receives most.
+
 pynetdicom serves an N-EVENT-REPORT request (a storage commitment report, PS3.4
 J.3.3) in a thread of its own, which answers after the handler returns; a
 ``release()`` from the user's thread could queue the A-RELEASE-RQ first, and the
@@ -50,10 +54,13 @@ from typing import Any
 from pynetdicom import evt
 from pynetdicom.association import LOGGER as ASSOCIATION_LOGGER
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dul import LOGGER as DUL_LOGGER
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.timer import Timer
+
+from pacs_hub.gateway import pdata
 
 MAX_WAIT = 0.1
 """Longest block (seconds) of either reactor without a wake-up (a safety net)."""
@@ -122,6 +129,53 @@ class WakingQueue(queue.Queue[Any]):
         self._on_put()
 
 
+INLINE_REQUESTS = (C_ECHO, C_STORE)
+
+
+class MessageQueue(WakingQueue):
+    """The DIMSE message queue; serves a C-ECHO or C-STORE request in the DUL thread.
+
+    pynetdicom hands every message the DUL thread completes to the Association
+    thread through this queue: a wake-up and an interpreter-lock hand-over per
+    message, then one more for the response. A request that needs nothing
+    from the association while it is served (C-ECHO, PS3.7 9.1.5; C-STORE, 9.1.1),
+    received by an acceptor whose reactor is idle with nothing queued and no
+    ``send_*`` call running, is served right away by the DUL thread, which wrote
+    it and writes the response (:mod:`pacs_hub.gateway.pdata`): the messages of
+    the association stay served one at a time, in order.
+    """
+
+    def __init__(self, assoc: Association, on_put: Any) -> None:
+        super().__init__(on_put)
+        self._assoc = assoc
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if self._inline(item[1]):
+            # The send lock comes before the DUL's lock (pdata.write_message): take it
+            # without waiting, or a thread sending on this association meanwhile (a
+            # storage commitment report) and this one would each wait for the other.
+            lock = pdata.sending(self._assoc).lock
+            if lock.acquire(blocking=False):
+                try:
+                    self._assoc._serve_request(item[1], item[0])
+                finally:
+                    lock.release()
+                return
+        super().put(item, block, timeout)
+
+    def _inline(self, primitive: Any) -> bool:
+        assoc = self._assoc
+        return (
+            type(primitive) in INLINE_REQUESTS
+            and primitive.is_valid_request
+            and assoc.is_acceptor
+            and threading.get_ident() == assoc.dul.ident
+            and not assoc._pacs_busy  # type: ignore[attr-defined]
+            and assoc._reactor_checkpoint.is_set()
+            and not self.qsize()
+        )
+
+
 def _timer_wait(timer: Timer) -> float:
     """Seconds until ``timer`` expires if it is running, capped at :data:`MAX_WAIT`."""
     running = (
@@ -183,7 +237,8 @@ def _attach(assoc: Association) -> None:
     dul.event_queue = WakingQueue(wake_dul)
     dul.to_provider_queue = WakingQueue(wake_dul)
     dul.to_user_queue = WakingQueue(assoc_wake.set)
-    assoc.dimse.msg_queue = WakingQueue(message_queued)
+    assoc._pacs_busy = False  # type: ignore[attr-defined]
+    assoc.dimse.msg_queue = MessageQueue(assoc, message_queued)
 
 
 def _socket_fd(dul: DULServiceProvider) -> int:
@@ -328,8 +383,12 @@ def run_association_reactor(self: Association) -> None:
         self._is_paused = False
         if not self._reactor_checkpoint.is_set():
             continue  # a send_* call paused us meanwhile and may have seen us paused
-        if _react_once(self):
-            return
+        self._pacs_busy = True  # type: ignore[attr-defined]
+        try:
+            if _react_once(self):
+                return
+        finally:
+            self._pacs_busy = False  # type: ignore[attr-defined]
 
 
 def _react_once(self: Association) -> bool:

@@ -10,13 +10,17 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
 import pytest
-from pynetdicom import AE
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from pynetdicom.dimse_messages import (
     C_FIND_RQ,
     C_FIND_RSP,
@@ -29,7 +33,11 @@ from pynetdicom.dimse_messages import (
 from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.sop_class import CTImageStorage, Verification
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 
 from pacs_hub.gateway.pdata import (
     c_store_command,
@@ -38,6 +46,7 @@ from pacs_hub.gateway.pdata import (
     find_request_command,
     find_response_command,
     retrieve_response_command,
+    sending,
 )
 from pacs_hub.gateway.store_response import store_response
 from tests.conftest import Hub, start_hub, wait_until
@@ -280,3 +289,119 @@ def test_other_messages_are_left_to_pynetdicom() -> None:
     assert store_response(b"\x01" + plain) is None  # not the last command fragment
     assert store_response(b"\x02" + plain) is None  # a data set fragment
     assert store_response(b"\x03" + plain) is not None
+
+
+class _Threads:
+    """A pynetdicom SCP (the hub's reactors, installed by conftest) recording which
+    thread served each request: the association's DUL thread or its reactor."""
+
+    def __init__(self) -> None:
+        self.served: list[tuple[str, str]] = []
+        handlers = [
+            (evt.EVT_C_ECHO, self._echo),
+            (evt.EVT_C_STORE, self._store),
+            (evt.EVT_C_FIND, self._find),
+        ]
+        self.ae = AE(ae_title="THREADS")
+        self.ae.add_supported_context(Verification)
+        self.ae.add_supported_context(CTImageStorage)
+        self.ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+        self.server = self.ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+        self.port = self.server.server_address[1]
+
+    def _who(self, event: evt.Event, what: str) -> None:
+        me, assoc = threading.get_ident(), event.assoc
+        thread = "dul" if me == assoc.dul.ident else "reactor" if me == assoc.ident else "?"
+        self.served.append((what, thread))
+
+    def _echo(self, event: evt.Event) -> int:
+        self._who(event, "echo")
+        return 0x0000
+
+    def _store(self, event: evt.Event) -> int:
+        self._who(event, "store")
+        return 0x0000
+
+    def _find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        self._who(event, "find")
+        yield 0x0000, None
+
+    def acceptor(self) -> Association:
+        wait_until(lambda: len(self.server.active_associations) == 1, what="the acceptor")
+        return self.server.active_associations[0]
+
+
+@pytest.fixture
+def threads_scp() -> Iterator[_Threads]:
+    scp = _Threads()
+    try:
+        yield scp
+    finally:
+        scp.server.shutdown()
+
+
+def _ct() -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = CT, "1.2.826.0.1.3680043.8.498.7"
+    ds.PatientID = "THREADS"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    return ds
+
+
+def test_c_echo_and_c_store_are_served_in_the_dul_thread(threads_scp: _Threads) -> None:
+    """No hand-over to the reactor for a request that needs nothing while served; a
+    C-FIND (which may be cancelled while its answers go out) still goes to the reactor."""
+    ae = AE(ae_title="NETTEST")
+    for context in (Verification, CTImageStorage, StudyRootQueryRetrieveInformationModelFind):
+        ae.add_requested_context(context)
+    assoc = ae.associate("127.0.0.1", threads_scp.port, ae_title="THREADS")
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_echo().Status == 0x0000
+        assert assoc.send_c_store(_ct()).Status == 0x0000
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        answers = list(assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind))
+        assert answers[-1][0].Status == 0x0000
+        assert assoc.send_c_store(_ct()).Status == 0x0000
+    finally:
+        assoc.release()
+    assert threads_scp.served == [
+        ("echo", "dul"),
+        ("store", "dul"),
+        ("find", "reactor"),
+        ("store", "dul"),
+    ]
+
+
+def test_a_c_store_waits_for_the_reactor_while_another_thread_sends(
+    threads_scp: _Threads,
+) -> None:
+    """While another thread holds the association's send lock (a storage commitment
+    report going out on it), the DUL thread does not serve: it would take the send lock
+    after its own, the other thread the other way round."""
+    ae = AE(ae_title="NETTEST")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", threads_scp.port, ae_title="THREADS")
+    assert assoc.is_established
+    acceptor = threads_scp.acceptor()
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with sending(acceptor).lock:
+            held.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        held.wait(10)
+        assert assoc.send_c_store(_ct()).Status == 0x0000
+        done.set()
+        holder.join(10)
+        assert assoc.send_c_store(_ct()).Status == 0x0000
+    finally:
+        done.set()
+        assoc.release()
+    assert threads_scp.served == [("store", "reactor"), ("store", "dul")]
