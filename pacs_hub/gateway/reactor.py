@@ -156,9 +156,11 @@ class MessageQueue(WakingQueue):
             # storage commitment report) and this one would each wait for the other.
             lock = pdata.sending(self._assoc).lock
             if lock.acquire(blocking=False):
+                self._assoc._pacs_inline = True  # type: ignore[attr-defined]
                 try:
                     self._assoc._serve_request(item[1], item[0])
                 finally:
+                    self._assoc._pacs_inline = False  # type: ignore[attr-defined]
                     lock.release()
                 return
         super().put(item, block, timeout)
@@ -238,6 +240,7 @@ def _attach(assoc: Association) -> None:
     dul.to_provider_queue = WakingQueue(wake_dul)
     dul.to_user_queue = WakingQueue(assoc_wake.set)
     assoc._pacs_busy = False  # type: ignore[attr-defined]
+    assoc._pacs_inline = False  # type: ignore[attr-defined]
     assoc.dimse.msg_queue = MessageQueue(assoc, message_queued)
 
 
@@ -391,6 +394,12 @@ def run_association_reactor(self: Association) -> None:
             self._pacs_busy = False  # type: ignore[attr-defined]
 
 
+def _serving_in_dul(assoc: Association) -> bool:
+    """True while the DUL thread serves a request (:class:`MessageQueue`): like a
+    request the reactor serves, it runs to its end before the network timeout counts."""
+    return bool(assoc._pacs_inline)  # type: ignore[attr-defined]
+
+
 def _react_once(self: Association) -> bool:
     """One pass of pynetdicom's Association loop body; True when the reactor ends."""
     context_id, msg = self.dimse.get_msg(block=False)
@@ -418,7 +427,7 @@ def _react_once(self: Association) -> bool:
     if not self.dul.is_alive():
         self.kill()
         return True
-    if self.dul.idle_timer_expired():
+    if self.dul.idle_timer_expired() and not _serving_in_dul(self):
         ASSOCIATION_LOGGER.error("Network timeout reached")
         if self.network_timeout_response == "A-RELEASE":
             self._is_paused = True

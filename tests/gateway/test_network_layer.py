@@ -295,14 +295,16 @@ class _Threads:
     """A pynetdicom SCP (the hub's reactors, installed by conftest) recording which
     thread served each request: the association's DUL thread or its reactor."""
 
-    def __init__(self) -> None:
+    def __init__(self, store_seconds: float = 0.0, network_timeout: float = 60.0) -> None:
         self.served: list[tuple[str, str]] = []
+        self.store_seconds = store_seconds
         handlers = [
             (evt.EVT_C_ECHO, self._echo),
             (evt.EVT_C_STORE, self._store),
             (evt.EVT_C_FIND, self._find),
         ]
         self.ae = AE(ae_title="THREADS")
+        self.ae.network_timeout = network_timeout
         self.ae.add_supported_context(Verification)
         self.ae.add_supported_context(CTImageStorage)
         self.ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
@@ -320,6 +322,7 @@ class _Threads:
 
     def _store(self, event: evt.Event) -> int:
         self._who(event, "store")
+        time.sleep(self.store_seconds)
         return 0x0000
 
     def _find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
@@ -405,3 +408,20 @@ def test_a_c_store_waits_for_the_reactor_while_another_thread_sends(
         done.set()
         assoc.release()
     assert threads_scp.served == [("store", "reactor"), ("store", "dul")]
+
+
+def test_a_request_served_in_the_dul_thread_runs_to_its_end_past_the_network_timeout() -> None:
+    """As for a request the reactor serves, the network timeout (PS3.8 9.1.5 leaves it
+    to the implementation) does not cut a C-STORE short while it is being stored."""
+    scp = _Threads(store_seconds=2.0, network_timeout=1.0)
+    try:
+        ae = AE(ae_title="NETTEST")
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="THREADS")
+        assert assoc.is_established
+        answer = assoc.send_c_store(_ct())
+        assert answer.Status == 0x0000
+        assert scp.served == [("store", "dul")]
+        wait_until(lambda: not assoc.is_established, timeout=10, what="the network timeout")
+    finally:
+        scp.server.shutdown()
