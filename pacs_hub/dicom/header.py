@@ -29,6 +29,7 @@ from pynetdicom.sop_class import uid_to_service_class
 
 from pacs_hub.dicom import rawvalues as rv
 from pacs_hub.dicom.ins import identity_traits
+from pacs_hub.dicom.part10_reader import read_part10
 from pacs_hub.dicom.rawvalues import NeedsPydicom
 from pacs_hub.errors import InvalidInstance, MissingAttribute, UnsupportedSOPClass
 
@@ -193,6 +194,10 @@ def _check_complete(ds: Dataset, file_size: int | None = None) -> None:
 
 def _read(data: bytes | Path) -> Dataset:
     in_memory = isinstance(data, bytes)
+    if in_memory:
+        plain = read_part10(data)  # type: ignore[arg-type]
+        if plain is not None:
+            return plain
     source: Any = io.BytesIO(data) if isinstance(data, bytes) else data
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
