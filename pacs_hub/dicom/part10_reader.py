@@ -18,11 +18,12 @@ caller then gives to ``dcmread``:
   (A.2) or an encapsulated syntax (A.4, Explicit VR Little Endian), whose first
   element is encoded as the syntax says (pydicom would switch, with a warning);
 * top-level elements with defined lengths, all of their bytes present, known
-  VRs (PS3.5 Table 6.2-1), no item or delimiter tags, no command elements.
+  VRs (PS3.5 Table 6.2-1), no item or delimiter tags, no command elements; the one
+  undefined length read is encapsulated Pixel Data (PS3.5 A.4: items, then the
+  Sequence Delimitation Item), walked item by item as pydicom does.
 
-So Big Endian, Deflate, undefined-length sequences, encapsulated Pixel Data
-(undefined length, PS3.5 A.4), truncated or odd files all keep pydicom's reading,
-warnings and errors.
+So Big Endian, Deflate, undefined-length sequences, truncated or odd files all
+keep pydicom's reading, warnings and errors.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ UNDEFINED = 0xFFFFFFFF
 _EXPLICIT = struct.Struct("<HH2sH")
 _IMPLICIT = struct.Struct("<HHL")
 _LONG = struct.Struct("<L")
+PIXEL_DATA = BaseTag(0x7FE00010)
+_ITEM = struct.pack("<HH", 0xFFFE, 0xE000)
+_DELIMITER = struct.pack("<HH", 0xFFFE, 0xE0DD)
 _VRS = {str(vr).encode("ascii"): str(vr) for vr in VR}
 _LONG_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
 
@@ -56,6 +60,26 @@ def _is_explicit_vr(data: bytes, pos: int) -> bool:
     return len(vr) == 2 and 0x40 < vr[0] < 0x5B and 0x40 < vr[1] < 0x5B
 
 
+def _header(data: bytes, pos: int, implicit: bool) -> tuple[int, int, str | None, int, int]:
+    """Group, element, VR (None in implicit VR), value length and value offset of the
+    element header at ``pos`` (PS3.5 7.1.1-7.1.3)."""
+    size = len(data)
+    if pos + 8 > size:
+        raise _Odd("a partial element header")
+    if implicit:
+        group, element, length = _IMPLICIT.unpack_from(data, pos)
+        return group, element, None, length, pos + 8
+    group, element, raw_vr, length = _EXPLICIT.unpack_from(data, pos)
+    vr = _VRS.get(raw_vr)
+    if vr is None:
+        raise _Odd("an unknown VR")
+    if vr not in _LONG_VRS:
+        return group, element, vr, length, pos + 8
+    if pos + 12 > size:
+        raise _Odd("a partial element header")
+    return group, element, vr, _LONG.unpack_from(data, pos + 8)[0], pos + 12
+
+
 def _elements(
     data: bytes, pos: int, implicit: bool, meta: bool
 ) -> tuple[dict[BaseTag, RawDataElement], int]:
@@ -64,35 +88,45 @@ def _elements(
     found: dict[BaseTag, RawDataElement] = {}
     size = len(data)
     while pos < size:
-        if pos + 8 > size:
-            raise _Odd("a partial element header")
-        if implicit:
-            group, element, length = _IMPLICIT.unpack_from(data, pos)
-            vr = None
-            start = pos + 8
-        else:
-            group, element, raw_vr, length = _EXPLICIT.unpack_from(data, pos)
-            if meta and group != 2:
-                return found, pos
-            vr = _VRS.get(raw_vr)
-            if vr is None:
-                raise _Odd("an unknown VR")
-            start = pos + 8
-            if vr in _LONG_VRS:
-                if start + 4 > size:
-                    raise _Odd("a partial element header")
-                length = _LONG.unpack_from(data, start)[0]
-                start += 4
-        if group == 0xFFFE or length == UNDEFINED or (group == 0 and not meta):
-            raise _Odd("an item, an undefined length or a command element")
+        if meta and data[pos : pos + 2] != b"\x02\x00":
+            return found, pos
+        group, element, vr, length, start = _header(data, pos, implicit)
+        if group == 0xFFFE or (group == 0 and not meta):
+            raise _Odd("an item or a command element")
+        tag = BaseTag(group << 16 | element)
+        if length == UNDEFINED:
+            if tag != PIXEL_DATA or vr not in ("OB", "OW") or meta:
+                raise _Odd("an undefined length other than encapsulated Pixel Data")
+            end = _fragments_end(data, start)
+            found[tag] = RawDataElement(tag, vr, length, data[start:end], start, implicit, True)
+            pos = end + 8
+            continue
         end = start + length
         if end > size:
             raise _Odd("a value cut short")
-        tag = BaseTag(group << 16 | element)
         value = data[start:end] if length else empty_value_for_VR(vr, raw=True)  # as pydicom
         found[tag] = RawDataElement(tag, vr, length, value, start, implicit, True)  # type: ignore[arg-type]
         pos = end
     return found, pos
+
+
+def _fragments_end(data: bytes, pos: int) -> int:
+    """Where the Sequence Delimitation Item ends the encapsulated Pixel Data value
+    starting at ``pos`` (PS3.5 A.4): its items walked as pydicom walks them
+    (``fileutil._try_read_encapsulated_pixel_data``); anything else is odd."""
+    size = len(data)
+    while pos + 8 <= size:
+        tag_bytes = data[pos : pos + 4]
+        if tag_bytes == _DELIMITER:
+            if data[pos + 4 : pos + 8] != b"\0\0\0\0":
+                raise _Odd("a delimiter with a length")
+            return pos
+        if tag_bytes != _ITEM:
+            raise _Odd("not an item within encapsulated Pixel Data")
+        pos += 8 + _LONG.unpack_from(data, pos + 4)[0]
+        if pos > size:
+            raise _Odd("an item cut short")
+    raise _Odd("no Sequence Delimitation Item")
 
 
 def _encoding(transfer_syntax: str) -> bool | None:
@@ -108,28 +142,42 @@ def _encoding(transfer_syntax: str) -> bool | None:
 
 
 def read_part10(data: bytes) -> FileDataset | None:
-    """``pydicom.dcmread(BytesIO(data))`` for the plain case, else None (module doc)."""
+    """``pydicom.dcmread(BytesIO(data))`` for the plain case, else None (module doc).
+
+    It never raises: whatever goes wrong here (a value pydicom cannot convert while
+    reading, as the character set) is left to ``dcmread``, to fail or warn its way.
+    """
     if data[PREAMBLE : PREAMBLE + 4] != MAGIC or not _is_explicit_vr(data, PREAMBLE + 4):
         return None
     try:
+        return _read(data)
+    except Exception:
+        return None
+
+
+def _read(data: bytes) -> FileDataset | None:
+    try:
         meta_elements, pos = _elements(data, PREAMBLE + 4, implicit=False, meta=True)
-        if not meta_elements or pos >= len(data):
-            return None
-        file_meta = FileMetaDataset(meta_elements)  # type: ignore[arg-type]
-        file_meta.set_original_encoding(
-            is_implicit_vr=False, is_little_endian=True, character_encoding=default_encoding
-        )
-        # What pydicom reads of the File Meta while reading the file (so the same
-        # elements come out converted): the first, the group length, the syntax.
-        file_meta[next(iter(meta_elements))]
-        if "FileMetaInformationGroupLength" in file_meta:
-            file_meta["FileMetaInformationGroupLength"]
-        syntax = file_meta.get("TransferSyntaxUID")
-        implicit = _encoding(str(syntax)) if syntax is not None else None
-        if implicit is None or _is_explicit_vr(data, pos) == implicit:
-            return None
+    except _Odd:
+        return None
+    if not meta_elements or pos >= len(data):
+        return None
+    file_meta = FileMetaDataset(meta_elements)  # type: ignore[arg-type]
+    file_meta.set_original_encoding(
+        is_implicit_vr=False, is_little_endian=True, character_encoding=default_encoding
+    )
+    # What pydicom reads of the File Meta while reading the file (so the same
+    # elements come out converted): the first, the group length, the syntax.
+    file_meta[next(iter(meta_elements))]
+    if "FileMetaInformationGroupLength" in file_meta:
+        file_meta["FileMetaInformationGroupLength"]
+    syntax = file_meta.get("TransferSyntaxUID")
+    implicit = _encoding(str(syntax)) if syntax is not None else None
+    if implicit is None or _is_explicit_vr(data, pos) == implicit:
+        return None
+    try:
         elements, _ = _elements(data, pos, implicit=implicit, meta=False)
-    except (_Odd, ValueError, TypeError, KeyError, NotImplementedError):
+    except _Odd:
         return None
     if not elements:
         return None
