@@ -95,12 +95,16 @@ class InstanceHeader:
     birth_place: str = ""
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    """The value as text: one value stripped, several joined by backslashes."""
+def _text(ds: Dataset, keyword: str, raw: bool = True) -> str:
+    """The value as text: one value stripped, several joined by backslashes.
+
+    ``raw``: read raw values directly (:func:`rawvalues.pydicom_settings_supported`,
+    asked once per instance by the caller), else through pydicom.
+    """
     elem = ds._dict.get(_tag(keyword))
     if elem is None:
         return ""
-    if isinstance(elem, RawDataElement):
+    if raw and isinstance(elem, RawDataElement):
         try:
             values = _raw_values(ds, elem)
             return values[0].strip() if len(values) == 1 else "\\".join(values)
@@ -114,12 +118,12 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value).strip()
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
+def _int(ds: Dataset, keyword: str, raw: bool = True) -> int | None:
     """A single integer value, None when absent, empty, several or not a number."""
     elem = ds._dict.get(_tag(keyword))
     if elem is None:
         return None
-    if isinstance(elem, RawDataElement) and _raw_vr(elem) in _INTEGER_VRS:
+    if raw and isinstance(elem, RawDataElement) and _raw_vr(elem) in _INTEGER_VRS:
         try:
             values = _raw_values(ds, elem)
             return int(values[0]) if len(values) == 1 else None
@@ -154,8 +158,8 @@ def _raw_vr(elem: RawDataElement) -> str:
 def _raw_values(ds: Dataset, elem: RawDataElement) -> list[str]:
     """The values of a raw element as ``str()`` of pydicom's values gives them."""
     value = elem.value if elem.length else b""
-    if value is None or len(value) != elem.length or not rv.pydicom_settings_supported():
-        raise NeedsPydicom("deferred or incomplete value, or pydicom configured otherwise")
+    if value is None or len(value) != elem.length:
+        raise NeedsPydicom("deferred or incomplete value")
     vr = _raw_vr(elem)
     if vr in rv.PLAIN_STRING_VRS:
         return rv.string_values(vr, value, rv.dataset_encodings(ds))
@@ -213,8 +217,8 @@ def _read(data: bytes | Path) -> Dataset:
     return ds
 
 
-def _uid(ds: Dataset, keyword: str) -> str:
-    value = _text(ds, keyword)
+def _uid(ds: Dataset, keyword: str, raw: bool = True) -> str:
+    value = _text(ds, keyword, raw)
     if not value:
         raise MissingAttribute(f"missing {keyword}")
     if not is_valid_uid(value):
@@ -234,18 +238,19 @@ def parse_instance(data: bytes | Path) -> tuple[InstanceHeader, Dataset]:
     :data:`DEFER_SIZE` (pixel data) are not read, only checked to be complete.
     """
     ds = _read(data)
-    transfer_syntax = _text(ds.file_meta, "TransferSyntaxUID")
+    raw = rv.pydicom_settings_supported()
+    transfer_syntax = _text(ds.file_meta, "TransferSyntaxUID", raw)
     if not transfer_syntax:
         raise MissingAttribute("File Meta has no TransferSyntaxUID (0002,0010)")
     try:
         _check_complete(ds, None if isinstance(data, bytes) else data.stat().st_size)
-        sop_class = _uid(ds, "SOPClassUID")
+        sop_class = _uid(ds, "SOPClassUID", raw)
         if not is_storage_sop_class(sop_class):
             raise UnsupportedSOPClass(f"SOP Class {sop_class} is not a storage SOP class")
-        record = _record(ds, sop_class, transfer_syntax)
+        record = _record(ds, sop_class, transfer_syntax, raw)
     except (LookupError, ValueError, TypeError) as exc:
         raise InvalidInstance(f"cannot read attribute: {exc}") from exc
-    announced = _text(ds.file_meta, "MediaStorageSOPInstanceUID")
+    announced = _text(ds.file_meta, "MediaStorageSOPInstanceUID", raw)
     if announced and announced != record.sop_instance_uid:
         raise InvalidInstance(
             "SOP Instance UID differs from the announced one: "
@@ -254,37 +259,40 @@ def parse_instance(data: bytes | Path) -> tuple[InstanceHeader, Dataset]:
     return record, ds
 
 
-def _record(ds: Dataset, sop_class: str, transfer_syntax: str) -> InstanceHeader:
-    traits = identity_traits(ds)
+def _record(ds: Dataset, sop_class: str, transfer_syntax: str, raw: bool) -> InstanceHeader:
+    def text(item: Dataset, keyword: str) -> str:
+        return _text(item, keyword, raw)
+
+    traits = identity_traits(ds, text)
     return InstanceHeader(
         sop_class_uid=sop_class,
-        sop_instance_uid=_uid(ds, "SOPInstanceUID"),
-        study_instance_uid=_uid(ds, "StudyInstanceUID"),
-        series_instance_uid=_uid(ds, "SeriesInstanceUID"),
+        sop_instance_uid=_uid(ds, "SOPInstanceUID", raw),
+        study_instance_uid=_uid(ds, "StudyInstanceUID", raw),
+        series_instance_uid=_uid(ds, "SeriesInstanceUID", raw),
         transfer_syntax_uid=transfer_syntax,
-        specific_character_set=_text(ds, "SpecificCharacterSet"),
-        patient_id=_text(ds, "PatientID"),
-        issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
-        patient_name=_text(ds, "PatientName"),
-        patient_birth_date=_text(ds, "PatientBirthDate"),
-        patient_sex=_text(ds, "PatientSex"),
-        study_date=_text(ds, "StudyDate"),
-        study_time=_text(ds, "StudyTime"),
-        accession_number=_text(ds, "AccessionNumber"),
-        study_id=_text(ds, "StudyID"),
-        study_description=_text(ds, "StudyDescription"),
-        referring_physician_name=_text(ds, "ReferringPhysicianName"),
-        modality=_text(ds, "Modality"),
-        series_number=_text(ds, "SeriesNumber"),
-        series_description=_text(ds, "SeriesDescription"),
-        body_part_examined=_text(ds, "BodyPartExamined"),
-        series_date=_text(ds, "SeriesDate"),
-        series_time=_text(ds, "SeriesTime"),
-        station_name=_text(ds, "StationName"),
-        instance_number=_text(ds, "InstanceNumber"),
-        rows=_int(ds, "Rows"),
-        columns=_int(ds, "Columns"),
-        number_of_frames=_int(ds, "NumberOfFrames"),
+        specific_character_set=text(ds, "SpecificCharacterSet"),
+        patient_id=text(ds, "PatientID"),
+        issuer_of_patient_id=text(ds, "IssuerOfPatientID"),
+        patient_name=text(ds, "PatientName"),
+        patient_birth_date=text(ds, "PatientBirthDate"),
+        patient_sex=text(ds, "PatientSex"),
+        study_date=text(ds, "StudyDate"),
+        study_time=text(ds, "StudyTime"),
+        accession_number=text(ds, "AccessionNumber"),
+        study_id=text(ds, "StudyID"),
+        study_description=text(ds, "StudyDescription"),
+        referring_physician_name=text(ds, "ReferringPhysicianName"),
+        modality=text(ds, "Modality"),
+        series_number=text(ds, "SeriesNumber"),
+        series_description=text(ds, "SeriesDescription"),
+        body_part_examined=text(ds, "BodyPartExamined"),
+        series_date=text(ds, "SeriesDate"),
+        series_time=text(ds, "SeriesTime"),
+        station_name=text(ds, "StationName"),
+        instance_number=text(ds, "InstanceNumber"),
+        rows=_int(ds, "Rows", raw),
+        columns=_int(ds, "Columns", raw),
+        number_of_frames=_int(ds, "NumberOfFrames", raw),
         ins=traits.ins,
         ins_oid=traits.ins_oid,
         birth_name=traits.birth_name,

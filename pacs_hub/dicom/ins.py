@@ -20,6 +20,7 @@ are stored as received; :func:`trait_key` gives their normalised form for matchi
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,33 +69,43 @@ class IdentityTraits:
     birth_place: str = ""
 
 
+Text = Callable[[Dataset, str], str]
+"""Reads one text attribute of a data set by keyword, "" when absent."""
+
+
 def _str(item: Dataset, keyword: str) -> str:
     value: Any = item.get(keyword)
     return "" if value is None else str(value).strip()
 
 
-def _qualifier_oid(item: Dataset) -> str:
+def _sequence(item: Dataset, keyword: str) -> Any:
+    """The items of a sequence, or None; an absent one costs no conversion."""
+    return item.get(keyword) if keyword in item else None
+
+
+def _qualifier_oid(item: Dataset, text: Text = _str) -> str:
     """The INS OID of an item's Issuer of Patient ID Qualifiers (ISO type), else ''."""
-    issuer = _str(item, "IssuerOfPatientID")
-    qualifiers: Any = item.get("IssuerOfPatientIDQualifiersSequence")
+    issuer = text(item, "IssuerOfPatientID")
+    qualifiers = _sequence(item, "IssuerOfPatientIDQualifiersSequence")
     for qualifier in qualifiers or ():
-        oid = _str(qualifier, "UniversalEntityID")
-        kind = _str(qualifier, "UniversalEntityIDType").upper()
+        oid = text(qualifier, "UniversalEntityID")
+        kind = text(qualifier, "UniversalEntityIDType").upper()
         if oid in INS_OIDS and kind in ("ISO", ""):
             return oid
     return issuer if issuer in INS_OIDS else ""
 
 
-def find_ins(ds: Dataset) -> tuple[str, str]:
+def find_ins(ds: Dataset, text: Text = _str) -> tuple[str, str]:
     """(matricule, OID) of the dataset's INS, from the Patient ID or an Other Patient ID.
 
     PS3.3 C.7.1.1: the Patient ID with its Issuer of Patient ID Qualifiers Sequence,
     then each item of the Other Patient IDs Sequence (0010,1002). ``("", "")`` if none.
+    ``text`` reads a text attribute (default: pydicom's value, stripped).
     """
-    candidates = [ds, *(ds.get("OtherPatientIDsSequence") or ())]
+    candidates = [ds, *(_sequence(ds, "OtherPatientIDsSequence") or ())]
     for item in candidates:
-        oid = _qualifier_oid(item)
-        matricule = _str(item, "PatientID").upper()
+        oid = _qualifier_oid(item, text)
+        matricule = text(item, "PatientID").upper()
         if oid and valid_matricule(matricule):
             return matricule, oid
     return "", ""
@@ -105,16 +116,17 @@ def _components(name: str) -> list[str]:
     return [c.strip() for c in name.split("=")[0].split("^")]
 
 
-def identity_traits(ds: Dataset) -> IdentityTraits:
+def identity_traits(ds: Dataset, text: Text = _str) -> IdentityTraits:
     """The INS and traits of a dataset; values as received (never normalised).
 
     Birth name: Patient's Birth Name (0010,1005) if present, else the family name
     component of Patient's Name; given names: its given name component, compound
     first names kept whole. DICOM has no birth-place attribute: it stays empty.
+    ``text`` reads a text attribute (the ingest passes its reader of raw values).
     """
-    ins, oid = find_ins(ds)
-    name = _components(_str(ds, "PatientName"))
-    birth = _components(_str(ds, "PatientBirthName"))
+    ins, oid = find_ins(ds, text)
+    name = _components(text(ds, "PatientName"))
+    birth = _components(text(ds, "PatientBirthName"))
     return IdentityTraits(
         ins=ins,
         ins_oid=oid,

@@ -60,37 +60,32 @@ def _is_explicit_vr(data: bytes, pos: int) -> bool:
     return len(vr) == 2 and 0x40 < vr[0] < 0x5B and 0x40 < vr[1] < 0x5B
 
 
-def _header(data: bytes, pos: int, implicit: bool) -> tuple[int, int, str | None, int, int]:
-    """Group, element, VR (None in implicit VR), value length and value offset of the
-    element header at ``pos`` (PS3.5 7.1.1-7.1.3)."""
-    size = len(data)
-    if pos + 8 > size:
-        raise _Odd("a partial element header")
-    if implicit:
-        group, element, length = _IMPLICIT.unpack_from(data, pos)
-        return group, element, None, length, pos + 8
-    group, element, raw_vr, length = _EXPLICIT.unpack_from(data, pos)
-    vr = _VRS.get(raw_vr)
-    if vr is None:
-        raise _Odd("an unknown VR")
-    if vr not in _LONG_VRS:
-        return group, element, vr, length, pos + 8
-    if pos + 12 > size:
-        raise _Odd("a partial element header")
-    return group, element, vr, _LONG.unpack_from(data, pos + 8)[0], pos + 12
-
-
-def _elements(
+def _elements(  # noqa: C901 - one loop: a call per element costs a third more here
     data: bytes, pos: int, implicit: bool, meta: bool
 ) -> tuple[dict[BaseTag, RawDataElement], int]:
     """Elements from ``pos``: to the end of ``data``, or (``meta``) to the first one
-    outside group 0002. Returns them and where reading stopped."""
+    outside group 0002. Returns them and where reading stopped. Element headers per
+    PS3.5 7.1.1 (explicit VR, 2- or 4-byte length) and 7.1.2 (implicit VR)."""
     found: dict[BaseTag, RawDataElement] = {}
     size = len(data)
     while pos < size:
         if meta and data[pos : pos + 2] != b"\x02\x00":
             return found, pos
-        group, element, vr, length, start = _header(data, pos, implicit)
+        if pos + 8 > size:
+            raise _Odd("a partial element header")
+        vr: str | None
+        if implicit:
+            group, element, length = _IMPLICIT.unpack_from(data, pos)
+            vr, start = None, pos + 8
+        else:
+            group, element, raw_vr, length = _EXPLICIT.unpack_from(data, pos)
+            vr, start = _VRS.get(raw_vr), pos + 8
+            if vr is None:
+                raise _Odd("an unknown VR")
+            if vr in _LONG_VRS:
+                if pos + 12 > size:
+                    raise _Odd("a partial element header")
+                length, start = _LONG.unpack_from(data, start)[0], pos + 12
         if group == 0xFFFE or (group == 0 and not meta):
             raise _Odd("an item or a command element")
         tag = BaseTag(group << 16 | element)

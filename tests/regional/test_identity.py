@@ -27,7 +27,8 @@ from hypothesis import strategies as st
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from pacs_hub.dicom.ins import INS_TEST, nir_key, trait_key, valid_matricule
+from pacs_hub.dicom.header import parse_header
+from pacs_hub.dicom.ins import INS_TEST, identity_traits, nir_key, trait_key, valid_matricule
 from pacs_hub.ingest import Ingestor
 from pacs_hub.regional import identity_changes, identity_views
 from pacs_hub.storage.blobs import BlobStore
@@ -459,3 +460,32 @@ def test_concurrent_ingest_of_one_ins_on_sqlite_and_postgresql(
     identity_changes.revert(database, change.event_id, "test")
     after = [identity_views.regional_patient(database, r) for r in (source, regional.regional_id)]
     assert after == before
+
+
+@pytest.mark.parametrize("as_patient_id", [False, True])
+@pytest.mark.parametrize("birth_name", ["", "DUPONT"])
+def test_the_ingest_reads_identity_traits_as_pydicom_values_give_them(
+    tmp_path: Path, as_patient_id: bool, birth_name: str
+) -> None:
+    """The header's raw value reader (header._text) and pydicom's values agree on the
+    INS and traits, wherever the INS is carried (PS3.3 C.7.1.1)."""
+    ins = make_ins("F", "19800214")
+    path, _ = make_instance(
+        tmp_path,
+        "LOC-1",
+        "HOSP_A",
+        "MARTIN^Marie-Hélène Anne",
+        sex="F",
+        birth="19800214",
+        ins=ins,
+        ins_as_patient_id=as_patient_id,
+        birth_name=birth_name,
+    )
+    record = parse_header(path.read_bytes())
+    expected = identity_traits(pydicom.dcmread(path))
+    assert (record.ins, record.ins_oid) == (ins, INS_TEST) == (expected.ins, expected.ins_oid)
+    assert (record.birth_name, record.given_names) == (
+        expected.birth_name,
+        expected.given_names,
+    )
+    assert record.given_names == "Marie-Hélène Anne"
