@@ -16,13 +16,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pacs_hub.gateway import reactor
+from pacs_hub.gateway import pdu_reader, reactor
 
 # The tests' own pynetdicom clients and storage SCPs run the hub's reactors: pynetdicom's
 # hand-over between a send_* caller and its reactor can give the caller's response to
 # the reactor (pacs_hub/gateway/reactor.py), which under load lost a C-STORE response
-# of a test client now and then.
+# of a test client now and then. They read PDUs as the hub does, so that path is
+# exercised by every test peer too.
 reactor.install()
+pdu_reader.install()
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("PACS_HUB_TEST_DATA", ROOT.parent / "shared" / "data" / "dicom"))

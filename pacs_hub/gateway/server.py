@@ -46,6 +46,7 @@ from pacs_hub.gateway import (
     access,
     commitment,
     pdata,
+    pdu_reader,
     reactor,
     relayed_answer,
     store_request,
@@ -94,7 +95,8 @@ def prepare_associations() -> None:
     pynetdicom's hand-over race that let a reactor take the response a ``send_*``
     caller waited for), the direct P-DATA path (:mod:`~pacs_hub.gateway.pdata`) and
     the direct reading of C-STORE responses (:mod:`~pacs_hub.gateway.store_response`)
-    and of C-STORE requests (:mod:`~pacs_hub.gateway.store_request`).
+    and of C-STORE requests (:mod:`~pacs_hub.gateway.store_request`), PDUs read in one
+    piece (:mod:`~pacs_hub.gateway.pdu_reader`).
     Every hub process that opens associations calls it first: the gateways, the main
     process (routing, backfill, prefetch, federated QIDO) and the CLI (restore).
     Idempotent.
@@ -104,6 +106,7 @@ def prepare_associations() -> None:
     reactor.install()
     pdata.install()
     store_request.install()  # C-STORE requests and responses read directly
+    pdu_reader.install()
 
 
 def accept_proposed_transfer_syntax_order() -> None:
