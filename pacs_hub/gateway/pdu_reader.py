@@ -34,15 +34,22 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
 P_DATA_TF = 0x04
+ONE_BUFFER = 4 << 20
+"""Largest read given one buffer up front; a longer one (a PDU above any maximum
+length negotiated here, PS3.8 D.1) is read as pynetdicom reads it, as the bytes come,
+so that a peer cannot make the hub reserve memory it does not send."""
 PDU_TYPES = frozenset({0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07})
 _HEADER = struct.Struct(">BBL")
 _ITEM = struct.Struct(">LB")
 _INSTALL_LOCK = threading.Lock()
+_PYNETDICOM_RECV = AssociationSocket.recv
 
 
 def recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
     """``AssociationSocket.recv``: ``nr_bytes`` from the socket (fewer if it closes)."""
     assert self.socket is not None
+    if nr_bytes > ONE_BUFFER:
+        return bytearray(_PYNETDICOM_RECV(self, nr_bytes))
     buffer = bytearray(nr_bytes)
     view = memoryview(buffer)
     done = 0

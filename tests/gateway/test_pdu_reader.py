@@ -19,6 +19,7 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import CTImageStorage
 from pynetdicom.transport import AssociationSocket
 
+from pacs_hub.gateway import pdu_reader
 from pacs_hub.gateway.pdu_reader import p_data
 
 # tests/conftest.py installs the reader in the test process, as every hub process does.
@@ -102,6 +103,17 @@ def test_recv_gives_what_came_when_the_peer_closes(
     theirs.sendall(b"abc")
     theirs.shutdown(socket.SHUT_WR)
     assert bytes(ours.recv(10)) == b"abc"
+
+
+def test_a_read_longer_than_any_pdu_takes_memory_only_as_bytes_come(
+    pair: tuple[AssociationSocket, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer announcing a 4 GiB PDU does not get the hub to reserve 4 GiB."""
+    ours, theirs = pair
+    monkeypatch.setattr(pdu_reader, "ONE_BUFFER", 1000)
+    theirs.sendall(b"x" * 1500)
+    theirs.shutdown(socket.SHUT_WR)
+    assert bytes(ours.recv(0xFFFFFFFF)) == b"x" * 1500
 
 
 def _ct(size: int) -> Dataset:
