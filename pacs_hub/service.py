@@ -105,12 +105,22 @@ class _StopSignals:
         self.received.append(signum)
 
     def wait(self, timeout: float) -> bool:
-        """True once a stop signal came; else after ``timeout`` seconds, False."""
+        """True once a stop signal came; else after ``timeout`` seconds, False.
+
+        From then on further stop signals are ignored (the process is stopping; the
+        hub kills a gateway that has not exited 10 s after its terminate). Else one
+        arriving while the interpreter shuts down, which puts back the default
+        actions, would kill the process with that signal instead of a clean exit.
+        """
         if not self.received:
             select.select([self._wake], [], [], timeout)
             with contextlib.suppress(BlockingIOError):
                 os.read(self._wake, 512)
-        return bool(self.received)
+        if not self.received:
+            return False
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return True
 
 
 def run_gateway(
