@@ -99,6 +99,13 @@ def _observed(dul: DULServiceProvider) -> bool:
     return any(dul.assoc.get_handlers(event) for event in (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV))
 
 
+def _closed(dul: DULServiceProvider, exc: Exception) -> None:
+    """The transport closed mid-PDU: pynetdicom's log lines, then Evt17."""
+    DUL_LOGGER.error("Connection closed before the entire PDU was received")
+    DUL_LOGGER.exception(exc)
+    dul.event_queue.put("Evt17")
+
+
 def read_pdu_data(self: DULServiceProvider, original: Any) -> None:
     """``DULServiceProvider._read_pdu_data`` reading into one buffer (module doc)."""
     if _observed(self):
@@ -110,9 +117,7 @@ def read_pdu_data(self: DULServiceProvider, original: Any) -> None:
         header = sock.recv(6)
         pdu_type, _, pdu_length = _HEADER.unpack(header)
     except (OSError, TimeoutError) as exc:
-        DUL_LOGGER.error("Connection closed before the entire PDU was received")
-        DUL_LOGGER.exception(exc)
-        self.event_queue.put("Evt17")
+        _closed(self, exc)
         return
     except struct.error:
         self.event_queue.put("Evt17")
@@ -124,9 +129,7 @@ def read_pdu_data(self: DULServiceProvider, original: Any) -> None:
     try:
         body = sock.recv(pdu_length)
     except (OSError, TimeoutError) as exc:
-        DUL_LOGGER.error("Connection closed before the entire PDU was received")
-        DUL_LOGGER.exception(exc)
-        self.event_queue.put("Evt17")
+        _closed(self, exc)
         return
     if len(body) != pdu_length:
         DUL_LOGGER.error(

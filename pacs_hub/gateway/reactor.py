@@ -394,12 +394,6 @@ def run_association_reactor(self: Association) -> None:
             self._pacs_busy = False  # type: ignore[attr-defined]
 
 
-def _serving_in_dul(assoc: Association) -> bool:
-    """True while the DUL thread serves a request (:class:`MessageQueue`): like a
-    request the reactor serves, it runs to its end before the network timeout counts."""
-    return bool(assoc._pacs_inline)  # type: ignore[attr-defined]
-
-
 def _react_once(self: Association) -> bool:
     """One pass of pynetdicom's Association loop body; True when the reactor ends."""
     context_id, msg = self.dimse.get_msg(block=False)
@@ -427,7 +421,9 @@ def _react_once(self: Association) -> bool:
     if not self.dul.is_alive():
         self.kill()
         return True
-    if self.dul.idle_timer_expired() and not _serving_in_dul(self):
+    # A request the DUL thread serves (MessageQueue) runs to its end, like one served
+    # here, before the network timeout counts.
+    if self.dul.idle_timer_expired() and not self._pacs_inline:  # type: ignore[attr-defined]
         ASSOCIATION_LOGGER.error("Network timeout reached")
         if self.network_timeout_response == "A-RELEASE":
             self._is_paused = True
