@@ -109,7 +109,7 @@ def _representative(
 
 
 def _frame_index(text: str) -> int:
-    if not text.isdigit() or int(text) < 1 or len(text) > 9:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1 or len(text) > 9:
         raise Problem(400, "Invalid frame number", f"{text[:20]!r}: expected one 1-based number")
     return int(text) - 1
 

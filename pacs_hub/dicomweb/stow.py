@@ -103,7 +103,7 @@ async def _spool(
     thread as the last bytes' writing (one hand-over fewer for a one-part request)."""
     limit = hub.settings.stow_max_bytes
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise Problem(413, "Content too large", f"request body over {limit} bytes")
     try:
         spooler = MultipartSpooler(boundary, hub.blobs.temp_path)

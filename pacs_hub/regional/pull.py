@@ -325,7 +325,7 @@ def remote_study(settings: Settings, database: Database, node_ae: str, study: st
     finally:
         if assoc.is_established:
             assoc.release()
-    number = int(counts[0]) if counts and counts[0].isdigit() else None
+    number = int(counts[0]) if counts and counts[0].isascii() and counts[0].isdigit() else None
     return RemoteStudy(number, tuple(dict.fromkeys(classes)))
 
 

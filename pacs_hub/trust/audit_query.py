@@ -133,7 +133,7 @@ def resolve_patient(conn: Connection, regional_id: str) -> int | None:
     if pk is not None:
         return int(pk)
     digits = regional_id.removeprefix(REGIONAL_PREFIX)
-    return int(digits) if digits.isdigit() else None
+    return int(digits) if digits.isascii() and digits.isdigit() else None
 
 
 def _user_clause(user: str) -> ColumnElement[bool]:

@@ -103,7 +103,7 @@ def normalise_recipient(recipient: str) -> str:
     """An RPPS (11 digits; an IDNPS, '8' + RPPS, is taken as its RPPS) or an e-mail
     (lower-cased); '' for a plain link. Signed-in doctors are matched on these."""
     value = recipient.strip()
-    if len(value) == 12 and value.startswith("8") and value.isdigit():
+    if len(value) == 12 and value.startswith("8") and value.isascii() and value.isdigit():
         return value[1:]
     if not value or _RPPS.match(value):
         return value

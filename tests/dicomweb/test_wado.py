@@ -577,6 +577,8 @@ def test_rendered_errors(loaded: Loaded) -> None:
     assert loaded.get(rendered, headers={"Accept": "application/dicom"}).status_code == 406
     assert loaded.get(ct.instance_path + "/frames/2/rendered").status_code == 404
     assert loaded.get(ct.instance_path + "/frames/0/rendered").status_code == 400
+    # Not an ASCII digit though str.isdigit() says so: int() refuses it (was a 500).
+    assert loaded.get(ct.instance_path + "/frames/%C2%B2/rendered").status_code == 400
     sr = loaded.by_name("sr_comprehensive_dcmtk_nested.dcm")
     assert loaded.get(sr.instance_path + "/rendered").status_code == 406
     assert loaded.get("/studies/1.2.3/rendered").status_code == 404
