@@ -1,8 +1,9 @@
 """The one path every instance takes: validate -> write blob -> index -> acknowledge.
 
 C-STORE, STOW-RS, import, replication and restore all call :meth:`Ingestor.ingest`.
-Durable before acknowledged (ARCHITECTURE.md invariant 2): the blob is fsynced and
-renamed, then the index row is committed, and only then does ``ingest`` return.
+Durable before acknowledged (ARCHITECTURE.md invariant 2): the blob is synced (appended
+to a pack file, or a file of its own renamed in), then the index row naming it is
+committed, and only then does ``ingest`` return.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class Ingestor:
         """
         header, dataset = parse_instance(part10)
         sha256 = sha256_hex(part10)
-        blob = StoredBlob(self.blobs.key_for(sha256), sha256, len(part10))
+        blob = StoredBlob("", sha256, len(part10))  # the key is the write's
         return self._store(
             header, dataset, blob, lambda: self.blobs.put(part10, sha256), received_from_ae
         )
@@ -98,7 +99,7 @@ class Ingestor:
         """
         header, dataset = parsed or parse_instance(path)
         sha256 = sha256 or sha256_file(path)
-        blob = StoredBlob(self.blobs.key_for(sha256), sha256, path.stat().st_size)
+        blob = StoredBlob("", sha256, path.stat().st_size)
         return self._store(
             header,
             dataset,
@@ -130,7 +131,7 @@ class Ingestor:
         if known is not None and self.duplicate_policy is DuplicatePolicy.KEEP_FIRST:
             raise self._conflict(header)
         metadata = dicomjson.encode(dataset)  # before the blob moves: deferred values
-        write_blob()
+        blob = dataclasses.replace(blob, key=write_blob())
         outcome = self._index(header, blob, received_from_ae, metadata, establishment_pk)
         if outcome is Outcome.CONFLICT:
             raise self._conflict(header)

@@ -16,6 +16,7 @@ from pydicom.fileset import FileSet
 
 from pacs_hub.dicom.part10 import normalise_part10
 from pacs_hub.importer import MEDIA_STORAGE_DIRECTORY
+from tests.blobs import blob_of
 from tests.conftest import Hub, dcmtk
 from tests.storage.test_faults import EXPECTED, MALFORMED, assert_blobs_match_index, snapshot
 
@@ -105,7 +106,7 @@ def test_zip_members_are_imported_one_by_one(tmp_path: Path, shared_data: Path) 
     assert set(rows) == expected
     for path in files:  # the blob is the file with the hub's own File Meta
         uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
-        blob = (data_dir / "blobs" / rows[uid][1]).read_bytes()
+        blob = blob_of(data_dir, rows[uid][1]).read_bytes()
         assert blob == normalise_part10(path.read_bytes())
     with sqlite3.connect(data_dir / "index.sqlite3") as db:
         senders = {s for (s,) in db.execute("select received_from_ae from instances")}

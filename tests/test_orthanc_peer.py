@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pydicom
 import pytest
 
 from pacs_hub.dicom.part10 import dataset_offset
+from tests.blobs import stored_bytes
 from tests.conftest import Hub
 from tests.peers import OrthancPeer, start_orthanc
 
@@ -31,10 +31,7 @@ def sop_instance_uid(part10: bytes) -> str:
 
 def hub_datasets(hub: Hub) -> dict[str, str]:
     """SOP Instance UID -> dataset digest of every instance in the hub's index and blobs."""
-    index = hub.data_dir / "index.sqlite3"
-    with sqlite3.connect(f"file:{index}?mode=ro", uri=True) as conn:
-        rows = conn.execute("SELECT sop_instance_uid, blob_key FROM instances").fetchall()
-    return {uid: dataset_digest((hub.data_dir / "blobs" / key).read_bytes()) for uid, key in rows}
+    return {uid: dataset_digest(data) for uid, data in stored_bytes(hub.data_dir).items()}
 
 
 @pytest.fixture

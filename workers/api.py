@@ -156,7 +156,8 @@ def _stl(caller: Caller, series: list[str]) -> bytes | None:
             request = RetrieveRequest(Level.SERIES, {Level.SERIES: (uid,)})
             for item in select_instances(session, caller.hub.blobs, request):
                 if item.sop_class_uid == ENCAPSULATED_STL:
-                    dataset = dcmread(item.path)
+                    with item.blob.open() as fp:
+                        dataset = dcmread(fp)
                     document = bytes(dataset.EncapsulatedDocument)
                     length = dataset.get("EncapsulatedDocumentLength")  # before even padding
                     return document[: int(length)] if length else document

@@ -204,7 +204,7 @@ def run_job(task: Task[Any, Any], spec_json: dict[str, Any]) -> dict[str, Any]:
             options = pipeline_options(spec.steps, spec.parameters)
             items = read_series(app.database, app.blobs, spec.series_uid)
             result = run_pipeline(
-                [item.path for item in items], options, reporter.computing, reporter.cancelled
+                [item.blob for item in items], options, reporter.computing, reporter.cancelled
             )
             series = list(dict.fromkeys(str(d.SeriesInstanceUID) for d in result.datasets))
             stored = _store(app, result.files, reporter)

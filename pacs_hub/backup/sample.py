@@ -33,7 +33,7 @@ GET = sc.StudyRootQueryRetrieveInformationModelGet
 
 def blob_digest(item: RetrieveItem) -> str:
     """SHA-256 of a stored instance's dataset bytes (after the File Meta group)."""
-    with item.path.open("rb") as fp:
+    with item.blob.open() as fp:
         fp.seek(dataset_offset(fp))
         return hashlib.sha256(fp.read()).hexdigest()
 

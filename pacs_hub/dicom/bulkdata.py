@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -21,6 +20,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 
 from pacs_hub.dicom.frames import CHUNK, EXPLICIT_VR_BIG_ENDIAN, read_header, to_little_endian
+from pacs_hub.storage.blob_ref import BlobRef
 
 TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
 INDEX = re.compile(r"^(0|[1-9][0-9]{0,8})$")
@@ -64,9 +64,9 @@ def parse_tag_path(text: str) -> TagPath:
 
 @dataclass(frozen=True, slots=True)
 class BulkValue:
-    """A located value: in memory (``data``) or ``length`` bytes at ``offset`` of ``path``."""
+    """A located value: in memory (``data``) or ``length`` bytes at ``offset`` of ``blob``."""
 
-    path: Path
+    blob: BlobRef
     vr: str
     data: bytes | None
     offset: int
@@ -78,15 +78,13 @@ class BulkValue:
         if self.data is not None:
             yield self._little(self.data)
             return
-        with self.path.open("rb") as fp:
-            fp.seek(self.offset)
-            remaining = self.length
-            while remaining > 0:
-                chunk = fp.read(min(CHUNK, remaining))
-                if not chunk:
-                    return
-                remaining -= len(chunk)
-                yield self._little(chunk)
+        done = 0
+        while done < self.length:
+            chunk = self.blob.pread(self.offset + done, min(CHUNK, self.length - done))
+            if not chunk:
+                return
+            done += len(chunk)
+            yield self._little(chunk)
 
     def _little(self, data: bytes) -> bytes:
         return to_little_endian(data, self.swap_width) if self.swap_width > 1 else data
@@ -117,9 +115,9 @@ def locate(dataset: Dataset, steps: TagPath) -> DataElement | RawDataElement:
     return element
 
 
-def element_value(path: Path, transfer_syntax_uid: str, steps: TagPath) -> BulkValue:
-    """The value of the element ``steps`` names in the stored file at ``path``."""
-    dataset = read_header(path, transfer_syntax_uid)
+def element_value(blob: BlobRef, transfer_syntax_uid: str, steps: TagPath) -> BulkValue:
+    """The value of the element ``steps`` names in the stored ``blob``."""
+    dataset = read_header(blob, transfer_syntax_uid)
     element = locate(dataset, steps)
     vr = str(element.VR or "UN")
     if vr == "SQ":
@@ -128,7 +126,7 @@ def element_value(path: Path, transfer_syntax_uid: str, steps: TagPath) -> BulkV
     if isinstance(element, RawDataElement):
         width = WORD_WIDTHS.get(vr, 1) if big_endian and not element.is_little_endian else 1
         if element.value is None:
-            return BulkValue(path, vr, None, element.value_tell, element.length, width)
-        return BulkValue(path, vr, bytes(element.value), 0, len(element.value), width)
+            return BulkValue(blob, vr, None, element.value_tell, element.length, width)
+        return BulkValue(blob, vr, bytes(element.value), 0, len(element.value), width)
     data = _encoded(element)
-    return BulkValue(path, vr, data, 0, len(data), 1)
+    return BulkValue(blob, vr, data, 0, len(data), 1)

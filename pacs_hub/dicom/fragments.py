@@ -10,8 +10,8 @@ file offset and length; frames map onto fragments
 * all fragments to the single frame of a single-frame image (PS3.5 A.4);
 * by the Basic Offset Table otherwise (offsets from the first fragment's item).
 
-Blobs never change, so the index of a file is cached by path; a frame is then one
-``seek`` and one ``read`` per fragment whatever its position in a long cine loop.
+Blobs never change, so the index of a blob is cached by blob; a frame is then one
+``pread`` per fragment whatever its position in a long cine loop.
 When none of these rules applies (more fragments than frames and no usable offset
 table), :func:`frame_fragments` answers ``None`` and the caller falls back to pydicom's
 frame boundary detection (JPEG markers).
@@ -21,20 +21,21 @@ from __future__ import annotations
 
 import struct
 from functools import lru_cache
-from pathlib import Path
+
+from pacs_hub.storage.blob_ref import BlobRef
 
 ITEM = 0xE000FFFE
 SEQUENCE_DELIMITER = 0xE0DDFFFE
 MAX_ITEMS = 1_000_000
 
 Fragment = tuple[int, int]
-"""(file offset of the fragment's bytes, length)."""
+"""(blob offset of the fragment's bytes, length)."""
 
 
-def _items(path: Path, offset: int) -> list[Fragment]:
+def _items(blob: BlobRef, offset: int) -> list[Fragment]:
     """Every item of the encapsulated value starting at ``offset``, the offset table first."""
     found: list[Fragment] = []
-    with path.open("rb") as fp:
+    with blob.open() as fp:
         fp.seek(offset)
         while len(found) < MAX_ITEMS:
             header = fp.read(8)
@@ -50,19 +51,17 @@ def _items(path: Path, offset: int) -> list[Fragment]:
     raise ValueError("too many items in encapsulated Pixel Data")
 
 
-def _offset_table(path: Path, table: Fragment) -> list[int]:
-    with path.open("rb") as fp:
-        fp.seek(table[0])
-        data = fp.read(table[1])
+def _offset_table(blob: BlobRef, table: Fragment) -> list[int]:
+    data = blob.pread(table[0], table[1])
     return list(struct.unpack(f"<{len(data) // 4}I", data[: len(data) // 4 * 4]))
 
 
 @lru_cache(maxsize=512)
 def frame_fragments(
-    path: Path, offset: int, frames: int
+    blob: BlobRef, offset: int, frames: int
 ) -> tuple[tuple[Fragment, ...], ...] | None:
     """The fragments of each frame, or ``None`` when they cannot be told apart here."""
-    items = _items(path, offset)
+    items = _items(blob, offset)
     if not items:
         return None
     table, fragments = items[0], items[1:]
@@ -70,7 +69,7 @@ def frame_fragments(
         return tuple((fragment,) for fragment in fragments)
     if frames == 1:
         return (tuple(fragments),)
-    starts = _offset_table(path, table) if table[1] else []
+    starts = _offset_table(blob, table) if table[1] else []
     if len(starts) != frames or not fragments:
         return None
     first_item = fragments[0][0] - 8  # offsets count from the first fragment's item tag
@@ -86,9 +85,11 @@ def frame_fragments(
     return tuple(tuple(each) for each in by_frame)
 
 
-def read_frame(path: Path, fragments: tuple[Fragment, ...]) -> bytes:
+def read_frame(blob: BlobRef, fragments: tuple[Fragment, ...]) -> bytes:
     """A frame's bytes: its fragments joined (PS3.18 8.7.3.3.2, no item headers)."""
-    with path.open("rb") as fp:
+    if len(fragments) == 1:
+        return blob.pread(*fragments[0])
+    with blob.open() as fp:
         parts = []
         for start, length in fragments:
             fp.seek(start)

@@ -29,7 +29,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,6 +41,7 @@ from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
 from pacs_hub.dicom.fragments import frame_fragments, read_frame
+from pacs_hub.storage.blob_ref import BlobReader, BlobRef
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
@@ -110,10 +110,14 @@ def can_decode(transfer_syntax_uid: str) -> bool:
         return False
 
 
-def read_header(path: Path, transfer_syntax_uid: str) -> Dataset:
-    """The stored dataset with its large values deferred (read from the file on use)."""
+def read_header(blob: BlobRef, transfer_syntax_uid: str) -> Dataset:
+    """The stored dataset with its large values deferred (read from the blob on use,
+    through the stream the dataset keeps, which holds no file open in between)."""
     defer = None if transfer_syntax_uid == DEFLATED else DEFER_SIZE
-    return pydicom.dcmread(path, defer_size=defer)
+    stream = BlobReader(blob)
+    dataset = pydicom.dcmread(stream, defer_size=defer)
+    stream.release()
+    return dataset
 
 
 def _int(ds: Dataset, keyword: str, default: int) -> int:
@@ -128,7 +132,7 @@ def _int(ds: Dataset, keyword: str, default: int) -> int:
 class StoredPixels:
     """Where one instance's Pixel Data is and how its frames are laid out."""
 
-    path: Path
+    blob: BlobRef
     transfer_syntax_uid: str
     dataset: Dataset | None  # None in the cached layouts of frame_source
     tag: int
@@ -138,7 +142,7 @@ class StoredPixels:
     bits_allocated: int
     number_of_frames: int
     value: bytes | None  # the value when in memory (small, deflated)
-    value_offset: int  # its offset in the file when deferred
+    value_offset: int  # its offset in the blob when deferred
     little_endian: bool
     extended_offsets: tuple[bytes, bytes] | None = None
 
@@ -147,7 +151,7 @@ class StoredPixels:
         """The stored dataset (pixel values deferred), read again if this is a cached layout."""
         if self.dataset is not None:
             return self.dataset
-        return read_header(self.path, self.transfer_syntax_uid)
+        return read_header(self.blob, self.transfer_syntax_uid)
 
     @property
     def encapsulated(self) -> bool:
@@ -165,15 +169,15 @@ class StoredPixels:
         return self.rows * self.columns * self.samples_per_pixel * self.bits_allocated
 
 
-def stored_pixels(path: Path, transfer_syntax_uid: str) -> StoredPixels:
-    """Locate the Pixel Data of a stored file; raise :class:`NoPixelData` if it has none."""
-    ds = read_header(path, transfer_syntax_uid)
+def stored_pixels(blob: BlobRef, transfer_syntax_uid: str) -> StoredPixels:
+    """Locate the Pixel Data of a stored blob; raise :class:`NoPixelData` if it has none."""
+    ds = read_header(blob, transfer_syntax_uid)
     for tag in PIXEL_TAGS:
         element = ds.get_item(tag, keep_deferred=True)
         if element is not None:
             break
     else:
-        raise NoPixelData(f"{path.name}: no Pixel Data")
+        raise NoPixelData(f"{blob.label}: no Pixel Data")
     value: bytes | None
     if isinstance(element, RawDataElement):
         value, offset = element.value, element.value_tell
@@ -185,7 +189,7 @@ def stored_pixels(path: Path, transfer_syntax_uid: str) -> StoredPixels:
     elif tag == 0x7FE00009:
         bits = 64
     return StoredPixels(
-        path=path,
+        blob=blob,
         transfer_syntax_uid=transfer_syntax_uid,
         dataset=ds,
         tag=tag,
@@ -204,9 +208,7 @@ def stored_pixels(path: Path, transfer_syntax_uid: str) -> StoredPixels:
 def _read_range(pixels: StoredPixels, start: int, length: int) -> bytes:
     if pixels.value is not None:
         return bytes(pixels.value[start : start + length])
-    with pixels.path.open("rb") as fp:
-        fp.seek(pixels.value_offset + start)
-        return fp.read(length)
+    return pixels.blob.pread(pixels.value_offset + start, length)
 
 
 def to_little_endian(data: bytes, width: int) -> bytes:
@@ -244,16 +246,16 @@ def _extended_offsets(ds: Dataset) -> tuple[bytes, bytes] | None:
 def _encapsulated_frames(pixels: StoredPixels, indexes: Sequence[int]) -> Iterator[bytes]:
     """The compressed frames at ``indexes`` (0-based), in the order asked."""
     if pixels.value is None and pixels.extended_offsets is None:
-        located = frame_fragments(pixels.path, pixels.value_offset, pixels.number_of_frames)
+        located = frame_fragments(pixels.blob, pixels.value_offset, pixels.number_of_frames)
         if located is not None:
             for position in indexes:
-                yield read_frame(pixels.path, located[position])
+                yield read_frame(pixels.blob, located[position])
             return
     wanted = set(indexes)
     found: dict[int, bytes] = {}
     last = max(indexes)
     extended = pixels.extended_offsets
-    with pixels.path.open("rb") as fp:
+    with pixels.blob.open() as fp:
         buffer: Any = pixels.value if pixels.value is not None else fp
         if pixels.value is None:
             fp.seek(pixels.value_offset)
@@ -291,24 +293,25 @@ def decoded_frames(pixels: StoredPixels, indexes: Sequence[int]) -> Iterator[byt
 def decode_frame(pixels: StoredPixels, index: int) -> np.ndarray[Any, Any]:
     """One frame as pydicom decodes it (colour as RGB)."""
     if pixels.value is None and pixels.transfer_syntax_uid != DEFLATED:
-        return pixel_array(str(pixels.path), index=index)
+        with pixels.blob.open() as fp:
+            return pixel_array(fp, index=index)
     return pixel_array(pixels.header, index=index)
 
 
-_LAYOUTS: OrderedDict[tuple[str, str], StoredPixels] = OrderedDict()
+_LAYOUTS: OrderedDict[tuple[BlobRef, str], StoredPixels] = OrderedDict()
 _LAYOUTS_LOCK = threading.Lock()
-_LOADING: dict[tuple[str, str], threading.Lock] = {}
+_LOADING: dict[tuple[BlobRef, str], threading.Lock] = {}
 LAYOUTS_KEPT = 256
 
 
-def frame_source(path: Path, transfer_syntax_uid: str) -> StoredPixels:
-    """:func:`stored_pixels` without its dataset, cached by path (blobs never change).
+def frame_source(blob: BlobRef, transfer_syntax_uid: str) -> StoredPixels:
+    """:func:`stored_pixels` without its dataset, cached by blob (blobs never change).
 
     A viewer asks for every frame of a multi-frame object at once, and parsing an
     enhanced header (per-frame functional groups) can take a tenth of a second: the
     layout is parsed once, by one thread, and kept for the next requests.
     """
-    key = (str(path), transfer_syntax_uid)
+    key = (blob, transfer_syntax_uid)
     with _LAYOUTS_LOCK:
         if (known := _LAYOUTS.get(key)) is not None:
             _LAYOUTS.move_to_end(key)
@@ -319,7 +322,7 @@ def frame_source(path: Path, transfer_syntax_uid: str) -> StoredPixels:
             if (known := _LAYOUTS.get(key)) is not None:
                 return known
         try:
-            pixels = stored_pixels(path, transfer_syntax_uid)
+            pixels = stored_pixels(blob, transfer_syntax_uid)
         except BaseException:
             with _LAYOUTS_LOCK:
                 _LOADING.pop(key, None)

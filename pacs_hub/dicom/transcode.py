@@ -20,7 +20,6 @@ blob is never modified.
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -32,6 +31,7 @@ from pacs_hub.dicom.frames import (
     is_native,
     to_little_endian,
 )
+from pacs_hub.storage.blob_ref import BlobRef
 
 SWAP_WIDTHS = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 
@@ -51,11 +51,12 @@ def _swap_binary_values(ds: Dataset) -> None:
             element.value = to_little_endian(bytes(element.value), SWAP_WIDTHS[element.VR])
 
 
-def to_explicit_little_endian(path: Path, transfer_syntax_uid: str) -> bytes:
-    """The stored instance at ``path`` as a Part 10 file in Explicit VR Little Endian."""
+def to_explicit_little_endian(blob: BlobRef, transfer_syntax_uid: str) -> bytes:
+    """The stored instance ``blob`` as a Part 10 file in Explicit VR Little Endian."""
     if transfer_syntax_uid == EXPLICIT_VR_LITTLE_ENDIAN:
-        return path.read_bytes()
-    ds = pydicom.dcmread(path)
+        return blob.read_bytes()
+    with blob.open() as fp:
+        ds = pydicom.dcmread(fp)  # nothing deferred: every value is read here
     if transfer_syntax_uid == EXPLICIT_VR_BIG_ENDIAN:
         _swap_binary_values(ds)
     elif not is_native(transfer_syntax_uid) and "PixelData" in ds:

@@ -47,7 +47,6 @@ import logging
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -189,16 +188,10 @@ def _plan_instance(item: RetrieveItem, options: Sequence[Acceptable]) -> _Instan
     return None
 
 
-def _file_chunks(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as fp:
-        while chunk := fp.read(CHUNK):
-            yield chunk
-
-
 def _transcoded(item: RetrieveItem) -> bytes:
     """The instance in Explicit VR Little Endian; 406 when its pixel data cannot be decoded."""
     try:
-        return to_explicit_little_endian(item.path, item.transfer_syntax_uid)
+        return to_explicit_little_endian(item.blob, item.transfer_syntax_uid)
     except Exception as exc:  # pydicom and the codecs raise many types on bad data
         LOGGER.warning("transcoding %s failed: %s", item.sop_instance_uid, exc)
         raise Problem(
@@ -221,7 +214,7 @@ def _instance_parts(plans: Iterable[_InstancePlan]) -> Iterator[Part]:
         if plan.transcode:
             yield Part(DICOM, plan.transfer_syntax, _chunked(_transcoded(plan.item)))
         else:
-            yield Part(DICOM, plan.transfer_syntax, _file_chunks(plan.item.path))
+            yield Part(DICOM, plan.transfer_syntax, plan.item.blob.chunks(CHUNK))
 
 
 def _retrieve(request: Request, items: list[RetrieveItem]) -> Response:
@@ -304,7 +297,7 @@ def _plan_pixels(pixels: StoredPixels, options: Sequence[Acceptable]) -> _PixelP
 def pixels_of(item: RetrieveItem, status: int = 404, title: str = "Not found") -> StoredPixels:
     """Where the instance's Pixel Data is; ``status`` (404: no frames) when it has none."""
     try:
-        return frame_source(item.path, item.transfer_syntax_uid)
+        return frame_source(item.blob, item.transfer_syntax_uid)
     except NoPixelData:
         raise Problem(
             status, title, f"instance {item.sop_instance_uid} has no pixel data"
@@ -334,7 +327,7 @@ def _frame_now(pixels: StoredPixels, plan: _PixelPlan, index: int) -> list[Part]
         frames = decoded_frames if plan.decode else stored_frames
         [frame] = frames(pixels, [index])
     except Exception as exc:  # pydicom and the codecs raise many types on bad data
-        LOGGER.warning("frame %d of %s: %s", index + 1, pixels.path.name, exc)
+        LOGGER.warning("frame %d of %s: %s", index + 1, pixels.blob.label, exc)
         if not plan.decode:
             raise Problem(
                 500, "Unreadable pixel data", f"frame {index + 1} cannot be read: {exc}"
@@ -414,7 +407,7 @@ def retrieve_bulkdata(
     if not any(matches(o.media_type, OCTET_STREAM) for o in options):
         raise _not_acceptable("bulk data is sent as application/octet-stream", options)
     try:
-        value = element_value(item.path, item.transfer_syntax_uid, steps)
+        value = element_value(item.blob, item.transfer_syntax_uid, steps)
     except NoSuchElement as exc:
         raise Problem(404, "Not found", f"instance {item.sop_instance_uid}: {exc}") from None
     syntax = EXPLICIT_VR_LITTLE_ENDIAN if is_pixels else None

@@ -7,15 +7,15 @@ callers hand pynetdicom's ``Association.send_c_store`` a :class:`StoredFile` (a
 ``Dataset`` holding just the two UIDs, which pynetdicom's Move/Get SCP needs) and
 :func:`enable_stored_file_sends` makes ``send_c_store`` send that file:
 
-* a file of at most :data:`IN_MEMORY_MAX` bytes (every image but the largest
-  multi-frames) is opened and read once: its File Meta Information is skipped in
-  memory and the dataset bytes go out as they are, the C-STORE request written
-  directly (:func:`send_loaded`: its command set encoded here, the P-DATA PDUs
-  written by :mod:`~pacs_hub.gateway.pdata`, the response read as pynetdicom waits
-  for it), or through pynetdicom's ``send_c_store`` (:class:`LoadedFile`) when the
-  association is not ready for a direct write;
-* a larger one is sent by pynetdicom's chunked-file path (which reads its meta, then
-  streams the dataset from disk), so memory stays bounded.
+* a blob of at most :data:`IN_MEMORY_MAX` bytes (every image but the largest
+  multi-frames, and every blob in a pack file) is read once: its File Meta
+  Information is skipped in memory and the dataset bytes go out as they are, the
+  C-STORE request written directly (:func:`send_loaded`: its command set encoded
+  here, the P-DATA PDUs written by :mod:`~pacs_hub.gateway.pdata`, the response read
+  as pynetdicom waits for it), or through pynetdicom's ``send_c_store``
+  (:class:`LoadedFile`) when the association is not ready for a direct write;
+* a larger one, a file of its own, is sent by pynetdicom's chunked-file path (which
+  reads its meta, then streams the dataset from disk), so memory stays bounded.
 
 Either way the presentation context must match the stored transfer syntax exactly:
 an instance with no such context fails as a sub-operation. The one change ever made:
@@ -45,6 +45,7 @@ from pynetdicom.dimse_primitives import C_STORE
 
 from pacs_hub.dicom.part10 import dataset_offset
 from pacs_hub.gateway import pdata
+from pacs_hub.storage.blob_ref import BlobRef
 from pacs_hub.storage.retrieval import RetrieveItem
 
 IN_MEMORY_MAX = 64 * 1024 * 1024
@@ -57,10 +58,10 @@ class StoredFile(Dataset):
 
     Only SOP Class UID and SOP Instance UID are set (pynetdicom reads the latter for
     the Failed SOP Instance UID List, C.4.2.1.4.2); the bytes sent are the stored
-    file's dataset, read from ``stored_path`` by the patched ``send_c_store``.
+    blob's dataset, read from ``stored_blob`` by the patched ``send_c_store``.
     """
 
-    stored_path: Path
+    stored_blob: BlobRef
     stored_size: int
     stored_syntax: str
     stored_sop_class: str
@@ -71,7 +72,7 @@ class StoredFile(Dataset):
         self.add_new(0x00080016, "UI", item.sop_class_uid)
         self.add_new(0x00080018, "UI", item.sop_instance_uid)
         vars(self).update(  # plain attributes, past pydicom's keyword look-ups
-            stored_path=item.path,
+            stored_blob=item.blob,
             stored_size=item.size_bytes,
             stored_syntax=item.transfer_syntax_uid,
             stored_sop_class=item.sop_class_uid,
@@ -82,7 +83,7 @@ class StoredFile(Dataset):
 def stored_body(stored: StoredFile) -> bytes | memoryview:
     """The stored file's dataset bytes (File Meta Information skipped, PS3.10 7.1),
     with the trailing NUL of PS3.5 A.5 when odd (deflated)."""
-    data = stored.stored_path.read_bytes()
+    data = stored.stored_blob.read_bytes()
     offset = dataset_offset(io.BytesIO(data))
     if (len(data) - offset) % 2:
         return data[offset:] + b"\x00"
@@ -133,11 +134,12 @@ def even_length(path: Path) -> Iterator[Path]:
 
 @contextmanager
 def _from_disk(stored: StoredFile) -> Iterator[Path]:
-    """A large file's path for pynetdicom's chunked send (checked for parity if deflated)."""
+    """A large blob file's path for pynetdicom's chunked send (checked for parity if
+    deflated)."""
     if stored.stored_syntax != DEFLATED:
-        yield stored.stored_path
+        yield stored.stored_blob.file
         return
-    with even_length(stored.stored_path) as path:
+    with even_length(stored.stored_blob.file) as path:
         yield path
 
 
@@ -235,8 +237,8 @@ def enable_stored_file_sends() -> None:
         def send_c_store(self: Association, dataset: Any, *args: Any, **kwargs: Any) -> Dataset:
             if not isinstance(dataset, StoredFile):
                 return original(self, dataset, *args, **kwargs)
-            size = dataset.stored_size or dataset.stored_path.stat().st_size  # 0: not known
-            if size <= IN_MEMORY_MAX:
+            size = dataset.stored_size or dataset.stored_blob.size  # 0: not known
+            if size <= IN_MEMORY_MAX or not dataset.stored_blob.whole_file:
                 body = stored_body(dataset)
                 sent = send_loaded(self, dataset, body, *args, **kwargs)
                 if sent is not None:

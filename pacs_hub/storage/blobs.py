@@ -1,10 +1,19 @@
-"""Immutable, content-addressed blobs in a local folder.
+"""Immutable blobs in a local folder: pack files for most, a file each for the largest.
 
-A blob's key is the SHA-256 of its bytes (``ab/abcd....dcm``, 256 fan-out folders
-made once), so a blob never
-changes once written and the same bytes are stored once. Writes are atomic and
-durable: temp file in the same file system, ``fsync``, ``rename``, ``fsync`` of the
-directory; a crash leaves at worst a temp file, removed by :meth:`clean_temp`.
+Each stored instance is a blob, named by a key the index keeps (``instances.blob_key``):
+
+* ``packs/<pack>:<offset>:<size>``: ``size`` bytes at ``offset`` of a pack file
+  (:mod:`pacs_hub.storage.packs`), for every blob of at most :data:`PACKED_MAX` bytes
+  written by :meth:`BlobStore.put`: one ``pwrite`` and one ``fdatasync`` each;
+* ``ab/abcd....dcm``: a file of its own named by the SHA-256 of its bytes (256 fan-out
+  folders made once), for larger blobs and for uploads spooled to a file (STOW-RS,
+  :meth:`BlobStore.put_file`), and for every blob written before pack files existed.
+  Written atomically and durably: temp file in the same file system, ``fsync``,
+  ``rename``, ``fsync`` of the folder; a crash leaves at worst a temp file, removed by
+  :meth:`BlobStore.clean_temp`.
+
+A blob never changes once written. Readers get a :class:`~pacs_hub.storage.blob_ref.BlobRef`
+from :meth:`BlobStore.ref`, the same for both kinds.
 """
 
 from __future__ import annotations
@@ -14,13 +23,33 @@ import errno
 import hashlib
 import logging
 import os
+import threading
 import uuid
+import weakref
 from pathlib import Path
 
 from pacs_hub.errors import OutOfResources
+from pacs_hub.storage.blob_ref import BlobRef
+from pacs_hub.storage.packs import PackWriter, sync_folder
 
 LOGGER = logging.getLogger(__name__)
 TEMP_SUFFIX = ".part"
+PACKS = "packs"
+PACKED_MAX = 16 * 1024 * 1024
+"""Blobs up to this size go to pack files; larger ones get a file each (they are sent
+from their file by C-MOVE/C-GET, gateway/egress.py, and their own cost dwarfs a file's)."""
+
+_WRITERS: weakref.WeakValueDictionary[Path, PackWriter] = weakref.WeakValueDictionary()
+_WRITERS_LOCK = threading.Lock()
+
+
+def _pack_writer(folder: Path) -> PackWriter:
+    """The process's pack writer for ``folder``, shared by every store of that folder."""
+    with _WRITERS_LOCK:
+        writer = _WRITERS.get(folder)
+        if writer is None:
+            writer = _WRITERS[folder] = PackWriter(folder)
+        return writer
 
 
 def sha256_hex(data: bytes) -> str:
@@ -28,8 +57,13 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class BadBlobKey(ValueError):
+    """A blob key that is neither a pack range nor a blob file name."""
+
+
 class BlobStore:
-    """Blobs under ``root/blobs``, temp files under ``root/tmp``."""
+    """Blobs under ``root/blobs`` (pack files in ``root/blobs/packs``), temp files
+    under ``root/tmp``."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -39,35 +73,43 @@ class BlobStore:
         self.tmp.mkdir(parents=True, exist_ok=True)
         for prefix in range(256):
             (self.blobs / f"{prefix:02x}").mkdir(exist_ok=True)
-        _fsync_dir(self.blobs)
+        sync_folder(self.blobs)
+        self._packs = _pack_writer(self.blobs / PACKS)
 
     @staticmethod
     def key_for(sha256: str) -> str:
-        """The blob key (relative path) of content whose SHA-256 is ``sha256``."""
+        """The key of a blob file whose bytes have the SHA-256 ``sha256``."""
         return f"{sha256[:2]}/{sha256}.dcm"
 
-    def path(self, key: str) -> Path:
-        """The file holding blob ``key``."""
-        return self.blobs / key
+    def ref(self, key: str, size: int | None = None) -> BlobRef:
+        """Where blob ``key`` is (:func:`blob_ref`)."""
+        return blob_ref(self.blobs, key, size)
 
     def exists(self, key: str) -> bool:
-        """True when blob ``key`` is on disk."""
-        return self.path(key).is_file()
+        """True when blob ``key`` is on disk, whole."""
+        try:
+            ref = self.ref(key)
+            return ref.offset + ref.size <= ref.file.stat().st_size
+        except (OSError, BadBlobKey):
+            return False
 
     def put(self, data: bytes, sha256: str) -> str:
-        """Write ``data`` durably and return its key; a no-op if it is already there.
+        """Write ``data`` durably and return its key.
 
         Raises :class:`OutOfResources` when the disk is full (PS3.4 B.2.3, 0xA700).
         """
+        if len(data) <= PACKED_MAX:
+            name, offset = self._packs.append(data)
+            return f"{PACKS}/{name}:{offset}:{len(data)}"
         key = self.key_for(sha256)
-        final = self.path(key)
+        final = self._file(key)
         if final.is_file():
             return key
         temp = self.tmp / f"{uuid.uuid4().hex}{TEMP_SUFFIX}"
         try:
             self._write_durably(temp, data)
             os.rename(temp, final)
-            _fsync_dir(final.parent)
+            sync_folder(final.parent)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 temp.unlink()
@@ -87,7 +129,7 @@ class BlobStore:
         The temp file is consumed either way (moved in, or removed if the blob exists).
         """
         key = self.key_for(sha256)
-        final = self.path(key)
+        final = self._file(key)
         try:
             if final.is_file():
                 temp.unlink()
@@ -98,7 +140,7 @@ class BlobStore:
             finally:
                 os.close(fd)
             os.rename(temp, final)
-            _fsync_dir(final.parent)
+            sync_folder(final.parent)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise OutOfResources(f"storage full: {os.strerror(exc.errno)}") from exc
@@ -119,15 +161,24 @@ class BlobStore:
 
     def read(self, key: str) -> bytes:
         """The bytes of blob ``key``."""
-        return self.path(key).read_bytes()
+        return self.ref(key).read_bytes()
 
     def verify(self, key: str, sha256: str) -> bool:
-        """True when the blob's bytes still hash to ``sha256`` (integrity check)."""
-        digest = hashlib.sha256()
-        with self.path(key).open("rb") as fp:
-            while chunk := fp.read(1 << 20):
+        """True when the blob is whole and its bytes still hash to ``sha256``
+        (integrity check); False too when it is missing."""
+        try:
+            ref = self.ref(key)
+            digest = hashlib.sha256()
+            got = 0
+            for chunk in ref.chunks():
                 digest.update(chunk)
-        return digest.hexdigest() == sha256
+                got += len(chunk)
+        except (OSError, BadBlobKey):
+            return False
+        return got == ref.size and digest.hexdigest() == sha256
+
+    def _file(self, key: str) -> Path:
+        return _blob_file(self.blobs, key)
 
     def clean_temp(self) -> int:
         """Remove temp files left by a crash; return how many were removed."""
@@ -150,9 +201,37 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def blob_ref(blobs: Path, key: str, size: int | None = None) -> BlobRef:
+    """Where blob ``key`` of the blobs folder ``blobs`` is; ``size``, when the caller
+    knows it, spares a ``stat`` of a blob file. Raises :class:`BadBlobKey` for a key no
+    store writes (nothing outside ``blobs`` can be named)."""
+    if key.startswith(f"{PACKS}/"):
+        name, offset, length = _pack_range(key)
+        return BlobRef(blobs / PACKS / name, offset, length)
+    path = _blob_file(blobs, key)
+    if size is None:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = 0  # missing: reading it raises, as reading the file would
+    return BlobRef(path, 0, size)
+
+
+def _blob_file(blobs: Path, key: str) -> Path:
+    """The blob file of a ``ab/<sha256>.dcm`` key."""
+    folder, _, name = key.partition("/")
+    if len(folder) != 2 or "/" in name or not name.endswith(".dcm") or ".." in key:
+        raise BadBlobKey(f"not a blob key: {key[:80]!r}")
+    return blobs / folder / name
+
+
+def _pack_range(key: str) -> tuple[str, int, int]:
+    """(pack file name, offset, size) of a ``packs/<pack>:<offset>:<size>`` key."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        name, offset, size = key[len(PACKS) + 1 :].split(":")
+        start, length = int(offset), int(size)
+    except ValueError:
+        raise BadBlobKey(f"not a pack blob key: {key[:80]!r}") from None
+    if "/" in name or name.startswith(".") or start < 0 or length < 0:
+        raise BadBlobKey(f"not a pack blob key: {key[:80]!r}")
+    return name, start, length

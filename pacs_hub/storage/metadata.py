@@ -51,8 +51,9 @@ _COLUMNS = (
 
 
 def _from_blob(blobs: BlobStore, blob_key: str) -> bytes:
-    ds = pydicom.dcmread(blobs.path(blob_key), stop_before_pixels=False, defer_size=1024)
-    return dicomjson.encode(ds)
+    with blobs.ref(blob_key).open() as fp:
+        ds = pydicom.dcmread(fp, stop_before_pixels=False, defer_size=1024)
+        return dicomjson.encode(ds)
 
 
 def instances_metadata(

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, select
@@ -31,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from pacs_hub.dicom.header import is_valid_uid
 from pacs_hub.errors import InvalidQuery
+from pacs_hub.storage.blob_ref import BlobRef
 from pacs_hub.storage.blobs import BlobStore
 from pacs_hub.storage.models import Instance, Patient, Series, Study
 from pacs_hub.storage.query import UNIQUE_KEYS, Level
@@ -61,7 +61,7 @@ class RetrieveItem:
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax_uid: str
-    path: Path
+    blob: BlobRef
     blob_key: str
     sha256: str
     size_bytes: int = 0
@@ -133,7 +133,7 @@ def _item(blobs: BlobStore, instance: Instance) -> RetrieveItem:
         sop_class_uid=instance.sop_class_uid,
         sop_instance_uid=instance.sop_instance_uid,
         transfer_syntax_uid=instance.transfer_syntax_uid,
-        path=blobs.path(instance.blob_key),
+        blob=blobs.ref(instance.blob_key, instance.size_bytes or None),
         blob_key=instance.blob_key,
         sha256=instance.sha256,
         size_bytes=instance.size_bytes,

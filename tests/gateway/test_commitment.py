@@ -24,6 +24,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from pacs_hub.gateway.commitment import event_information
+from tests.blobs import blob_keys, blob_of
 from tests.conftest import DATA, Hub, dcmtk, free_port, start_hub
 
 FILES = [DATA / "charsets/clunie/chrFren.dcm", DATA / "charsets/clunie/chrGerm.dcm"]
@@ -194,12 +195,13 @@ def test_corrupt_blob_is_not_committed(tmp_path: Path) -> None:
             check=True,
             timeout=60,
         )
-        (blob,) = (hub.data_dir / "blobs").rglob("*.dcm")
-        blob.chmod(0o600)
-        with blob.open("r+b") as fp:  # flip the last byte: the SHA-256 no longer matches
-            fp.seek(-1, 2)
+        ((key),) = blob_keys(hub.data_dir).values()
+        blob = blob_of(hub.data_dir, key)
+        blob.file.chmod(0o600)
+        with blob.file.open("r+b") as fp:  # flip its last byte: the SHA-256 no longer matches
+            fp.seek(blob.offset + blob.size - 1)
             last = fp.read(1)
-            fp.seek(-1, 2)
+            fp.seek(blob.offset + blob.size - 1)
             fp.write(bytes([last[0] ^ 0xFF]))
         reports: queue.Queue[tuple[int, Dataset]] = queue.Queue()
         ae = AE(ae_title="UNREGISTERED")

@@ -22,6 +22,7 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from pacs_hub.dicom.part10 import dataset_offset
 from pacs_hub.gateway import egress
 from pacs_hub.gateway.egress import StoredFile, enable_stored_file_sends
+from pacs_hub.storage.blob_ref import BlobRef
 from pacs_hub.storage.retrieval import RetrieveItem
 from tests.conftest import DATA, free_port
 
@@ -69,7 +70,7 @@ def _stored(tmp_path: Path) -> tuple[RetrieveItem, bytes]:
         str(ds.SOPClassUID),
         str(ds.SOPInstanceUID),
         str(ds.file_meta.TransferSyntaxUID),
-        path,
+        BlobRef.whole(path),
         "blob",
         "0" * 64,
         size_bytes=len(data),
@@ -89,7 +90,7 @@ def _statuses(port: int, item: RetrieveItem, times: int, watched: bool = False) 
     handlers = [(evt.EVT_DIMSE_SENT, lambda _event: None)] if watched else []
     assoc = ae.associate("127.0.0.1", port, ae_title="EGRESS_SCP", evt_handlers=handlers)
     assert assoc.is_established
-    WATCHED.append(str(item.path))
+    WATCHED.append(str(item.blob.file))
     try:
         return [assoc.send_c_store(StoredFile(item)) for _ in range(times)]
     finally:

@@ -29,6 +29,7 @@ from pacs_hub.config import Settings
 from pacs_hub.errors import InvalidQuery
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.gateway.retrieve import MAX_CONTEXTS, StoredFile, handle_get, storage_contexts
+from pacs_hub.storage.blob_ref import BlobRef
 from pacs_hub.storage.query import Level
 from pacs_hub.storage.retrieval import RetrieveItem, parse_retrieve, select_instances
 from tests.conftest import DATA, Hub, dcmtk, free_port, start_hub
@@ -229,7 +230,9 @@ def test_parse_retrieve_follows_the_hierarchy() -> None:
 
 
 def _item(n: int, sop_class: str, syntax: str) -> RetrieveItem:
-    return RetrieveItem(sop_class, f"1.2.{n}", syntax, Path(f"/x/{n}"), f"k{n}", "0" * 64)
+    return RetrieveItem(
+        sop_class, f"1.2.{n}", syntax, BlobRef(Path(f"/x/{n}"), 0, 0), f"k{n}", "0" * 64
+    )
 
 
 def test_storage_contexts_one_per_class_and_syntax_at_most_128() -> None:
@@ -280,7 +283,7 @@ def test_get_handler_stops_at_cancel(ctx: GatewayContext) -> None:
     sent = [a[1] for a in answers[1:3]]
     assert all(isinstance(s, StoredFile) for s in sent)
     assert [s.SOPInstanceUID for s in sent] == CT_UIDS[:2]
-    assert sent[0].stored_path.is_file()
+    assert sent[0].stored_blob.read_bytes()[128:132] == b"DICM"
 
 
 def test_select_instances_by_patient_and_study(ctx: GatewayContext) -> None:

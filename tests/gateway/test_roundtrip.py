@@ -19,6 +19,7 @@ The hub under test is a ``pacs-hub serve`` process; the peers are dcmtk 3.6.7 to
 
 from __future__ import annotations
 
+import io
 import re
 import socket
 import sqlite3
@@ -37,6 +38,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from pacs_hub.dicom.part10 import dataset_offset, part10_bytes
+from tests.blobs import stored_bytes
 from tests.conftest import DATA, Hub, dcmtk, free_port, start_hub, wait_until
 
 HTJ2K = "1.2.840.10008.1.2.4.203"
@@ -74,15 +76,15 @@ REFUSED = {
 REFUSED_STATUS = {"htj2k_lossy_rgb.dcm": 0xC001}
 
 
-def dataset_bytes(path: Path) -> bytes:
-    """The bytes of a file after its File Meta group (all of it when there is no meta)."""
-    with path.open("rb") as fp:
-        try:
-            offset = dataset_offset(fp)
-        except ValueError:
-            offset = 0
-        fp.seek(offset)
-        return fp.read()
+def dataset_bytes(file: Path | bytes) -> bytes:
+    """The bytes of a file (or of its content) after its File Meta group (all of it
+    when there is no meta)."""
+    data = file if isinstance(file, bytes) else file.read_bytes()
+    try:
+        offset = dataset_offset(io.BytesIO(data))
+    except ValueError:
+        offset = 0
+    return data[offset:]
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
     hub = start_hub(base / "data")
     try:
         statuses = store_unchanged(hub, ORIGINALS, base / "staging")
-        archived = {dataset_bytes(p) for p in (hub.data_dir / "blobs").rglob("*.dcm")}
+        archived = {dataset_bytes(data) for data in stored_bytes(hub.data_dir).values()}
         yield Loaded(hub, statuses, archived)
     finally:
         hub.stop()

@@ -8,6 +8,7 @@ establishment PACS. Each test uses its own codes and AE titles.
 
 from __future__ import annotations
 
+import io
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from pacs_hub.storage.blobs import BlobStore
+from tests.blobs import blob_of
 from tests.conftest import Hub, dcmtk, start_hub, wait_until
 from tests.peers import start_orthanc
 
@@ -380,6 +381,6 @@ def test_instance_without_issuer_gets_the_default_issuer_of_its_establishment(
         (key,) = db.execute(
             "SELECT blob_key FROM instances WHERE sop_instance_uid = ?", (bare.SOPInstanceUID,)
         ).fetchone()
-    stored = pydicom.dcmread(BlobStore(hub.data_dir).path(key))
+    stored = pydicom.dcmread(io.BytesIO(blob_of(hub.data_dir, key).read_bytes()))
     assert "IssuerOfPatientID" not in stored and stored.PatientID == "ISSPAT-1"
     assert stored.PixelData == bare.PixelData

@@ -43,6 +43,7 @@ from pacs_hub.regional.pull import claim_job, stale_after, wait_for_job
 from pacs_hub.regional.scu import pacs_node
 from pacs_hub.storage.database import Database
 from pacs_hub.storage.models import Node, RetrieveJob
+from tests.blobs import blob_of
 from tests.conftest import DATA, HUB_AE, Hub, dcmtk, free_port, start_hub, wait_until
 from tests.peers import OrthancPeer, start_orthanc
 
@@ -411,7 +412,7 @@ def hub_blobs(region: Region, study: str) -> dict[str, bytes]:
             " WHERE t.study_instance_uid = ?",
             (study,),
         ).fetchall()
-    return {uid: (region.hub.data_dir / "blobs" / key).read_bytes() for uid, key in rows}
+    return {uid: blob_of(region.hub.data_dir, key).read_bytes() for uid, key in rows}
 
 
 def jobs(region: Region, study: str) -> list[dict[str, object]]:

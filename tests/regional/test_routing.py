@@ -30,6 +30,7 @@ from pacs_hub.regional.routing_rules import (
     study_matches,
 )
 from pacs_hub.storage.database import Database
+from tests.blobs import blob_of
 from tests.conftest import Hub, free_port, start_hub, wait_until
 from tests.peers import OrthancPeer, start_orthanc
 from tests.regional.study_factory import dataset_digest, make_study, storescu
@@ -127,7 +128,7 @@ def hub_datasets(hub: Hub, study_uid: str) -> dict[str, str]:
             " WHERE t.study_instance_uid = ?",
             (study_uid,),
         ).fetchall()
-    return {uid: dataset_digest((hub.data_dir / "blobs" / key).read_bytes()) for uid, key in rows}
+    return {uid: dataset_digest(blob_of(hub.data_dir, key).read_bytes()) for uid, key in rows}
 
 
 @pytest.fixture(scope="module")

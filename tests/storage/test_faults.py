@@ -35,6 +35,7 @@ from pacs_hub.gateway.server import enable_tcp_nodelay_on_requests
 from pacs_hub.ingest import Ingestor
 from pacs_hub.storage.blobs import BlobStore
 from pacs_hub.storage.database import Database
+from tests.blobs import blob_of
 from tests.conftest import DATA, Hub, dcmtk, start_hub, wait_until
 from tests.storage.conftest import as_part10, dataset_bytes, synthetic_dataset
 
@@ -66,24 +67,34 @@ FIND_SOP_CLASS = "1.2.840.10008.5.1.4.1.2.1.1"  # Patient Root Q/R FIND: not sto
 SUCCESS, OUT_OF_RESOURCES, CONFLICT = 0x0000, 0xA700, 0xA900
 
 
-def snapshot(data_dir: Path, index: Path) -> tuple[dict[str, tuple[str, str]], set[str]]:
-    """(SOP Instance UID -> (sha256, blob key)) of the index, and the blob files on disk."""
+Snapshot = tuple[dict[str, tuple[str, str]], dict[str, int]]
+
+
+def snapshot(data_dir: Path, index: Path) -> Snapshot:
+    """(SOP Instance UID -> (sha256, blob key)) of the index, and every file of the blob
+    store (pack files and blob files) with its size: equal snapshots, nothing written."""
     with sqlite3.connect(f"file:{index}?mode=ro", uri=True) as db:
         rows = db.execute("select sop_instance_uid, sha256, blob_key from instances").fetchall()
-    blobs = {str(p.relative_to(data_dir / "blobs")) for p in (data_dir / "blobs").rglob("*.dcm")}
+    blobs = {
+        str(p.relative_to(data_dir / "blobs")): p.stat().st_size
+        for p in (data_dir / "blobs").rglob("*")
+        if p.is_file()
+    }
     return {uid: (sha, key) for uid, sha, key in rows}, blobs
 
 
-def hub_snapshot(hub: Hub) -> tuple[dict[str, tuple[str, str]], set[str]]:
+def hub_snapshot(hub: Hub) -> Snapshot:
     return snapshot(hub.data_dir, hub.data_dir / "index.sqlite3")
 
 
 def assert_blobs_match_index(data_dir: Path, rows: dict[str, tuple[str, str]]) -> None:
     """Every index row points at a complete blob whose SHA-256 is the indexed one."""
     for uid, (sha, key) in rows.items():
-        blob = data_dir / "blobs" / key
-        assert blob.is_file(), f"{uid}: blob {key} missing"
-        assert hashlib.sha256(blob.read_bytes()).hexdigest() == sha, f"{uid}: blob corrupt"
+        blob = blob_of(data_dir, key)
+        assert blob.file.is_file(), f"{uid}: blob {key} missing"
+        data = blob.read_bytes()
+        assert len(data) == blob.size, f"{uid}: blob {key} cut short"
+        assert hashlib.sha256(data).hexdigest() == sha, f"{uid}: blob corrupt"
 
 
 def send(hub: Hub, items: list[Dataset | Path], **ae_options: float) -> list[Dataset | None]:
@@ -141,7 +152,8 @@ def test_malformed_file_via_ingest(name: str, seeded: tuple[Ingestor, Path]) -> 
     expected = EXPECTED[name]
     if expected is None:
         result = ingestor.ingest(normalise_part10(data))
-        stored = (data_dir / "blobs" / ingestor.blobs.key_for(result.sha256)).read_bytes()
+        _sha, key = snapshot(data_dir, index)[0][result.sop_instance_uid]
+        stored = ingestor.blobs.read(key)
         assert stored == normalise_part10(data)
         assert stored.endswith(data[read_file_meta(data).dataset_offset :])
         assert len(snapshot(data_dir, index)[0]) == len(before[0]) + 1
@@ -212,7 +224,7 @@ def test_malformed_file_via_c_store(
     if code == SUCCESS:
         meta = read_file_meta(path.read_bytes())
         sha, key = after[0][meta.sop_instance_uid]
-        blob = (module_hub.data_dir / "blobs" / key).read_bytes()
+        blob = blob_of(module_hub.data_dir, key).read_bytes()
         assert blob == normalise_part10(path.read_bytes())
         assert hashlib.sha256(blob).hexdigest() == sha
     else:

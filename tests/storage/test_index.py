@@ -39,8 +39,9 @@ CHARSET_NAMES = {
 }
 
 
-def blob_files(blobs: BlobStore) -> set[Path]:
-    return set(blobs.blobs.rglob("*.dcm"))
+def blob_files(blobs: BlobStore) -> dict[Path, int]:
+    """Every file of the blob store (pack files and blob files) with its size."""
+    return {p: p.stat().st_size for p in blobs.blobs.rglob("*") if p.is_file()}
 
 
 def counts(db: Database) -> dict[str, int]:
@@ -109,8 +110,11 @@ def test_ct_volume_counters(
     assert study["modalities_in_study"] == "CT"
     assert study["size_bytes"] == sum(r.size for r in results)
     assert (patient["num_studies"], patient["num_series"], patient["num_instances"]) == (1, 1, 28)
-    assert len(blob_files(blobs)) == 28
-    assert all(blobs.verify(blobs.key_for(r.sha256), r.sha256) for r in results)
+    with database.read_connection() as conn:
+        keys = dict(conn.execute(select(Instance.blob_key, Instance.sha256)).all())
+    assert sorted(keys.values()) == sorted(r.sha256 for r in results)
+    assert all(blobs.verify(key, sha256) for key, sha256 in keys.items())
+    assert sum(blob_files(blobs).values()) == sum(r.size for r in results)  # one copy each
     assert_counters_consistent(database)
 
 

@@ -11,16 +11,18 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels.utils import pixel_array
 
+from pacs_hub.storage.blob_ref import BlobRef
 from workers.processing.errors import ProcessingError
 
-Source = str | os.PathLike[str] | Dataset
+Source = str | os.PathLike[str] | Dataset | BlobRef
+"""A file, a dataset in memory, or a stored blob of the hub."""
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 
 
@@ -74,9 +76,13 @@ def _frames_of(source: Source) -> Iterator[Frame]:
         header = source
         where = f"instance {source.get('SOPInstanceUID', '?')}"
     else:
-        where = f"file {os.fspath(source)}"
+        readable: str | os.PathLike[str] | BinaryIO
+        if isinstance(source, BlobRef):
+            where, readable = f"blob {source.label}", source.open()
+        else:
+            where, readable = f"file {os.fspath(source)}", source
         try:
-            header = pydicom.dcmread(source, defer_size=1024)
+            header = pydicom.dcmread(readable, defer_size=1024)
         except Exception as exc:  # pydicom raises many types for unreadable files
             raise ProcessingError(f"{where}: not a readable DICOM file ({exc})") from exc
     _require_image(header, where)
@@ -113,6 +119,14 @@ def _loader(source: Source, index: int | None) -> Callable[[], np.ndarray[Any, A
             return array if index is None else array[index]
 
         return from_dataset
+    if isinstance(source, BlobRef):
+        blob = source
+
+        def from_blob() -> np.ndarray[Any, Any]:
+            with blob.open() as fp:
+                return pixel_array(fp, index=index)
+
+        return from_blob
     path = os.fspath(source)
 
     def from_file() -> np.ndarray[Any, Any]:

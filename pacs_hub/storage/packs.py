@@ -1,0 +1,148 @@
+"""Pack files: many blobs appended to one file, one data sync per blob.
+
+Writing each received instance to a file of its own costs, besides its bytes, a new
+inode, a rename and a sync of two folders' metadata; for a small instance that is
+most of the work of storing it. A pack writer appends each blob to a file it alone
+writes and makes it durable with one ``fdatasync`` (which also makes the new file
+length durable, so the bytes can be read back after a crash), then the caller
+commits the blob's place (pack name, offset, size) to the index. So:
+
+* a blob in the index was synced before its row was committed (durable before
+  acknowledged, ARCHITECTURE.md invariant 2);
+* a crash between the two leaves unreferenced bytes at the end of a pack: wasted
+  space, never a wrong answer; a writer never appends to a pack it did not create,
+  so it never needs to know where an interrupted pack's last good blob ends;
+* a pack is written by one process, one blob at a time under a lock (threads of
+  that process serialise only their ``pwrite``, not their syncs).
+
+A pack is closed for writing when it reaches :data:`PACK_BYTES`; the next blob
+starts a new one, whose folder entry is synced once, when it is created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pacs_hub.errors import OutOfResources
+
+PACK_BYTES = 1 << 30
+"""A pack takes no new blob once it holds this many bytes."""
+PACK_SUFFIX = ".pack"
+_sync = getattr(os, "fdatasync", os.fsync)
+
+
+@dataclass(slots=True)
+class _Pack:
+    fd: int
+    name: str
+    pid: int
+    end: int = 0
+    writers: int = 0
+    retired: bool = field(default=False)
+
+
+class PackWriter:
+    """Appends blobs to pack files under ``folder``; thread-safe, one per process use."""
+
+    def __init__(self, folder: Path, pack_bytes: int = PACK_BYTES) -> None:
+        self.folder = folder
+        self.pack_bytes = pack_bytes
+        self._lock = threading.Lock()
+        self._pack: _Pack | None = None
+
+    def append(self, data: bytes | memoryview) -> tuple[str, int]:
+        """Write ``data`` durably; return (pack file name, offset) once it is synced.
+
+        Raises :class:`OutOfResources` when the disk is full (PS3.4 B.2.3, 0xA700).
+        """
+        try:
+            with self._lock:
+                pack = self._current(len(data))
+                offset = pack.end
+                pack.end += len(data)
+                pack.writers += 1
+                try:
+                    _pwrite_all(pack.fd, data, offset)
+                except BaseException:
+                    self._release(pack)
+                    raise
+            try:
+                _sync(pack.fd)
+            finally:
+                with self._lock:
+                    self._release(pack)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise OutOfResources(f"storage full: {os.strerror(exc.errno)}") from exc
+            raise
+        return pack.name, offset
+
+    def close(self) -> None:
+        """Close the current pack (blobs already appended stay readable)."""
+        with self._lock:
+            if self._pack is not None:
+                self._retire(self._pack)
+                self._pack = None
+
+    def __del__(self) -> None:  # the last store of this folder in this process is gone
+        pack = self._pack
+        if pack is not None and pack.pid == os.getpid() and pack.writers == 0:
+            with contextlib.suppress(OSError):
+                os.close(pack.fd)
+
+    def _current(self, size: int) -> _Pack:
+        """The pack to append ``size`` bytes to (a new one when full, or after a fork)."""
+        pack = self._pack
+        if pack is not None and (
+            pack.pid != os.getpid() or (pack.end and pack.end + size > self.pack_bytes)
+        ):
+            if pack.pid == os.getpid():
+                self._retire(pack)
+            pack = None  # after a fork, the parent's pack is the parent's alone
+        if pack is None:
+            pack = self._pack = self._create()
+        return pack
+
+    def _create(self) -> _Pack:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"{uuid.uuid4().hex}{PACK_SUFFIX}"
+        fd = os.open(self.folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            sync_folder(self.folder)  # the pack's entry is durable before any blob in it
+        except BaseException:
+            os.close(fd)
+            raise
+        return _Pack(fd, name, os.getpid())
+
+    def _retire(self, pack: _Pack) -> None:
+        pack.retired = True
+        if pack.writers == 0:
+            os.close(pack.fd)
+
+    def _release(self, pack: _Pack) -> None:
+        pack.writers -= 1
+        if pack.retired and pack.writers == 0:
+            os.close(pack.fd)
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def sync_folder(folder: Path) -> None:
+    """Make ``folder``'s entries (files created, renamed in) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,251 @@
+"""Pack files (storage/packs.py) and blob references (storage/blob_ref.py)."""
+
+from __future__ import annotations
+
+import gc
+import io
+import itertools
+import os
+import threading
+from pathlib import Path
+
+import pydicom
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pacs_hub.dicom import frames
+from pacs_hub.storage import blobs as blobs_module
+from pacs_hub.storage import packs
+from pacs_hub.storage.blob_ref import BlobReader, BlobRef
+from pacs_hub.storage.blobs import BadBlobKey, BlobStore, sha256_hex
+from pacs_hub.storage.packs import PackWriter
+from tests.conftest import DATA
+
+CT_FILES = sorted((DATA / "volumes" / "ct_philips_ingenuity_head_phantom_axial_5mm").iterdir())
+
+
+def _open_packs() -> set[str]:
+    """The pack files this process holds open."""
+    held = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:  # the listing's own descriptor is gone once listed
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if target.endswith(packs.PACK_SUFFIX):
+            held.add(target)
+    return held
+
+
+def test_small_blobs_share_a_pack_and_read_back_whole(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    contents = [os.urandom(n) for n in (1, 1000, 70_000, 3)]
+    keys = [store.put(data, sha256_hex(data)) for data in contents]
+    assert all(key.startswith("packs/") for key in keys)
+    assert len({key.split(":")[0] for key in keys}) == 1  # one pack
+    assert [store.read(key) for key in keys] == contents
+    assert all(
+        store.verify(key, sha256_hex(data)) for key, data in zip(keys, contents, strict=True)
+    )
+    (pack,) = (tmp_path / "blobs" / "packs").iterdir()
+    assert pack.read_bytes() == b"".join(contents)  # appended, nothing in between
+    assert list((tmp_path / "blobs").rglob("*.dcm")) == []
+
+
+def test_a_blob_larger_than_the_pack_limit_is_a_file_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(blobs_module, "PACKED_MAX", 100)
+    store = BlobStore(tmp_path)
+    small, large = b"s" * 100, os.urandom(101)
+    assert store.put(small, sha256_hex(small)).startswith("packs/")
+    key = store.put(large, sha256_hex(large))
+    assert key == BlobStore.key_for(sha256_hex(large))
+    ref = store.ref(key)
+    assert (ref.offset, ref.size) == (0, 101) and ref.whole_file
+    assert store.read(key) == large
+    assert not store.ref(store.put(small, sha256_hex(small))).whole_file
+
+
+def test_a_dicom_file_in_a_pack_reads_like_the_file_deferred_values_included(
+    tmp_path: Path,
+) -> None:
+    store = BlobStore(tmp_path)
+    keys = [store.put(p.read_bytes(), sha256_hex(p.read_bytes())) for p in CT_FILES[:3]]
+    ref = store.ref(keys[2])
+    assert ref.offset > 0
+    from_pack = pydicom.dcmread(ref.open(), defer_size=256)
+    raw = from_pack.get_item(0x7FE00010, keep_deferred=True)
+    assert raw is not None and raw.value is None  # deferred: read back from the stream
+    from_file = pydicom.dcmread(CT_FILES[2])
+    assert from_pack.PixelData == from_file.PixelData
+    assert from_pack.SOPInstanceUID == from_file.SOPInstanceUID
+    assert not isinstance(ref.open(), io.BufferedReader)  # pydicom would re-open by name
+    assert getattr(ref.open(), "name", None) is None
+
+
+def test_threads_appending_at_once_get_disjoint_ranges(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    written: list[tuple[str, bytes]] = []
+    lock = threading.Lock()
+
+    def writer(seed: int) -> None:
+        for n in range(40):
+            data = bytes([seed]) * (1 + (seed * 7919 + n * 104_729) % 50_000)
+            key = store.put(data, sha256_hex(data))
+            with lock:
+                written.append((key, data))
+
+    threads = [threading.Thread(target=writer, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(written) == 320
+    assert all(store.read(key) == data for key, data in written)
+    ranges = sorted((store.ref(key).offset, store.ref(key).size) for key, _ in written)
+    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(ranges))
+    assert sum(n for _, n in ranges) == sum(
+        p.stat().st_size for p in (tmp_path / "blobs" / "packs").iterdir()
+    )
+
+
+def test_a_full_pack_is_closed_and_the_next_blob_starts_another(tmp_path: Path) -> None:
+    before = _open_packs()
+    writer = PackWriter(tmp_path / "packs", pack_bytes=1000)
+    places = [writer.append(bytes([i]) * 400) for i in range(5)]
+    names = [name for name, _ in places]
+    assert names[0] == names[1] != names[2] == names[3] != names[4]  # 2 x 400 fit, 3 do not
+    assert [offset for _, offset in places] == [0, 400, 0, 400, 0]
+    assert _open_packs() - before == {
+        str(tmp_path / "packs" / names[4])
+    }  # only the pack in use stays open
+    oversized = writer.append(b"x" * 5000)  # bigger than a pack: alone in a new one
+    assert oversized[1] == 0 and oversized[0] not in names
+    writer.close()
+    assert _open_packs() == before
+
+
+def test_after_a_fork_the_child_never_appends_to_the_parents_pack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = PackWriter(tmp_path / "packs")
+    parent_pack, _ = writer.append(b"parent")
+    monkeypatch.setattr(packs.os, "getpid", lambda: -1)
+    child_pack, offset = writer.append(b"child")
+    assert child_pack != parent_pack and offset == 0
+
+
+def test_the_last_store_of_a_folder_gone_its_pack_is_closed(tmp_path: Path) -> None:
+    before = _open_packs()
+    store = BlobStore(tmp_path)
+    again = BlobStore(tmp_path)
+    key = store.put(b"one", sha256_hex(b"one"))
+    other = again.put(b"two", sha256_hex(b"two"))
+    assert key.split(":")[0] == other.split(":")[0]  # one writer per folder and process
+    del store, again
+    gc.collect()
+    assert _open_packs() == before
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../index.sqlite3",
+        "ab/../../x.dcm",
+        "ab/cd/ef.dcm",
+        "packs/../x:0:1",
+        "packs/x.pack:1",
+        "packs/x.pack:a:1",
+        "packs/x.pack:-1:1",
+        "packs/.hidden:0:1",
+        "",
+    ],
+)
+def test_keys_no_store_writes_are_refused(tmp_path: Path, key: str) -> None:
+    store = BlobStore(tmp_path)
+    with pytest.raises(BadBlobKey):
+        store.ref(key)
+    assert not store.exists(key) and not store.verify(key, "0" * 64)
+
+
+def test_a_blob_missing_cut_short_or_changed_does_not_verify(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    data = os.urandom(5000)
+    key = store.put(data, sha256_hex(data))
+    ref = store.ref(key)
+    assert store.exists(key) and store.verify(key, sha256_hex(data))
+    with ref.file.open("r+b") as fp:
+        fp.seek(ref.offset + 10)
+        fp.write(b"\x00" if data[10] else b"\x01")
+    assert not store.verify(key, sha256_hex(data))
+    os.truncate(ref.file, ref.offset + 100)
+    assert not store.exists(key) and not store.verify(key, sha256_hex(data))
+    ref.file.unlink()
+    assert not store.exists(key) and not store.verify(key, sha256_hex(data))
+    with pytest.raises(FileNotFoundError):
+        store.read(key)
+
+
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("read"), st.integers(-1, 9000)),
+        st.tuples(st.just("seek"), st.integers(0, 9000), st.sampled_from([0, 1, 2])),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(prefix=st.integers(0, 3000), size=st.integers(0, 8000), ops=_OPS)
+def test_a_blob_stream_behaves_as_a_bytes_stream_of_the_blob(
+    tmp_path_factory: pytest.TempPathFactory, prefix: int, size: int, ops: list[tuple[int, ...]]
+) -> None:
+    path = tmp_path_factory.mktemp("stream") / "pack"
+    content = os.urandom(prefix + size + 77)
+    path.write_bytes(content)
+    blob = content[prefix : prefix + size]
+    ours: BlobReader = BlobReader(BlobRef(path, prefix, size))
+    theirs = io.BytesIO(blob)
+    for op in ops:
+        if op[0] == "read":
+            assert ours.read(op[1]) == theirs.read(op[1])
+        else:
+            _, value, whence = op
+            offset = value if whence == os.SEEK_SET else value - 4500
+            base = {os.SEEK_SET: 0, os.SEEK_CUR: theirs.tell(), os.SEEK_END: len(blob)}[whence]
+            if base + offset >= 0:  # (a negative position is an error for both)
+                assert ours.seek(offset, whence) == theirs.seek(offset, whence)
+        assert ours.tell() == theirs.tell()
+    ours.close()
+    assert BlobRef(path, prefix, size).read_bytes() == blob
+    assert b"".join(BlobRef(path, prefix, size).chunks(1000)) == blob
+
+
+def _held(path: Path) -> int:
+    """How many descriptors of this process are open on ``path``."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+        except FileNotFoundError:
+            continue
+    return count
+
+
+def test_a_header_read_from_a_pack_holds_no_file_open_until_a_deferred_value_is_read(
+    tmp_path: Path,
+) -> None:
+    store = BlobStore(tmp_path)
+    for path in CT_FILES[:2]:
+        store.put(path.read_bytes(), sha256_hex(path.read_bytes()))
+    data = CT_FILES[2].read_bytes()
+    ref = store.ref(store.put(data, sha256_hex(data)))
+    readers_before = _held(ref.file) - 1  # the pack writer's own descriptor
+    header = frames.read_header(ref, "1.2.840.10008.1.2.1")
+    assert _held(ref.file) - 1 == readers_before == 0
+    assert header.PixelData == pydicom.dcmread(CT_FILES[2]).PixelData  # read now, from the blob
+    pixels = frames.stored_pixels(ref, "1.2.840.10008.1.2.1")
+    native = frames.stored_frames(pixels, [0])
+    assert next(native) == pydicom.dcmread(CT_FILES[2]).PixelData
