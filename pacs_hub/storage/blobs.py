@@ -99,7 +99,7 @@ class BlobStore:
         Raises :class:`OutOfResources` when the disk is full (PS3.4 B.2.3, 0xA700).
         """
         if len(data) <= PACKED_MAX:
-            name, offset = self._packs.append(data)
+            name, offset = self._packs.append(data, sha256)
             return f"{PACKS}/{name}:{offset}:{len(data)}"
         key = self.key_for(sha256)
         final = self._file(key)

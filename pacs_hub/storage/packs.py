@@ -15,17 +15,26 @@ commits the blob's place (pack name, offset, size) to the index. So:
 * a pack is written by one process, one blob at a time under a lock (threads of
   that process serialise only their ``pwrite``, not their syncs).
 
-A pack is closed for writing when it reaches :data:`PACK_BYTES`; the next blob
-starts a new one, whose folder entry is synced once, when it is created.
+A pack is closed for writing when it reaches :data:`PACK_BYTES`, or after a failed
+write or sync (so no good blob ever follows a bad one); the next blob starts a new
+pack, whose folder entry is synced once, when it is created.
+
+Each blob is preceded by a record header (:data:`HEADER`: the magic ``PHUBBLOB``, the
+blob's length, its SHA-256), so a pack can be read back without the index
+(:func:`records`): the index can be rebuilt from the blobs (ARCHITECTURE.md invariant
+5), and a pack's end left by a crash is seen as such (short, or not a record).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
+import struct
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +43,19 @@ from pacs_hub.errors import OutOfResources
 PACK_BYTES = 1 << 30
 """A pack takes no new blob once it holds this many bytes."""
 PACK_SUFFIX = ".pack"
+MAGIC = b"PHUBBLOB"
+HEADER = struct.Struct("<8sQ32s")
+"""A record header: magic, blob length, SHA-256 of the blob (48 bytes)."""
 _sync = getattr(os, "fdatasync", os.fsync)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One blob found in a pack: ``size`` bytes at ``offset``, their recorded SHA-256."""
+
+    offset: int
+    size: int
+    sha256: str
 
 
 @dataclass(slots=True)
@@ -56,24 +77,31 @@ class PackWriter:
         self._lock = threading.Lock()
         self._pack: _Pack | None = None
 
-    def append(self, data: bytes | memoryview) -> tuple[str, int]:
-        """Write ``data`` durably; return (pack file name, offset) once it is synced.
+    def append(self, data: bytes | memoryview, sha256: str) -> tuple[str, int]:
+        """Write ``data`` (whose SHA-256 is ``sha256``) durably; return (pack file name,
+        offset of the blob's first byte) once it is synced.
 
         Raises :class:`OutOfResources` when the disk is full (PS3.4 B.2.3, 0xA700).
         """
+        header = HEADER.pack(MAGIC, len(data), bytes.fromhex(sha256))
         try:
             with self._lock:
-                pack = self._current(len(data))
-                offset = pack.end
-                pack.end += len(data)
+                pack = self._current(len(header) + len(data))
+                start = pack.end
+                pack.end += len(header) + len(data)
                 pack.writers += 1
                 try:
-                    _pwrite_all(pack.fd, data, offset)
+                    _pwrite_all(pack.fd, (header, data), start)
                 except BaseException:
+                    self._retire(pack)
                     self._release(pack)
                     raise
             try:
                 _sync(pack.fd)
+            except BaseException:
+                with self._lock:
+                    self._retire(pack)
+                raise
             finally:
                 with self._lock:
                     self._release(pack)
@@ -81,14 +109,13 @@ class PackWriter:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise OutOfResources(f"storage full: {os.strerror(exc.errno)}") from exc
             raise
-        return pack.name, offset
+        return pack.name, start + len(header)
 
     def close(self) -> None:
         """Close the current pack (blobs already appended stay readable)."""
         with self._lock:
             if self._pack is not None:
                 self._retire(self._pack)
-                self._pack = None
 
     def __del__(self) -> None:  # the last store of this folder in this process is gone
         pack = self._pack
@@ -121,9 +148,13 @@ class PackWriter:
         return _Pack(fd, name, os.getpid())
 
     def _retire(self, pack: _Pack) -> None:
-        pack.retired = True
-        if pack.writers == 0:
-            os.close(pack.fd)
+        """No new blob goes to ``pack``; its file closes when its last writer is done."""
+        if self._pack is pack:
+            self._pack = None
+        if not pack.retired:
+            pack.retired = True
+            if pack.writers == 0:
+                os.close(pack.fd)
 
     def _release(self, pack: _Pack) -> None:
         pack.writers -= 1
@@ -131,12 +162,36 @@ class PackWriter:
             os.close(pack.fd)
 
 
-def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
+def records(path: Path) -> Iterator[Record]:
+    """Every whole blob of the pack at ``path``, in order, each checked against its
+    recorded SHA-256; stops at the first place that is not a whole, intact record
+    (the end a crash or a failed write left, after which a writer wrote nothing)."""
+    with path.open("rb") as fp:
+        while True:
+            start = fp.tell()
+            head = fp.read(HEADER.size)
+            if len(head) < HEADER.size:
+                return
+            magic, size, digest = HEADER.unpack(head)
+            if magic != MAGIC:
+                return
+            data = fp.read(size)
+            if len(data) < size or hashlib.sha256(data).digest() != digest:
+                return
+            yield Record(start + HEADER.size, size, digest.hex())
+
+
+def _pwrite_all(fd: int, parts: tuple[bytes | memoryview, ...], offset: int) -> None:
+    """Write ``parts`` one after the other at ``offset``, whatever ``pwritev`` takes
+    at a time."""
+    views = [memoryview(part).cast("B") for part in parts]
+    while views:
+        written = os.pwritev(fd, views, offset)
         offset += written
+        while views and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if views:
+            views[0] = views[0][written:]
 
 
 def sync_folder(folder: Path) -> None:

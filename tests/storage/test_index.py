@@ -24,6 +24,7 @@ from pacs_hub.storage.blobs import BlobStore
 from pacs_hub.storage.database import Database
 from pacs_hub.storage.index import Outcome
 from pacs_hub.storage.models import Instance, Patient, Series, Study
+from pacs_hub.storage.packs import HEADER
 from tests.storage.conftest import as_part10, synthetic_dataset
 
 CT_VOLUME = Path("volumes") / "ct_philips_ingenuity_head_phantom_axial_5mm"
@@ -114,7 +115,8 @@ def test_ct_volume_counters(
         keys = dict(conn.execute(select(Instance.blob_key, Instance.sha256)).all())
     assert sorted(keys.values()) == sorted(r.sha256 for r in results)
     assert all(blobs.verify(key, sha256) for key, sha256 in keys.items())
-    assert sum(blob_files(blobs).values()) == sum(r.size for r in results)  # one copy each
+    # one copy each, in a pack after its record header
+    assert sum(blob_files(blobs).values()) == sum(HEADER.size + r.size for r in results)
     assert_counters_consistent(database)
 
 

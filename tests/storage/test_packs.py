@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import io
 import itertools
@@ -15,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pacs_hub.dicom import frames
+from pacs_hub.errors import OutOfResources
 from pacs_hub.storage import blobs as blobs_module
 from pacs_hub.storage import packs
 from pacs_hub.storage.blob_ref import BlobReader, BlobRef
@@ -23,6 +25,10 @@ from pacs_hub.storage.packs import PackWriter
 from tests.conftest import DATA
 
 CT_FILES = sorted((DATA / "volumes" / "ct_philips_ingenuity_head_phantom_axial_5mm").iterdir())
+
+
+def _append(writer: PackWriter, data: bytes) -> tuple[str, int]:
+    return writer.append(data, sha256_hex(data))
 
 
 def _open_packs() -> set[str]:
@@ -49,7 +55,11 @@ def test_small_blobs_share_a_pack_and_read_back_whole(tmp_path: Path) -> None:
         store.verify(key, sha256_hex(data)) for key, data in zip(keys, contents, strict=True)
     )
     (pack,) = (tmp_path / "blobs" / "packs").iterdir()
-    assert pack.read_bytes() == b"".join(contents)  # appended, nothing in between
+    found = [(r.offset, r.size, r.sha256) for r in packs.records(pack)]
+    assert found == [
+        (store.ref(k).offset, len(d), sha256_hex(d)) for k, d in zip(keys, contents, strict=True)
+    ]
+    assert pack.stat().st_size == sum(packs.HEADER.size + len(d) for d in contents)
     assert list((tmp_path / "blobs").rglob("*.dcm")) == []
 
 
@@ -105,8 +115,9 @@ def test_threads_appending_at_once_get_disjoint_ranges(tmp_path: Path) -> None:
     assert len(written) == 320
     assert all(store.read(key) == data for key, data in written)
     ranges = sorted((store.ref(key).offset, store.ref(key).size) for key, _ in written)
-    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(ranges))
-    assert sum(n for _, n in ranges) == sum(
+    h = packs.HEADER.size
+    assert all(a + n + h == b for (a, n), (b, _) in itertools.pairwise(ranges))
+    assert sum(h + n for _, n in ranges) == sum(
         p.stat().st_size for p in (tmp_path / "blobs" / "packs").iterdir()
     )
 
@@ -114,15 +125,16 @@ def test_threads_appending_at_once_get_disjoint_ranges(tmp_path: Path) -> None:
 def test_a_full_pack_is_closed_and_the_next_blob_starts_another(tmp_path: Path) -> None:
     before = _open_packs()
     writer = PackWriter(tmp_path / "packs", pack_bytes=1000)
-    places = [writer.append(bytes([i]) * 400) for i in range(5)]
+    places = [_append(writer, bytes([i]) * 400) for i in range(5)]
     names = [name for name, _ in places]
     assert names[0] == names[1] != names[2] == names[3] != names[4]  # 2 x 400 fit, 3 do not
-    assert [offset for _, offset in places] == [0, 400, 0, 400, 0]
+    h = packs.HEADER.size
+    assert [offset for _, offset in places] == [h, 400 + 2 * h, h, 400 + 2 * h, h]
     assert _open_packs() - before == {
         str(tmp_path / "packs" / names[4])
     }  # only the pack in use stays open
-    oversized = writer.append(b"x" * 5000)  # bigger than a pack: alone in a new one
-    assert oversized[1] == 0 and oversized[0] not in names
+    oversized = _append(writer, b"x" * 5000)  # bigger than a pack: alone in a new one
+    assert oversized[1] == h and oversized[0] not in names
     writer.close()
     assert _open_packs() == before
 
@@ -131,10 +143,10 @@ def test_after_a_fork_the_child_never_appends_to_the_parents_pack(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writer = PackWriter(tmp_path / "packs")
-    parent_pack, _ = writer.append(b"parent")
+    parent_pack, _ = _append(writer, b"parent")
     monkeypatch.setattr(packs.os, "getpid", lambda: -1)
-    child_pack, offset = writer.append(b"child")
-    assert child_pack != parent_pack and offset == 0
+    child_pack, offset = _append(writer, b"child")
+    assert child_pack != parent_pack and offset == packs.HEADER.size
 
 
 def test_the_last_store_of_a_folder_gone_its_pack_is_closed(tmp_path: Path) -> None:
@@ -249,3 +261,40 @@ def test_a_header_read_from_a_pack_holds_no_file_open_until_a_deferred_value_is_
     pixels = frames.stored_pixels(ref, "1.2.840.10008.1.2.1")
     native = frames.stored_frames(pixels, [0])
     assert next(native) == pydicom.dcmread(CT_FILES[2]).PixelData
+
+
+def test_a_pack_reads_back_without_the_index_up_to_where_a_crash_cut_it(tmp_path: Path) -> None:
+    writer = PackWriter(tmp_path)
+    contents = [os.urandom(n) for n in (10, 0, 3000, 7)]
+    places = [_append(writer, data) for data in contents]
+    pack = tmp_path / places[0][0]
+    expected = [(offset, len(d)) for (_, offset), d in zip(places, contents, strict=True)]
+    assert [(r.offset, r.size) for r in packs.records(pack)] == expected
+    whole = pack.read_bytes()
+    # A crash mid-write leaves a record cut short, or its header alone, or a few bytes:
+    for end in (len(whole) - 1, len(whole) - 7, len(whole) - 7 - packs.HEADER.size + 3):
+        pack.write_bytes(whole[:end])
+        assert [(r.offset, r.size) for r in packs.records(pack)] == expected[:3]
+    pack.write_bytes(whole[:-1] + bytes([whole[-1] ^ 1]))  # a changed byte: not intact
+    assert [(r.offset, r.size) for r in packs.records(pack)] == expected[:3]
+
+
+def test_a_failed_write_answers_storage_full_and_the_next_blob_starts_a_new_pack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = PackWriter(tmp_path)
+    first, _ = _append(writer, b"before")
+    real = os.pwritev
+
+    def full(fd: int, buffers: list[memoryview], offset: int) -> int:
+        real(fd, [buffers[0][:5]], offset)  # part of the header, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(packs.os, "pwritev", full)
+    with pytest.raises(OutOfResources, match="storage full"):
+        _append(writer, b"lost")
+    monkeypatch.setattr(packs.os, "pwritev", real)
+    after, offset = _append(writer, b"after")
+    assert after != first and offset == packs.HEADER.size
+    assert [r.size for r in packs.records(tmp_path / first)] == [len(b"before")]
+    assert [r.size for r in packs.records(tmp_path / after)] == [len(b"after")]
