@@ -66,17 +66,30 @@ class Ingestor:
         self.senders = NodeDirectory(database)
         self._hot_path = IndexHotPath(database)
 
-    def ingest(self, part10: bytes, received_from_ae: str = "") -> IngestResult:
+    def ingest(
+        self,
+        part10: bytes,
+        received_from_ae: str = "",
+        establishment_pk: int | None = None,
+        parsed: tuple[InstanceHeader, Dataset] | None = None,
+        sha256: str | None = None,
+    ) -> IngestResult:
         """Store one Part 10 file held in memory; return only once it is durable.
 
         Raises a :class:`~pacs_hub.errors.HubError` (invalid input, conflict, disk
         full, index down); in every such case nothing already stored changes.
+        ``establishment_pk``, ``parsed`` and ``sha256`` as for :meth:`ingest_file`.
         """
-        header, dataset = parse_instance(part10)
-        sha256 = sha256_hex(part10)
-        blob = StoredBlob("", sha256, len(part10))  # the key is the write's
+        header, dataset = parsed or parse_instance(part10)
+        digest = sha256 or sha256_hex(part10)
+        blob = StoredBlob("", digest, len(part10))  # the key is the write's
         return self._store(
-            header, dataset, blob, lambda: self.blobs.put(part10, sha256), received_from_ae
+            header,
+            dataset,
+            blob,
+            lambda: self.blobs.put(part10, digest),
+            received_from_ae,
+            establishment_pk,
         )
 
     def ingest_file(

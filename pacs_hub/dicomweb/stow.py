@@ -1,11 +1,13 @@
 """STOW-RS (PS3.18 10.5): POST /studies and /studies/{study}.
 
 The request is ``multipart/related; type="application/dicom"`` (PS3.18 8.6.1.2);
-each part is a Part 10 instance. The body is spooled part by part to temp files of
-the blob store (:mod:`pacs_hub.dicomweb.upload`), never held in memory; only once
-the whole body has arrived and parsed is each part stored through the one ingest
-path C-STORE uses (:meth:`~pacs_hub.ingest.Ingestor.ingest_file`). A malformed or
-interrupted body therefore stores nothing.
+each part is a Part 10 instance. The body is read part by part
+(:mod:`pacs_hub.dicomweb.upload`): the parts are held in memory up to
+:data:`MEMORY_BUDGET` bytes a request, the rest spooled to temp files of the blob
+store; only once the whole body has arrived and parsed is each part stored through
+the one ingest path C-STORE uses (:meth:`~pacs_hub.ingest.Ingestor.ingest` from
+memory, :meth:`~pacs_hub.ingest.Ingestor.ingest_file` from a temp file, which is
+moved in). A malformed or interrupted body therefore stores nothing.
 
 The answer is the Store Instances Response Module (PS3.18 10.5.3, Table 10.5.3-3)
 in ``application/dicom+json``: Retrieve URL of the study, Referenced SOP Sequence
@@ -26,6 +28,7 @@ refusal is audited.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import shutil
@@ -59,6 +62,8 @@ PROCESSING_FAILURE = 0x0110
 PARALLEL_PARTS = 4
 """Parts of one request stored at once."""
 SPOOL_BATCH = 1 << 20
+MEMORY_BUDGET = 16 << 20
+"""Bytes of part content one request may hold in memory; the rest is spooled to files."""
 """Body bytes held in memory before the spooler writes them, from a worker thread: a
 hand-over to a thread per chunk of the body (~64 KiB) cost more than the writing."""
 NOT_AUTHORIZED = 0x0124
@@ -106,7 +111,7 @@ async def _spool(
     if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise Problem(413, "Content too large", f"request body over {limit} bytes")
     try:
-        spooler = MultipartSpooler(boundary, hub.blobs.temp_path)
+        spooler = MultipartSpooler(boundary, hub.blobs.temp_path, MEMORY_BUDGET)
     except MalformedMultipart as exc:
         raise Problem(400, "Malformed multipart", str(exc)) from exc
     received = 0
@@ -165,10 +170,16 @@ def _store_part(
     if media != DICOM:
         return Failure("", "", CANNOT_UNDERSTAND, f"part of type {media!r}, not {DICOM}")
     try:
-        rewritten = _add_missing_preamble(part.path)
+        source: bytes | Path
+        if part.data is not None:
+            source = _with_preamble(bytes(part.data))
+            rewritten = len(source) != part.size
+        else:
+            assert part.path is not None
+            source, rewritten = part.path, _add_missing_preamble(part.path)
         parsed = None
         if study is not None or caller.enforced:
-            parsed = parse_instance(part.path)
+            parsed = parse_instance(source)
             header = parsed[0]
             if not _may_add_to(caller, header.study_instance_uid):
                 return Failure(
@@ -185,13 +196,26 @@ def _store_part(
                     f"Study Instance UID {header.study_instance_uid} is not {study}",
                 )
         sha256 = None if rewritten else part.sha256
-        return hub.ingestor.ingest_file(part.path, ae, _establishment_of(caller), parsed, sha256)
+        establishment = _establishment_of(caller)
+        if isinstance(source, bytes):
+            return hub.ingestor.ingest(source, ae, establishment, parsed, sha256)
+        return hub.ingestor.ingest_file(source, ae, establishment, parsed, sha256)
     except HubError as exc:
         uids = _uids(part)
         return Failure(uids[0], uids[1], exc.dicom_status, exc.message)
     except Exception as exc:
         LOGGER.exception("STOW-RS part not stored")
         return Failure("", "", PROCESSING_FAILURE, f"processing failure: {type(exc).__name__}")
+
+
+def _lacks_preamble(head: bytes) -> bool:
+    """True for a part that starts with its File Meta group: no preamble, no 'DICM'."""
+    return head[128:132] != b"DICM" and head.startswith(b"\x02\x00")
+
+
+def _with_preamble(data: bytes) -> bytes:
+    """:func:`_add_missing_preamble` for a part held in memory."""
+    return bytes(128) + b"DICM" + data if _lacks_preamble(data) else data
 
 
 def _add_missing_preamble(path: Path) -> bool:
@@ -203,7 +227,7 @@ def _add_missing_preamble(path: Path) -> bool:
     """
     with path.open("rb") as fp:
         head = fp.read(132)
-    if head[128:132] == b"DICM" or not head.startswith(b"\x02\x00"):
+    if not _lacks_preamble(head):
         return False
     fixed = path.with_name(path.name + ".fixed")
     with path.open("rb") as source, fixed.open("xb") as target:
@@ -216,7 +240,8 @@ def _add_missing_preamble(path: Path) -> bool:
 def _uids(part: Part) -> tuple[str, str]:
     """SOP Class and Instance UID of a rejected part, as far as they can be read."""
     try:
-        ds = pydicom.dcmread(part.path, force=True, stop_before_pixels=True)
+        source: Any = io.BytesIO(part.data) if part.data is not None else part.path
+        ds = pydicom.dcmread(source, force=True, stop_before_pixels=True)
         found = (str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")))
     except Exception:  # unreadable: the failure item carries the reason only
         return "", ""

@@ -1,10 +1,13 @@
 """Streaming reader of a ``multipart/related`` request body (RFC 2387, RFC 2046 5.1).
 
 STOW-RS (PS3.18 10.5) bodies can be gigabytes: :class:`MultipartSpooler` is fed the
-body chunk by chunk and writes each part's content straight to a temp file of the
-blob store, so memory stays bounded by the chunk size plus the boundary. Parts are
-only handed over once the closing delimiter has been read: a truncated or
-malformed body raises :class:`MalformedMultipart` and leaves nothing behind.
+body chunk by chunk and keeps each part's content in memory while the request's
+parts together stay within ``memory_budget`` bytes (the usual images: stored from
+memory, appended to a pack file with no temp file), else writes it to a temp file of
+the blob store as it comes, so memory stays bounded by the budget plus the chunk
+size and the boundary. Parts are only handed over once the closing delimiter has
+been read: a truncated or malformed body raises :class:`MalformedMultipart` and
+leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -40,10 +43,12 @@ def media_type(header: str) -> tuple[str, dict[str, str]]:
 
 @dataclass
 class Part:
-    """One body part: its headers (lower-case names) and the temp file of its content."""
+    """One body part: its headers (lower-case names) and its content, in memory
+    (``data``) or in a temp file (``path``)."""
 
     headers: dict[str, str]
-    path: Path
+    path: Path | None = None
+    data: bytearray | None = None
     size: int = 0
     digest: Any = field(default_factory=hashlib.sha256, repr=False)
     """SHA-256 of the content, fed as it is written (the blob key; no second read)."""
@@ -65,10 +70,13 @@ class MultipartSpooler:
 
     boundary: str
     new_temp: Callable[[], Path]
+    memory_budget: int = 0
+    """Bytes of part content this body may hold in memory (0: every part to a file)."""
     parts: list[Part] = field(default_factory=list)
     _buffer: bytearray = field(default_factory=bytearray)
     _state: str = "preamble"  # preamble, delimiter, headers, body, epilogue
     _file: BinaryIO | None = None
+    _held: int = 0  # bytes of part content in memory
 
     def __post_init__(self) -> None:
         # RFC 2046 5.1.1 says at most 70 characters; Orthanc's DICOMweb client sends more.
@@ -145,14 +153,11 @@ class MultipartSpooler:
                 raise MalformedMultipart(f"malformed part header line {line[:60]!r}")
             headers[name.strip().lower()] = value.strip()
         del self._buffer[: end + (2 if end == 0 else 4)]
-        path = self.new_temp()
-        self._file = path.open("xb")
-        self.parts.append(Part(headers, path))
+        self.parts.append(Part(headers, data=bytearray()))
         self._state = "body"
         return True
 
     def _body(self) -> bool:
-        assert self._file is not None
         found = self._buffer.find(self._delimiter)
         if found < 0:
             keep = len(self._delimiter) - 1
@@ -160,19 +165,36 @@ class MultipartSpooler:
                 self._write(len(self._buffer) - keep)
             return False
         self._write(found)
-        self._file.close()
-        self._file = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         del self._buffer[: len(self._delimiter)]
         self._state = "delimiter"
         return True
 
     def _write(self, count: int) -> None:
-        assert self._file is not None
+        part = self.parts[-1]
         data = self._buffer[:count]
-        self._file.write(data)
-        self.parts[-1].digest.update(data)
-        self.parts[-1].size += count
+        if part.data is not None and self._held + count > self.memory_budget:
+            self._spill(part)
+        if part.data is not None:
+            part.data += data
+            self._held += count
+        else:
+            assert self._file is not None
+            self._file.write(data)
+        part.digest.update(data)
+        part.size += count
         del self._buffer[:count]
+
+    def _spill(self, part: Part) -> None:
+        """Move the part to a temp file: the body's parts would exceed the budget."""
+        assert part.data is not None
+        part.path = self.new_temp()
+        self._file = part.path.open("xb")
+        self._file.write(part.data)
+        self._held -= len(part.data)
+        part.data = None
 
     def finish(self) -> list[Part]:
         """The parts, once the closing delimiter was read; else MalformedMultipart."""
@@ -186,5 +208,6 @@ class MultipartSpooler:
             self._file.close()
             self._file = None
         for part in self.parts:
-            with contextlib.suppress(FileNotFoundError):
-                part.path.unlink()
+            if part.path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    part.path.unlink()

@@ -9,7 +9,6 @@ listed files, with the failure reason C-STORE would give.
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from tests.blobs import blob_keys, blob_of, stored_bytes
 from tests.conftest import DATA, Hub, start_hub
 from tests.gateway.test_roundtrip import candidates
 
@@ -109,11 +109,9 @@ def test_every_shared_file_goes_in_unchanged_or_is_refused_with_its_reason(
     assert refused == REFUSED
     stored = stored_sha256(stow_hub)
     assert {uid: stored[uid] for uid in expected} == expected
-    blobs = stow_hub.data_dir / "blobs"
+    blobs = stored_bytes(stow_hub.data_dir)
     for uid, digest in expected.items():
-        assert hashlib.sha256((blobs / digest[:2] / f"{digest}.dcm").read_bytes()).hexdigest() == (
-            digest
-        ), uid
+        assert hashlib.sha256(blobs[uid]).hexdigest() == digest, uid
     assert temp_files(stow_hub) == []
 
 
@@ -160,7 +158,7 @@ def test_dicomweb_client_stores_a_mixed_batch_partially(stow_hub: Hub) -> None:
     assert [f["00080018"]["Value"][0] for f in found] == [good.SOPInstanceUID]
     # Its part had no preamble (added by the hub): the blob is named by what is stored.
     digest = stored_sha256(stow_hub)[good.SOPInstanceUID]
-    blob = (stow_hub.data_dir / "blobs" / digest[:2] / f"{digest}.dcm").read_bytes()
+    blob = stored_bytes(stow_hub.data_dir)[good.SOPInstanceUID]
     assert blob[128:132] == b"DICM" and hashlib.sha256(blob).hexdigest() == digest
 
 
@@ -266,6 +264,6 @@ def test_a_large_upload_is_streamed_to_disk(empty_hub: Hub, tmp_path: Path) -> N
     assert grown_mib < 64, f"hub peak memory grew by {grown_mib:.0f} MiB for a 256 MiB upload"
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert list(stored_sha256(empty_hub).values()) == [digest]
-    assert os.path.getsize(empty_hub.data_dir / "blobs" / digest[:2] / f"{digest}.dcm") == (
-        path.stat().st_size
-    )
+    (key,) = blob_keys(empty_hub.data_dir).values()  # over the memory budget: a file
+    assert key == f"{digest[:2]}/{digest}.dcm"
+    assert blob_of(empty_hub.data_dir, key).file.stat().st_size == path.stat().st_size
