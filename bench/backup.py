@@ -222,8 +222,9 @@ def render(rows: list[Rate], whole: float, verdict: str) -> list[str]:
         "",
         f"Hub backfill at {backfill:.0%} of the plain path, restore at {restore:.0%} "
         "(target: >= 80% each). The backfill stores every instance through the hub's ingest"
-        " (fsync and index commit per instance, see the ingest table), which storescp does"
-        " not; with --quick, the inventory C-FINDs and per-study bookkeeping dominate."
+        " (a data sync of its pack file and an index commit per instance, see the ingest"
+        " table), which storescp does not; with --quick, the inventory C-FINDs and per-study"
+        " bookkeeping dominate."
         " The restore shares each study's instances over its associations and writes each"
         " C-STORE request directly (gateway/egress.py send_loaded; pynetdicom's requestor"
         " still hands each response over between threads) in one Python process, on the"

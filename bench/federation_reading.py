@@ -152,8 +152,8 @@ def _retrieve_text(ret: RetrieveResults) -> str | None:
         "(gateway/on_demand.py: a Feed polls the index while pull_study runs), so the window "
         f"is locate + pull + the last sends: the pull alone took {pull:.2f} s of {total:.2f} s "
         f"({pull / direct_s:.1f}x the whole direct move, {direct_s:.2f} s). The pull is "
-        f"{HOLDER}'s C-MOVE into the hub's ingest (a pynetdicom SCP, an fsync and an SQLite "
-        "commit per instance), the send is the hub's C-MOVE egress (section 4); "
+        f"{HOLDER}'s C-MOVE into the hub's ingest (a pynetdicom SCP, a data sync of its pack "
+        "file and an SQLite commit per instance), the send is the hub's C-MOVE egress (section 4); "
         + (
             "80 % of direct is out of reach while the hub's durable ingest is slower than "
             "the PACS's send."

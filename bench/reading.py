@@ -44,12 +44,13 @@ def _ingest_paragraph(res: Results) -> str | None:
         "(pacs_hub/gateway/reactor.py), parses the Part 10 header with its own one-loop "
         "reader (pacs_hub/dicom/part10_reader.py, ~90 µs for a 64x64 CT against ~170 for "
         "pydicom's dcmread), indexes with a few plain SQL statements on a kept connection "
-        "(pacs_hub/storage/index_hot_path.py) and writes its response directly. What is left "
+        "(pacs_hub/storage/index_hot_path.py), appends the instance to its process's pack "
+        "file with one pwrite and one fdatasync (pacs_hub/storage/packs.py: no new file, "
+        "rename or folder sync per instance) and writes its response directly. What is left "
         "is pynetdicom's state machine and service class per message, the DICOM JSON "
-        "metadata, and system time: each instance waits for an fsync of its blob and of its "
-        "folder and for the SQLite WAL commit (~28 WAL writes and 3 syncs per ct64 instance "
-        "under strace), which Orthanc (C++, no fsync) does not pay; it shows most on small "
-        "instances, where this per-message work is all there is. "
+        "metadata, the pack's data sync and the SQLite WAL commit, which Orthanc (C++, no "
+        "sync) does not pay; it shows most on small instances, where this per-message work "
+        "is all there is. "
         "The dcmtk storescp column is the receive-and-write ceiling without any index."
     )
 

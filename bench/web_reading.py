@@ -29,14 +29,15 @@ CAUSES = {
     "for each file parses its header with pydicom, later ones reuse the cached pixel layout), "
     f"so {FRAME_CLIENTS} requests in flight share about one core, while Orthanc serves them "
     "from C++ threads",
-    "STOW-RS": "each part is spooled to a temp file (the body handed to a worker thread a "
-    "MiB at a time, hashed as it is written), then stored through the C-STORE ingest (header "
-    "parse, fsync of blob and folder, an SQLite commit per instance), up to 4 parts of a "
-    "request at once. Measured on 2026-11-30 (1 instance/request, 4 clients): the hub "
-    "process used ~2.2 ms of user and ~1.3 ms of system CPU per 525 KB instance, Orthanc "
-    "~1.6 ms of user CPU; in a perf profile ~25 % of the hub's CPU went to waking and "
-    "switching threads (uvicorn's event loop, the worker threads, the interpreter lock) "
-    "and ~8 % to ext4 allocating each temp file's inode; the index commits of concurrent "
+    "STOW-RS": "each part is read into memory (up to 16 MiB of parts a request, the rest "
+    "spooled to temp files; the body handed to a worker thread a MiB at a time, hashed as it "
+    "comes), then stored through the C-STORE ingest (header parse, one pwrite and data sync "
+    "of a pack file, an SQLite commit per instance), up to 4 parts of a request at once. "
+    "Measured on 2026-11-30 (1 instance/request, 4 clients), before parts were held in "
+    "memory and packed: the hub process used ~2.2 ms of user and ~1.3 ms of system CPU per "
+    "525 KB instance (after: ~0.8 ms of system CPU), Orthanc ~1.6 ms of user CPU; in a perf "
+    "profile ~25 % of the hub's CPU went to waking and switching threads (uvicorn's event "
+    "loop, the worker threads, the interpreter lock); the index commits of concurrent "
     "requests did not overlap (group commit, tried, ran batches of one), so the SQLite "
     "write lock is not what the requests wait for",
 }
