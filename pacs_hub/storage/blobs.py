@@ -73,7 +73,8 @@ class BlobStore:
         self.tmp.mkdir(parents=True, exist_ok=True)
         for prefix in range(256):
             (self.blobs / f"{prefix:02x}").mkdir(exist_ok=True)
-        sync_folder(self.blobs)
+        (self.blobs / PACKS).mkdir(exist_ok=True)
+        sync_folder(self.blobs)  # the folders' entries are durable before any blob in them
         self._packs = _pack_writer(self.blobs / PACKS)
 
     @staticmethod

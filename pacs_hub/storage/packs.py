@@ -137,7 +137,9 @@ class PackWriter:
         return pack
 
     def _create(self) -> _Pack:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        if not self.folder.is_dir():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            sync_folder(self.folder.parent)  # the folder's own entry, before any pack in it
         name = f"{uuid.uuid4().hex}{PACK_SUFFIX}"
         fd = os.open(self.folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:

@@ -298,3 +298,13 @@ def test_a_failed_write_answers_storage_full_and_the_next_blob_starts_a_new_pack
     assert after != first and offset == packs.HEADER.size
     assert [r.size for r in packs.records(tmp_path / first)] == [len(b"before")]
     assert [r.size for r in packs.records(tmp_path / after)] == [len(b"after")]
+
+
+def test_a_new_pack_folder_is_synced_in_its_parent_before_any_pack_in_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[Path] = []
+    real = packs.sync_folder
+    monkeypatch.setattr(packs, "sync_folder", lambda f: (synced.append(f), real(f)))
+    _append(PackWriter(tmp_path / "new" / "packs"), b"one")
+    assert synced == [tmp_path / "new", tmp_path / "new" / "packs"]
