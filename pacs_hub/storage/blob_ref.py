@@ -11,7 +11,9 @@ own (0 is the preamble of PS3.10 7.1), which pydicom reads like a file. It has n
 ``name``: pydicom then reads deferred values back from the stream itself, never by
 re-opening a file name (which, for a pack, would be the whole pack). The stream
 closes its file when closed or when the last reference to it goes, so a dataset
-read with deferred values keeps its stream alive for as long as it needs it.
+read with deferred values keeps its stream alive for as long as it needs it. For one
+kept for long (a cached frame layout, :func:`pacs_hub.dicom.frames.read_header`),
+:meth:`BlobReader.release` closes the file until a deferred value is read.
 """
 
 from __future__ import annotations
