@@ -170,7 +170,7 @@ class Ingestor:
         delay = 0.01
         for attempt in range(RETRIES):
             try:
-                outcome = self._index_known_series(header, blob, ae, metadata)
+                outcome = self._index_known_series(header, blob, ae, metadata, establishment_pk)
                 if outcome is None:
                     outcome = self._index_once(header, blob, ae, metadata, establishment_pk)
                 return outcome
@@ -187,11 +187,17 @@ class Ingestor:
         raise AssertionError("unreachable")
 
     def _index_known_series(
-        self, header: InstanceHeader, blob: StoredBlob, ae: str, metadata: bytes
+        self,
+        header: InstanceHeader,
+        blob: StoredBlob,
+        ae: str,
+        metadata: bytes,
+        establishment_pk: int | None = None,
     ) -> Outcome | None:
-        """The hot path: index an instance of an indexed series or study in plain SQL.
+        """The hot path: index an instance of an indexed series, study or patient in
+        plain SQL.
 
-        None, with nothing written, when the general path must decide: the study is
+        None, with nothing written, when the general path must decide: the patient is
         not indexed yet, or the SOP Instance UID is indexed with other bytes.
         """
         now = datetime.now(UTC).replace(tzinfo=None)
@@ -200,7 +206,7 @@ class Ingestor:
             known = hot.known(cursor, header.sop_instance_uid)
             if known is not None:
                 return Outcome.DUPLICATE if known.sha256 == blob.sha256 else None
-            if hot.add_to_known_series(cursor, header, blob, ae, now, metadata):
+            if hot.add_to_known_series(cursor, header, blob, ae, now, metadata, establishment_pk):
                 return Outcome.STORED
         return None
 

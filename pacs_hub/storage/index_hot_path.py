@@ -7,9 +7,10 @@ a pooled DBAPI connection, in one transaction: look the SOP Instance UID up, fin
 the series (and its study and patient), insert the instance row, and bump the
 counters that answer the computed attributes of PS3.4 C.6.1.1.3 / C.6.2.1.3
 (Number of Patient/Study/Series Related Instances), exactly as
-:func:`pacs_hub.storage.index.add_instance` does. A new series of an indexed study
-is created here too (one instance in one for a radiograph); anything rarer (a new
-study or patient and the identity link made with it, a replaced blob) stays in
+:func:`pacs_hub.storage.index.add_instance` does. A new series of an indexed study,
+and a new study of an indexed patient, are created here too (every instance of a
+one-image radiograph study is the first of its study); anything rarer (a new patient
+and the identity link made with it, a replaced blob) stays in
 :mod:`pacs_hub.storage.index`.
 
 The SQL is portable (SQLite and PostgreSQL); only the parameter marker and the
@@ -25,6 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from pacs_hub.dicom.header import InstanceHeader
+from pacs_hub.dicom.matching import fuzzy_name, normalise_name
 from pacs_hub.storage.database import Database
 from pacs_hub.storage.index import KnownInstance, StoredBlob, with_modality
 from pacs_hub.storage.models import Instance
@@ -54,6 +56,15 @@ _STUDY_NEW_SERIES = (
     "UPDATE studies SET num_series = num_series + 1, modalities_in_study = ? WHERE id = ?"
 )
 _PATIENT_NEW_SERIES = "UPDATE patients SET num_series = num_series + 1 WHERE id = ?"
+_SELECT_PATIENT = "SELECT id FROM patients WHERE patient_id = ? AND issuer_of_patient_id = ?"
+_INSERT_STUDY = (
+    "INSERT INTO studies (study_instance_uid, patient_pk, establishment_pk, study_date,"
+    " study_time, accession_number, study_id, study_description, referring_physician_name,"
+    " referring_physician_name_match, referring_physician_name_fuzzy, modalities_in_study,"
+    " num_series, num_instances, size_bytes, created_at, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', 0, 0, 0, ?, ?) RETURNING id"
+)
+_PATIENT_NEW_STUDY = "UPDATE patients SET num_studies = num_studies + 1 WHERE id = ?"
 _BUMP_SERIES = "UPDATE series SET num_instances = num_instances + 1 WHERE id = ?"
 _BUMP_STUDY = (
     "UPDATE studies SET num_instances = num_instances + 1, size_bytes = size_bytes + ?,"
@@ -83,6 +94,9 @@ class IndexHotPath:
         self._insert_series = _INSERT_SERIES.replace("?", mark)
         self._study_new_series = _STUDY_NEW_SERIES.replace("?", mark)
         self._patient_new_series = _PATIENT_NEW_SERIES.replace("?", mark)
+        self._select_patient = _SELECT_PATIENT.replace("?", mark)
+        self._insert_study = _INSERT_STUDY.replace("?", mark)
+        self._patient_new_study = _PATIENT_NEW_STUDY.replace("?", mark)
         # SQLite keeps a DateTime as text in SQLAlchemy's own format; PostgreSQL takes it as is.
         process = Instance.__table__.c.received_at.type.bind_processor(dialect)
         self._timestamp: Callable[[datetime], Any] = process or (lambda value: value)
@@ -127,15 +141,17 @@ class IndexHotPath:
         received_from_ae: str,
         now: datetime,
         metadata: bytes | None,
+        establishment_pk: int | None = None,
     ) -> bool:
-        """Index a new instance whose series, or at least study, is indexed; False (nothing
-        written) when its study is not."""
+        """Index a new instance whose series, study or at least patient is indexed; False
+        (nothing written) when its patient is not. ``establishment_pk`` is recorded on a
+        new study, as :func:`pacs_hub.storage.index.add_instance` does."""
+        when = self._timestamp(now)
         cursor.execute(self._select_series, (h.series_instance_uid,))
-        row = cursor.fetchone() or self._new_series(cursor, h)
+        row = cursor.fetchone() or self._new_series(cursor, h, when, establishment_pk)
         if row is None:
             return False
         series_pk, study_pk, patient_pk = row
-        when = self._timestamp(now)
         cursor.execute(
             self._insert_instance,
             (
@@ -161,11 +177,13 @@ class IndexHotPath:
         cursor.execute(self._bump_patient, (patient_pk,))
         return True
 
-    def _new_series(self, cursor: Any, h: InstanceHeader) -> tuple[int, int, int] | None:
-        """Create the series of ``h`` in its indexed study: (series, study, patient) pks;
-        None, with nothing written, when the study is not indexed either."""
+    def _new_series(
+        self, cursor: Any, h: InstanceHeader, when: Any, establishment_pk: int | None
+    ) -> tuple[int, int, int] | None:
+        """Create the series of ``h`` (and its study when new): (series, study, patient)
+        pks; None, with nothing written, when the patient is not indexed either."""
         cursor.execute(self._select_study, (h.study_instance_uid,))
-        study = cursor.fetchone()
+        study = cursor.fetchone() or self._new_study(cursor, h, when, establishment_pk)
         if study is None:
             return None
         study_pk, patient_pk, modalities = study
@@ -187,3 +205,35 @@ class IndexHotPath:
         cursor.execute(self._study_new_series, (with_modality(modalities, h.modality), study_pk))
         cursor.execute(self._patient_new_series, (patient_pk,))
         return series_pk, study_pk, patient_pk
+
+    def _new_study(
+        self, cursor: Any, h: InstanceHeader, when: Any, establishment_pk: int | None
+    ) -> tuple[int, int, str] | None:
+        """Create the study of ``h`` for its indexed patient: (study pk, patient pk,
+        Modalities in Study); None, with nothing written, when the patient is new."""
+        cursor.execute(self._select_patient, (h.patient_id, h.issuer_of_patient_id))
+        patient = cursor.fetchone()
+        if patient is None:
+            return None
+        patient_pk = patient[0]
+        cursor.execute(
+            self._insert_study,
+            (
+                h.study_instance_uid,
+                patient_pk,
+                establishment_pk,
+                h.study_date,
+                h.study_time,
+                h.accession_number,
+                h.study_id,
+                h.study_description,
+                h.referring_physician_name,
+                normalise_name(h.referring_physician_name),
+                fuzzy_name(h.referring_physician_name),
+                when,
+                when,
+            ),
+        )
+        study_pk = cursor.fetchone()[0]
+        cursor.execute(self._patient_new_study, (patient_pk,))
+        return study_pk, patient_pk, ""

@@ -334,3 +334,67 @@ def test_a_kept_connection_that_broke_is_dropped_and_the_error_kept(database: Da
         cursor.execute("SELECT 1")
         assert cursor.fetchone()[0] == 1
         fresh.rollback()
+
+
+def test_a_new_study_of_a_known_patient_takes_the_hot_path_and_matches_the_general_path(
+    database: Database, blobs: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-image study of a patient already indexed is created in plain SQL
+    (IndexHotPath._new_study); its rows read back exactly as the general path's
+    (index._new_study) for the same header: only ids and times differ."""
+    from datetime import datetime
+
+    from pacs_hub.storage.index_hot_path import IndexHotPath
+    from pacs_hub.storage.models import Establishment
+
+    taken: list[bool] = []
+    original = IndexHotPath.add_to_known_series
+
+    def spy(self: IndexHotPath, *args: Any) -> bool:
+        taken.append(original(self, *args))
+        return taken[-1]
+
+    monkeypatch.setattr(IndexHotPath, "add_to_known_series", spy)
+    with database.session() as session:
+        est = Establishment(code="E9", name="E9", created_at=datetime(2026, 1, 1))
+        session.add(est)
+        session.flush()
+        est_pk = est.id
+    ingestor = Ingestor(database, blobs)
+    first = synthetic_dataset(generate_uid(), modality="CR")
+    assert ingestor.ingest(as_part10(first)).outcome is Outcome.STORED  # new patient
+    studies = [synthetic_dataset(generate_uid(), modality="CR") for _ in range(2)]
+    for ds in studies:
+        ds.ReferringPhysicianName = "Dupont^Jean"
+        ds.AccessionNumber, ds.StudyDate, ds.StudyDescription = "ACC1", "20260102", "Thorax"
+    hot = ingestor.ingest(as_part10(studies[0]), "", establishment_pk=est_pk)
+    assert hot.outcome is Outcome.STORED
+    assert taken == [False, True]
+    monkeypatch.setattr(IndexHotPath, "add_to_known_series", lambda *_args: False)
+    general = ingestor.ingest(as_part10(studies[1]), "", establishment_pk=est_pk)
+    assert general.outcome is Outcome.STORED
+
+    def row(uid: str) -> dict[str, Any]:
+        with database.read_connection() as conn:
+            found = dict(
+                conn.execute(select(Study).where(Study.study_instance_uid == uid)).mappings().one()
+            )
+        for varying in ("id", "study_instance_uid", "created_at", "updated_at"):
+            assert found.pop(varying) is not None
+        return found
+
+    made_hot, made_general = row(studies[0].StudyInstanceUID), row(studies[1].StudyInstanceUID)
+    # generated UIDs differ in length by a digit or two, so do the files
+    assert (made_hot.pop("size_bytes"), made_general.pop("size_bytes")) == (hot.size, general.size)
+    assert made_hot == made_general
+    assert made_hot["establishment_pk"] == est_pk
+    assert made_hot["referring_physician_name_match"] != ""
+    assert (made_hot["num_series"], made_hot["num_instances"], made_hot["modalities_in_study"]) == (
+        1,
+        1,
+        "CR",
+    )
+    with database.read_connection() as conn:
+        patient = conn.execute(select(Patient)).mappings().one()
+    assert (patient["num_studies"], patient["num_series"], patient["num_instances"]) == (3, 3, 3)
+    assert_counters_consistent(database)
