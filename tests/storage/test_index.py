@@ -260,15 +260,8 @@ def test_a_file_ingested_for_an_establishment_records_it_on_the_new_study(
     assert not temp.exists()  # moved in as the blob
 
 
-def test_a_known_study_takes_the_plain_sql_hot_path_and_reads_back_alike(
-    ingestor: Ingestor, database: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The first instance creates its study (general path); the next ones, in its series
-    or in a new series of the study, take the hot path; every row reads back through the
-    ORM with the same types and values, and the counters add up."""
-    from datetime import UTC, datetime
-
-    from pacs_hub.dicom.dicomjson import expand
+def hot_path_taken(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """What IndexHotPath.add_to_known_series answers, call by call (True: it indexed)."""
     from pacs_hub.storage.index_hot_path import IndexHotPath
 
     taken: list[bool] = []
@@ -279,6 +272,20 @@ def test_a_known_study_takes_the_plain_sql_hot_path_and_reads_back_alike(
         return taken[-1]
 
     monkeypatch.setattr(IndexHotPath, "add_to_known_series", spy)
+    return taken
+
+
+def test_a_known_study_takes_the_plain_sql_hot_path_and_reads_back_alike(
+    ingestor: Ingestor, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first instance creates its study (general path); the next ones, in its series
+    or in a new series of the study, take the hot path; every row reads back through the
+    ORM with the same types and values, and the counters add up."""
+    from datetime import UTC, datetime
+
+    from pacs_hub.dicom.dicomjson import expand
+
+    taken = hot_path_taken(monkeypatch)
     study = generate_uid()
     first = synthetic_dataset(study, comment="first", modality="CT")
     second = synthetic_dataset(study, first.SeriesInstanceUID, comment="second", modality="CT")
@@ -347,14 +354,7 @@ def test_a_new_study_of_a_known_patient_takes_the_hot_path_and_matches_the_gener
     from pacs_hub.storage.index_hot_path import IndexHotPath
     from pacs_hub.storage.models import Establishment
 
-    taken: list[bool] = []
-    original = IndexHotPath.add_to_known_series
-
-    def spy(self: IndexHotPath, *args: Any) -> bool:
-        taken.append(original(self, *args))
-        return taken[-1]
-
-    monkeypatch.setattr(IndexHotPath, "add_to_known_series", spy)
+    taken = hot_path_taken(monkeypatch)
     with database.session() as session:
         est = Establishment(code="E9", name="E9", created_at=datetime(2026, 1, 1))
         session.add(est)
