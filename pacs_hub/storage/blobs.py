@@ -103,7 +103,7 @@ class BlobStore:
             name, offset = self._packs.append(data, sha256)
             return f"{PACKS}/{name}:{offset}:{len(data)}"
         key = self.key_for(sha256)
-        final = self._file(key)
+        final = _blob_file(self.blobs, key)
         if final.is_file():
             return key
         temp = self.tmp / f"{uuid.uuid4().hex}{TEMP_SUFFIX}"
@@ -130,7 +130,7 @@ class BlobStore:
         The temp file is consumed either way (moved in, or removed if the blob exists).
         """
         key = self.key_for(sha256)
-        final = self._file(key)
+        final = _blob_file(self.blobs, key)
         try:
             if final.is_file():
                 temp.unlink()
@@ -177,9 +177,6 @@ class BlobStore:
         except (OSError, BadBlobKey):
             return False
         return got == ref.size and digest.hexdigest() == sha256
-
-    def _file(self, key: str) -> Path:
-        return _blob_file(self.blobs, key)
 
     def clean_temp(self) -> int:
         """Remove temp files left by a crash; return how many were removed."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 
@@ -151,31 +152,38 @@ def _patient_pk(conn: Connection, h: InstanceHeader) -> int:
     return pk
 
 
+def new_study_row(
+    h: InstanceHeader, patient_pk: int, establishment_pk: int | None, now: Any
+) -> dict[str, Any]:
+    """The ``studies`` row of a new study, counters at zero (both ingest paths write
+    it: here and :mod:`pacs_hub.storage.index_hot_path`); ``now`` as the driver takes it."""
+    return {
+        "study_instance_uid": h.study_instance_uid,
+        "patient_pk": patient_pk,
+        "establishment_pk": establishment_pk,
+        "study_date": h.study_date,
+        "study_time": h.study_time,
+        "accession_number": h.accession_number,
+        "study_id": h.study_id,
+        "study_description": h.study_description,
+        "referring_physician_name": h.referring_physician_name,
+        "referring_physician_name_match": normalise_name(h.referring_physician_name),
+        "referring_physician_name_fuzzy": fuzzy_name(h.referring_physician_name),
+        "modalities_in_study": "",
+        "num_series": 0,
+        "num_instances": 0,
+        "size_bytes": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
 def _new_study(
     conn: Connection, h: InstanceHeader, now: datetime, establishment_pk: int | None
 ) -> tuple[int, int, str]:
     patient_pk = _patient_pk(conn, h)
     study_pk = conn.execute(
-        _INSERT_STUDY,
-        {
-            "study_instance_uid": h.study_instance_uid,
-            "patient_pk": patient_pk,
-            "establishment_pk": establishment_pk,
-            "study_date": h.study_date,
-            "study_time": h.study_time,
-            "accession_number": h.accession_number,
-            "study_id": h.study_id,
-            "study_description": h.study_description,
-            "referring_physician_name": h.referring_physician_name,
-            "referring_physician_name_match": normalise_name(h.referring_physician_name),
-            "referring_physician_name_fuzzy": fuzzy_name(h.referring_physician_name),
-            "modalities_in_study": "",
-            "num_series": 0,
-            "num_instances": 0,
-            "size_bytes": 0,
-            "created_at": now,
-            "updated_at": now,
-        },
+        _INSERT_STUDY, new_study_row(h, patient_pk, establishment_pk, now)
     ).scalar_one()
     conn.execute(_PATIENT_NEW_STUDY, {"pk": patient_pk})
     return int(study_pk), patient_pk, ""

@@ -26,10 +26,9 @@ from datetime import datetime
 from typing import Any
 
 from pacs_hub.dicom.header import InstanceHeader
-from pacs_hub.dicom.matching import fuzzy_name, normalise_name
 from pacs_hub.storage.database import Database
-from pacs_hub.storage.index import KnownInstance, StoredBlob, with_modality
-from pacs_hub.storage.models import Instance
+from pacs_hub.storage.index import KnownInstance, StoredBlob, new_study_row, with_modality
+from pacs_hub.storage.models import Instance, Study
 
 _SELECT_INSTANCE = (
     "SELECT id, series_pk, sha256, size_bytes FROM instances WHERE sop_instance_uid = ?"
@@ -57,12 +56,10 @@ _STUDY_NEW_SERIES = (
 )
 _PATIENT_NEW_SERIES = "UPDATE patients SET num_series = num_series + 1 WHERE id = ?"
 _SELECT_PATIENT = "SELECT id FROM patients WHERE patient_id = ? AND issuer_of_patient_id = ?"
+_STUDY_COLUMNS = tuple(c.name for c in Study.__table__.columns if c.name != "id")
 _INSERT_STUDY = (
-    "INSERT INTO studies (study_instance_uid, patient_pk, establishment_pk, study_date,"
-    " study_time, accession_number, study_id, study_description, referring_physician_name,"
-    " referring_physician_name_match, referring_physician_name_fuzzy, modalities_in_study,"
-    " num_series, num_instances, size_bytes, created_at, updated_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', 0, 0, 0, ?, ?) RETURNING id"
+    f"INSERT INTO studies ({', '.join(_STUDY_COLUMNS)})"
+    f" VALUES ({', '.join('?' * len(_STUDY_COLUMNS))}) RETURNING id"
 )
 _PATIENT_NEW_STUDY = "UPDATE patients SET num_studies = num_studies + 1 WHERE id = ?"
 _BUMP_SERIES = "UPDATE series SET num_instances = num_instances + 1 WHERE id = ?"
@@ -216,24 +213,8 @@ class IndexHotPath:
         if patient is None:
             return None
         patient_pk = patient[0]
-        cursor.execute(
-            self._insert_study,
-            (
-                h.study_instance_uid,
-                patient_pk,
-                establishment_pk,
-                h.study_date,
-                h.study_time,
-                h.accession_number,
-                h.study_id,
-                h.study_description,
-                h.referring_physician_name,
-                normalise_name(h.referring_physician_name),
-                fuzzy_name(h.referring_physician_name),
-                when,
-                when,
-            ),
-        )
+        row = new_study_row(h, patient_pk, establishment_pk, when)
+        cursor.execute(self._insert_study, tuple(row[column] for column in _STUDY_COLUMNS))
         study_pk = cursor.fetchone()[0]
         cursor.execute(self._patient_new_study, (patient_pk,))
         return study_pk, patient_pk, ""

@@ -35,7 +35,7 @@ import struct
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pacs_hub.errors import OutOfResources
@@ -65,7 +65,7 @@ class _Pack:
     pid: int
     end: int = 0
     writers: int = 0
-    retired: bool = field(default=False)
+    retired: bool = False
 
 
 class PackWriter:
