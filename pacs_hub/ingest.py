@@ -194,11 +194,11 @@ class Ingestor:
         metadata: bytes,
         establishment_pk: int | None = None,
     ) -> Outcome | None:
-        """The hot path: index an instance of an indexed series, study or patient in
-        plain SQL.
+        """The hot path: index a new instance in plain SQL.
 
-        None, with nothing written, when the general path must decide: the patient is
-        not indexed yet, or the SOP Instance UID is indexed with other bytes.
+        None, with nothing written, when the general path must decide: a new patient's
+        identity gets link candidates, or the SOP Instance UID is indexed with other
+        bytes.
         """
         now = datetime.now(UTC).replace(tzinfo=None)
         hot = self._hot_path

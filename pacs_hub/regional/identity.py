@@ -126,8 +126,9 @@ def regional_by_ins(conn: Connection, ins: str, ins_oid: str) -> int | None:
     return int(pk) if pk is not None else None
 
 
-def _identity_key(row: Any) -> str:
-    """Strict-traits key of a ``patients`` row; older rows fall back to Patient's Name."""
+def identity_key(row: Any) -> str:
+    """Strict-traits key of a ``patients`` row (or anything with its trait attributes);
+    older rows fall back to Patient's Name."""
     parts = str(row.patient_name).split("=")[0].split("^")
     birth_name = row.birth_name or parts[0]
     given = row.given_names or (parts[1] if len(parts) > 1 else "")
@@ -148,7 +149,7 @@ _TRAIT_COLUMNS = (
 
 def _trait_matches(conn: Connection, row: Any, regional_pk: int) -> list[Any]:
     """Linked identities of other active regional patients with the same strict traits."""
-    key = _identity_key(row)
+    key = identity_key(row)
     if not key:
         return []
     others = conn.execute(
@@ -162,7 +163,7 @@ def _trait_matches(conn: Connection, row: Any, regional_pk: int) -> list[Any]:
             RegionalPatient.active.is_(True),
         )
     ).all()
-    return [other for other in others if _identity_key(other) == key]
+    return [other for other in others if identity_key(other) == key]
 
 
 def add_candidates(conn: Connection, row: Any, regional_pk: int) -> int:
@@ -207,6 +208,15 @@ def add_candidates(conn: Connection, row: Any, regional_pk: int) -> int:
     return len(new)
 
 
+def link_event_detail(
+    patient_pk: int, regional_pk: int, method: str, created: bool
+) -> dict[str, Any]:
+    """The detail of the ``link`` event of a new local identity (what
+    :func:`~pacs_hub.regional.identity_changes.revert` needs to undo it)."""
+    move = {"patient": patient_pk, "from": None, "from_method": "", "to": regional_pk}
+    return {"moves": [{**move, "to_method": method}], "created": regional_pk if created else None}
+
+
 def link_new_identity(conn: Connection, patient_pk: int, actor: str = INGEST_ACTOR) -> int:
     """Link a local identity not linked yet (by INS, else to a new regional patient).
 
@@ -234,13 +244,7 @@ def link_new_identity(conn: Connection, patient_pk: int, actor: str = INGEST_ACT
         .where(Patient.id == patient_pk)
         .values(regional_patient_pk=regional_pk, link_method=method)
     )
-    move = {"patient": patient_pk, "from": None, "from_method": "", "to": regional_pk}
-    record_event(
-        conn,
-        "link",
-        actor,
-        {"moves": [{**move, "to_method": method}], "created": regional_pk if created else None},
-    )
+    record_event(conn, "link", actor, link_event_detail(patient_pk, regional_pk, method, created))
     if created:
         add_candidates(conn, row, regional_pk)
     return regional_pk

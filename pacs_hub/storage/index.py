@@ -126,30 +126,36 @@ def _patient_pk(conn: Connection, h: InstanceHeader) -> int:
     ).scalar()
     if pk is not None:
         return int(pk)
-    pk = int(
-        conn.execute(
-            _INSERT_PATIENT,
-            {
-                "patient_id": h.patient_id,
-                "issuer_of_patient_id": h.issuer_of_patient_id,
-                "patient_name": h.patient_name,
-                "patient_name_match": normalise_name(h.patient_name),
-                "patient_name_fuzzy": fuzzy_name(h.patient_name),
-                "patient_birth_date": h.patient_birth_date,
-                "patient_sex": h.patient_sex,
-                "num_studies": 0,
-                "num_series": 0,
-                "num_instances": 0,
-                "ins": h.ins,
-                "ins_oid": h.ins_oid,
-                "birth_name": h.birth_name,
-                "given_names": h.given_names,
-                "birth_place": h.birth_place,
-            },
-        ).scalar_one()
-    )
+    pk = int(conn.execute(_INSERT_PATIENT, new_patient_row(h)).scalar_one())
     link_new_identity(conn, pk)  # same transaction: a local identity is never left unlinked
     return pk
+
+
+def new_patient_row(
+    h: InstanceHeader, regional_patient_pk: int | None = None, link_method: str = ""
+) -> dict[str, Any]:
+    """The ``patients`` row of a new local identity, counters at zero (both ingest paths
+    write it: here, linked afterwards by :func:`link_new_identity`, and
+    :mod:`pacs_hub.regional.identity_sql`, linked as it is written)."""
+    return {
+        "patient_id": h.patient_id,
+        "issuer_of_patient_id": h.issuer_of_patient_id,
+        "patient_name": h.patient_name,
+        "patient_name_match": normalise_name(h.patient_name),
+        "patient_name_fuzzy": fuzzy_name(h.patient_name),
+        "patient_birth_date": h.patient_birth_date,
+        "patient_sex": h.patient_sex,
+        "num_studies": 0,
+        "num_series": 0,
+        "num_instances": 0,
+        "ins": h.ins,
+        "ins_oid": h.ins_oid,
+        "birth_name": h.birth_name,
+        "given_names": h.given_names,
+        "birth_place": h.birth_place,
+        "regional_patient_pk": regional_patient_pk,
+        "link_method": link_method,
+    }
 
 
 def new_study_row(

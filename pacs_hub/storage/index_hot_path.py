@@ -1,4 +1,4 @@
-"""The ingest hot path in plain SQL: a new instance of a series the index already holds.
+"""The ingest hot path in plain SQL: a new instance, of a series the index holds or not.
 
 Through SQLAlchemy Core each statement costs ~40-60 µs of Python here (compile-cache
 look-up, result set-up, connection events); the driver's own call ~4 µs. Every
@@ -7,11 +7,11 @@ a pooled DBAPI connection, in one transaction: look the SOP Instance UID up, fin
 the series (and its study and patient), insert the instance row, and bump the
 counters that answer the computed attributes of PS3.4 C.6.1.1.3 / C.6.2.1.3
 (Number of Patient/Study/Series Related Instances), exactly as
-:func:`pacs_hub.storage.index.add_instance` does. A new series of an indexed study,
-and a new study of an indexed patient, are created here too (every instance of a
-one-image radiograph study is the first of its study); anything rarer (a new patient
-and the identity link made with it, a replaced blob) stays in
-:mod:`pacs_hub.storage.index`.
+:func:`pacs_hub.storage.index.add_instance` does. A new series, a new study (every
+instance of a one-image radiograph study is the first of its study) and a new
+patient with its regional identity link (:mod:`pacs_hub.regional.identity_sql`) are
+created here too; what is rarer (an identity that gets link candidates for review,
+a replaced blob) stays in :mod:`pacs_hub.storage.index`.
 
 The SQL is portable (SQLite and PostgreSQL); only the parameter marker and the
 encoding of timestamps differ, both taken from the SQLAlchemy dialect so that the
@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from pacs_hub.dicom.header import InstanceHeader
+from pacs_hub.regional.identity_sql import NewIdentity
 from pacs_hub.storage.database import Database
 from pacs_hub.storage.index import KnownInstance, StoredBlob, new_study_row, with_modality
 from pacs_hub.storage.models import Instance, Study
@@ -94,6 +95,7 @@ class IndexHotPath:
         self._select_patient = _SELECT_PATIENT.replace("?", mark)
         self._insert_study = _INSERT_STUDY.replace("?", mark)
         self._patient_new_study = _PATIENT_NEW_STUDY.replace("?", mark)
+        self._new_identity = NewIdentity(database)
         # SQLite keeps a DateTime as text in SQLAlchemy's own format; PostgreSQL takes it as is.
         process = Instance.__table__.c.received_at.type.bind_processor(dialect)
         self._timestamp: Callable[[datetime], Any] = process or (lambda value: value)
@@ -140,9 +142,10 @@ class IndexHotPath:
         metadata: bytes | None,
         establishment_pk: int | None = None,
     ) -> bool:
-        """Index a new instance whose series, study or at least patient is indexed; False
-        (nothing written) when its patient is not. ``establishment_pk`` is recorded on a
-        new study, as :func:`pacs_hub.storage.index.add_instance` does."""
+        """Index a new instance, creating its series, study and patient as needed; False
+        (nothing written) when a new patient's identity needs the general path.
+        ``establishment_pk`` is recorded on a new study, as
+        :func:`pacs_hub.storage.index.add_instance` does."""
         when = self._timestamp(now)
         cursor.execute(self._select_series, (h.series_instance_uid,))
         row = cursor.fetchone() or self._new_series(cursor, h, when, establishment_pk)
@@ -178,7 +181,7 @@ class IndexHotPath:
         self, cursor: Any, h: InstanceHeader, when: Any, establishment_pk: int | None
     ) -> tuple[int, int, int] | None:
         """Create the series of ``h`` (and its study when new): (series, study, patient)
-        pks; None, with nothing written, when the patient is not indexed either."""
+        pks; None, with nothing written, as for :meth:`_new_study`."""
         cursor.execute(self._select_study, (h.study_instance_uid,))
         study = cursor.fetchone() or self._new_study(cursor, h, when, establishment_pk)
         if study is None:
@@ -206,13 +209,14 @@ class IndexHotPath:
     def _new_study(
         self, cursor: Any, h: InstanceHeader, when: Any, establishment_pk: int | None
     ) -> tuple[int, int, str] | None:
-        """Create the study of ``h`` for its indexed patient: (study pk, patient pk,
-        Modalities in Study); None, with nothing written, when the patient is new."""
+        """Create the study of ``h`` (and its patient when new): (study pk, patient pk,
+        Modalities in Study); None, with nothing written, when a new patient's identity
+        needs the general path (:class:`~pacs_hub.regional.identity_sql.NewIdentity`)."""
         cursor.execute(self._select_patient, (h.patient_id, h.issuer_of_patient_id))
         patient = cursor.fetchone()
-        if patient is None:
+        patient_pk = patient[0] if patient else self._new_identity.create(cursor, h, when)
+        if patient_pk is None:
             return None
-        patient_pk = patient[0]
         row = new_study_row(h, patient_pk, establishment_pk, when)
         cursor.execute(self._insert_study, tuple(row[column] for column in _STUDY_COLUMNS))
         study_pk = cursor.fetchone()[0]

@@ -35,7 +35,7 @@ from pacs_hub.storage.blobs import BlobStore
 from pacs_hub.storage.database import Database
 from pacs_hub.storage.query import find_studies, parse_query
 from tests.conftest import Hub, dcmtk, start_hub
-from tests.storage.conftest import database, postgres_server  # noqa: F401 (fixtures)
+from tests.storage.conftest import database, hot_path_taken, postgres_server  # noqa: F401 (fixtures)
 
 REGIONAL_ISSUER = "PACS_HUB_REGION"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -489,3 +489,80 @@ def test_the_ingest_reads_identity_traits_as_pydicom_values_give_them(
         expected.given_names,
     )
     assert record.given_names == "Marie-Hélène Anne"
+
+
+def test_new_identities_on_the_hot_path_match_the_general_path(
+    database: Database,  # noqa: F811 (the fixture imported above)
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """New local identities written in plain SQL (regional.identity_sql) and through
+    SQLAlchemy (index._patient_pk + link_new_identity): the same four arrivals (a
+    patient without INS, the first identity of an INS, a second identity of it, a
+    namesake of the first) leave the same rows in two fresh indexes, on SQLite and on
+    PostgreSQL; the namesake, which gets a link candidate, is left to the general path."""
+    from sqlalchemy import select
+
+    from pacs_hub.regional.identity_sql import NewIdentity
+    from pacs_hub.storage.models import IdentityEvent, LinkCandidate, Patient, RegionalPatient
+
+    if database.is_sqlite:
+        general = Database(f"sqlite:///{tmp_path / 'general.sqlite3'}")
+    else:
+        general = Database(request.getfixturevalue("postgres_server").create_database())
+    ins = make_ins("F", "19810203")
+    new = maker(tmp_path / "in", "F", "19810203")
+    files = [
+        new("H1", "HOSP-H", "Leroy^Anne^Marie"),
+        new("H2", "HOSP-H", "Leroy^Anne", ins=ins, birth_name="PETIT"),
+        new("J7", "HOSP-J", "Petit^Anne", ins=ins, birth_name="PETIT", ins_as_patient_id=True),
+        new("K3", "HOSP-K", "LEROY^ANNE"),  # the strict traits of H1
+    ]
+    taken = hot_path_taken(monkeypatch)
+    hot = Ingestor(database, BlobStore(tmp_path / "hot"))
+    for path, _study in files:
+        hot.ingest(path.read_bytes())
+    assert taken == [True, True, True, False]
+    with monkeypatch.context() as patched:
+        patched.setattr(NewIdentity, "create", lambda *_args: None)
+        through_orm = Ingestor(general, BlobStore(tmp_path / "general"))
+        for path, _study in files:
+            through_orm.ingest(path.read_bytes())
+    assert taken[4:] == [False] * 4
+
+    def rows(db: Database) -> dict[str, list[dict[str, Any]]]:
+        varying = {"created_at", "at"}
+        dumped = {}
+        with db.read_connection() as conn:
+            for model in (Patient, RegionalPatient, IdentityEvent, LinkCandidate):
+                table = model.__table__
+                found = conn.execute(select(table).order_by(table.c.id)).mappings().all()
+                dumped[table.name] = [
+                    {k: v for k, v in row.items() if k not in varying} for row in found
+                ]
+        return dumped
+
+    try:
+        made_hot, made_general = rows(database), rows(general)
+    finally:
+        general.dispose()
+    assert made_hot == made_general
+    patients = made_hot["patients"]
+    assert [(p["patient_id"], p["link_method"]) for p in patients] == [
+        ("H1", "new"),
+        ("H2", "ins"),
+        (ins, "ins"),
+        ("K3", "new"),
+    ]
+    assert patients[1]["regional_patient_pk"] == patients[2]["regional_patient_pk"]
+    assert len(made_hot["regional_patients"]) == 3
+    assert [(c["patient_pk"], c["status"]) for c in made_hot["link_candidates"]] == [
+        (patients[3]["id"], "pending")
+    ]
+    assert [json.loads(e["detail"])["created"] for e in made_hot["identity_events"]] == [
+        patients[0]["regional_patient_pk"],
+        patients[1]["regional_patient_pk"],
+        None,
+        patients[3]["regional_patient_pk"],
+    ]

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -145,3 +146,18 @@ def as_part10(ds: Dataset) -> bytes:
     return part10_bytes(
         dataset_bytes(ds), ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian
     )
+
+
+def hot_path_taken(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """What IndexHotPath.add_to_known_series answers, call by call (True: it indexed)."""
+    from pacs_hub.storage.index_hot_path import IndexHotPath
+
+    taken: list[bool] = []
+    original = IndexHotPath.add_to_known_series
+
+    def spy(self: IndexHotPath, *args: Any) -> bool:
+        taken.append(original(self, *args))
+        return taken[-1]
+
+    monkeypatch.setattr(IndexHotPath, "add_to_known_series", spy)
+    return taken

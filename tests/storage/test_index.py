@@ -25,7 +25,7 @@ from pacs_hub.storage.database import Database
 from pacs_hub.storage.index import Outcome
 from pacs_hub.storage.models import Instance, Patient, Series, Study
 from pacs_hub.storage.packs import HEADER
-from tests.storage.conftest import as_part10, synthetic_dataset
+from tests.storage.conftest import as_part10, hot_path_taken, synthetic_dataset
 
 CT_VOLUME = Path("volumes") / "ct_philips_ingenuity_head_phantom_axial_5mm"
 # Charset samples and the Patient Name each must decode to (FileInfo.txt).
@@ -260,27 +260,12 @@ def test_a_file_ingested_for_an_establishment_records_it_on_the_new_study(
     assert not temp.exists()  # moved in as the blob
 
 
-def hot_path_taken(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """What IndexHotPath.add_to_known_series answers, call by call (True: it indexed)."""
-    from pacs_hub.storage.index_hot_path import IndexHotPath
-
-    taken: list[bool] = []
-    original = IndexHotPath.add_to_known_series
-
-    def spy(self: IndexHotPath, *args: Any) -> bool:
-        taken.append(original(self, *args))
-        return taken[-1]
-
-    monkeypatch.setattr(IndexHotPath, "add_to_known_series", spy)
-    return taken
-
-
 def test_a_known_study_takes_the_plain_sql_hot_path_and_reads_back_alike(
     ingestor: Ingestor, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first instance creates its study (general path); the next ones, in its series
-    or in a new series of the study, take the hot path; every row reads back through the
-    ORM with the same types and values, and the counters add up."""
+    """The first instance creates its patient and study, the next ones go to its series
+    or to a new series of the study, all on the hot path; every row reads back through
+    the ORM with the same types and values, and the counters add up."""
     from datetime import UTC, datetime
 
     from pacs_hub.dicom.dicomjson import expand
@@ -293,7 +278,7 @@ def test_a_known_study_takes_the_plain_sql_hot_path_and_reads_back_alike(
     before = datetime.now(UTC).replace(tzinfo=None)
     results = [ingestor.ingest(as_part10(ds), "MODALITY") for ds in (first, second, third)]
     assert [r.outcome for r in results] == [Outcome.STORED] * 3
-    assert taken == [False, True, True]  # study unknown, then series known, then study known
+    assert taken == [True, True, True]  # new patient, then series known, then study known
     assert ingestor.ingest(as_part10(second), "MODALITY").outcome is Outcome.DUPLICATE
     with database.reader() as session:
         rows = session.scalars(select(Instance).order_by(Instance.id)).all()
@@ -369,7 +354,7 @@ def test_a_new_study_of_a_known_patient_takes_the_hot_path_and_matches_the_gener
         ds.AccessionNumber, ds.StudyDate, ds.StudyDescription = "ACC1", "20260102", "Thorax"
     hot = ingestor.ingest(as_part10(studies[0]), "", establishment_pk=est_pk)
     assert hot.outcome is Outcome.STORED
-    assert taken == [False, True]
+    assert taken == [True, True]
     monkeypatch.setattr(IndexHotPath, "add_to_known_series", lambda *_args: False)
     general = ingestor.ingest(as_part10(studies[1]), "", establishment_pk=est_pk)
     assert general.outcome is Outcome.STORED
