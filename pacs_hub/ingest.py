@@ -144,7 +144,7 @@ class Ingestor:
         if known is not None and self.duplicate_policy is DuplicatePolicy.KEEP_FIRST:
             raise self._conflict(header)
         metadata = dicomjson.encode(dataset)  # before the blob moves: deferred values
-        blob = dataclasses.replace(blob, key=write_blob())
+        blob = StoredBlob(write_blob(), blob.sha256, blob.size)
         outcome = self._index(header, blob, received_from_ae, metadata, establishment_pk)
         if outcome is Outcome.CONFLICT:
             raise self._conflict(header)

@@ -307,11 +307,12 @@ def _claim_study(database: Database, sop: str, establishment_pk: int) -> None:
         )
 
 
-def handle_store(event: Event, ctx: GatewayContext, dedicated: str = "") -> Dataset:
+def handle_store(event: Event, ctx: GatewayContext, dedicated: str = "") -> Dataset | int:
     """EVT_C_STORE: the one ingest path; while standing in, also mark for return."""
     answer = store.handle_store(event, ctx)
     standin = called(event, ctx, dedicated)
-    if standin is None or int(answer.Status) != 0x0000:
+    code = answer if isinstance(answer, int) else int(answer.Status)
+    if standin is None or code != 0x0000:
         return answer
     sop = str(cast(C_STORE, event.request).AffectedSOPInstanceUID)
     try:

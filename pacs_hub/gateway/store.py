@@ -30,8 +30,13 @@ LOGGER = logging.getLogger(__name__)
 OUT_OF_RESOURCES = 0xA700
 
 
-def handle_store(event: Event, ctx: GatewayContext) -> Dataset:
-    """EVT_C_STORE handler: ingest the received instance, answer its status."""
+def handle_store(event: Event, ctx: GatewayContext) -> Dataset | int:
+    """EVT_C_STORE handler: ingest the received instance, answer its status.
+
+    Success is answered as the bare code, which pynetdicom takes as it is; a status
+    data set (built per instance, then copied element by element into the response)
+    is kept for failures and warnings, which carry an Error Comment.
+    """
     request = cast(C_STORE, event.request)
     context = event.context
     calling = event.assoc.requestor.ae_title
@@ -64,4 +69,4 @@ def handle_store(event: Event, ctx: GatewayContext) -> Dataset:
     access.stored(event, ctx, result.study_instance_uid)
     if result.outcome is Outcome.DUPLICATE:
         LOGGER.debug("C-STORE from %s: duplicate, already stored", calling)
-    return status(SUCCESS)
+    return SUCCESS
