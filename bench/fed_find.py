@@ -3,15 +3,19 @@
 Every query runs, one process at a time, as dcmtk findscu (Study Root, the 14 study
 keys of :mod:`bench.find`) to the hub's federated AE title, then to each of the three
 PACS, then to the hub's own AE title (its archive alone). Per query the slowest of the
-three direct answers ("slowest PACS", what a client asking them in parallel waits
-for) and their sum ("one by one", what a client asking them in turn waits for) are
-derived; p50/p95 over the queries of a type.
+three direct answers ("slowest PACS", each asked alone) and their sum ("one by one",
+what a client asking them in turn waits for) are derived; then the three PACS are
+asked at the same time by three findscu ("at once", what a client asking them in
+parallel waits for on this machine, where they share its cores as they do when the
+hub asks them). p50/p95 over the queries of a type.
 """
 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -40,6 +44,8 @@ class FedLatency:
     """Per query, the slowest of the three PACS."""
     one_by_one: Latency
     """Per query, the three PACS' times added."""
+    at_once: Latency
+    """Per query, the three PACS asked at the same time: until the last answered."""
     short_answers: int
     """Queries whose federated answer had fewer matches than the PACS' together."""
 
@@ -80,21 +86,38 @@ def run_queries(
     routes = [*pacs, "hub"]
     fed: dict[str, list[Sample]] = {k: [] for k in QUERY_TYPES}
     alone: dict[str, dict[str, list[Sample]]] = {k: {r: [] for r in routes} for k in QUERY_TYPES}
+    together: dict[str, list[Sample]] = {k: [] for k in QUERY_TYPES}
     seen = dict.fromkeys(QUERY_TYPES, 0)
     for query in queries:
         federated = findscu_at(FED_AE, hub.dicom_port, query)
         direct = {ae: findscu_at(ae, target.dicom_port, query) for ae, target in pacs.items()}
         direct["hub"] = findscu_at(HUB_AE, hub.dicom_port, query)
+        parallel = at_once(pacs, query)
         seen[query.kind] += 1
         if seen[query.kind] > WARMUPS:
             fed[query.kind].append(federated)
+            together[query.kind].append(parallel)
             for route in routes:
                 alone[query.kind][route].append(direct[route])
-    return {kind: summarize(fed[kind], alone[kind], list(pacs)) for kind in QUERY_TYPES}
+    return {
+        kind: summarize(fed[kind], alone[kind], list(pacs), together[kind]) for kind in QUERY_TYPES
+    }
+
+
+def at_once(pacs: Mapping[str, Target], query: Query) -> Sample:
+    """One findscu to each PACS, all started together; wall time to the last answer."""
+    with ThreadPoolExecutor(len(pacs)) as pool:
+        start = time.perf_counter()
+        answers = list(pool.map(lambda ae: findscu_at(ae, pacs[ae].dicom_port, query), pacs))
+        seconds = time.perf_counter() - start
+    return seconds, sum(a[1] for a in answers), all(a[2] for a in answers)
 
 
 def summarize(
-    federated: Sequence[Sample], alone: Mapping[str, Sequence[Sample]], pacs: Sequence[str]
+    federated: Sequence[Sample],
+    alone: Mapping[str, Sequence[Sample]],
+    pacs: Sequence[str],
+    together: Sequence[Sample],
 ) -> FedLatency:
     per_query = [[alone[ae][i] for ae in pacs] for i in range(len(federated))]
     short = sum(
@@ -105,5 +128,6 @@ def summarize(
         {route: latency(samples) for route, samples in alone.items()},
         latency([_slowest(d) for d in per_query]),
         latency([_one_by_one(d) for d in per_query]),
+        latency(together),
         short,
     )

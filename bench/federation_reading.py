@@ -63,6 +63,7 @@ def _find_text(fed: FedResults) -> str:
         + verdict
         + _hops(fed)
         + _versus(fed)
+        + _at_once(fed)
         + _complete(fed)
     )
 
@@ -117,6 +118,29 @@ def _versus(fed: FedResults) -> str:
         " At p50 it is not faster than asking the three PACS one by one for "
         + ", ".join(slower)
         + "."
+    )
+
+
+def _at_once(fed: FedResults) -> str:
+    """The federated answer against the three PACS asked in parallel by the client."""
+    pairs = [
+        (kind, lat.federated.p95_ms / lat.at_once.p95_ms)
+        for kind, lat in fed.find.items()
+        if lat.federated.samples and lat.at_once.samples and lat.at_once.p95_ms > 0
+    ]
+    if not pairs:
+        return ""
+    low, high = min(r for _, r in pairs), max(r for _, r in pairs)
+    span = f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}"
+    return (
+        f" Against the three PACS asked at once by the client (three findscu together, on "
+        f"the same cores), the federated answer takes {span} x their time at p95"
+        + (
+            ": the client gets every PACS's answer, merged, no later than by asking them "
+            "all itself."
+            if high <= 1.0
+            else "."
+        )
     )
 
 
