@@ -23,8 +23,12 @@ class HubState:
     ingestor: Ingestor
 
 
-def hub_state(request: Request) -> HubState:
-    """FastAPI dependency: the hub's services for this request."""
+async def hub_state(request: Request) -> HubState:
+    """FastAPI dependency: the hub's services for this request.
+
+    A coroutine although it awaits nothing: FastAPI runs a plain function dependency
+    in a worker thread, a hand-over between threads on every DICOMweb request.
+    """
     return cast(HubState, request.app.state.hub)
 
 
