@@ -6,13 +6,15 @@ transaction, exactly as :func:`pacs_hub.storage.index._patient_pk` and
 :func:`pacs_hub.regional.identity.link_new_identity` do through SQLAlchemy: to the
 active regional patient holding its INS (``link_method`` ``ins``), else to a regional
 patient of its own (``new``), with the same ``link`` identity event. Through
-SQLAlchemy Core these ten statements cost more than the rest of the instance's
-ingest; a region's index build is half first instances of a patient.
+SQLAlchemy Core these statements made the first instance of a patient cost about
+three times an instance of a known series (profile of ct64 ingest). Every patient of
+a region comes this way once; in the benchmark's C-FIND index (one instance per
+study) half the instances do.
 
 One case is left to the general path: a regional patient would be created while an
-identity of another one has the same strict traits (:func:`~pacs_hub.dicom.ins.
-trait_key`), which records link candidates for review. :meth:`NewIdentity.create`
-answers None then, having written nothing.
+identity of another one has the same strict traits
+(:func:`~pacs_hub.dicom.ins.trait_key`), which records link candidates for review.
+:meth:`NewIdentity.create` answers None then, having written nothing.
 """
 
 from __future__ import annotations
