@@ -123,14 +123,14 @@ def _versus(fed: FedResults) -> str:
 
 def _at_once(fed: FedResults) -> str:
     """The federated answer against the three PACS asked in parallel by the client."""
-    pairs = [
-        (kind, lat.federated.p95_ms / lat.at_once.p95_ms)
-        for kind, lat in fed.find.items()
+    ratios = [
+        lat.federated.p95_ms / lat.at_once.p95_ms
+        for lat in fed.find.values()
         if lat.federated.samples and lat.at_once.samples and lat.at_once.p95_ms > 0
     ]
-    if not pairs:
+    if not ratios:
         return ""
-    low, high = min(r for _, r in pairs), max(r for _, r in pairs)
+    low, high = min(ratios), max(ratios)
     span = f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}"
     return (
         f" Against the three PACS asked at once by the client (three findscu together, on "

@@ -170,7 +170,7 @@ class Ingestor:
         delay = 0.01
         for attempt in range(RETRIES):
             try:
-                outcome = self._index_known_series(header, blob, ae, metadata, establishment_pk)
+                outcome = self._index_hot(header, blob, ae, metadata, establishment_pk)
                 if outcome is None:
                     outcome = self._index_once(header, blob, ae, metadata, establishment_pk)
                 return outcome
@@ -186,7 +186,7 @@ class Ingestor:
             delay *= 2
         raise AssertionError("unreachable")
 
-    def _index_known_series(
+    def _index_hot(
         self,
         header: InstanceHeader,
         blob: StoredBlob,
@@ -206,7 +206,7 @@ class Ingestor:
             known = hot.known(cursor, header.sop_instance_uid)
             if known is not None:
                 return Outcome.DUPLICATE if known.sha256 == blob.sha256 else None
-            if hot.add_to_known_series(cursor, header, blob, ae, now, metadata, establishment_pk):
+            if hot.add_instance(cursor, header, blob, ae, now, metadata, establishment_pk):
                 return Outcome.STORED
         return None
 

@@ -31,15 +31,11 @@ from pacs_hub.regional.identity import (
     link_event_detail,
     regional_id_for,
 )
-from pacs_hub.storage.database import Database
+from pacs_hub.storage.database import Database, insert_returning_id
 from pacs_hub.storage.index import new_patient_row
 from pacs_hub.storage.models import Patient
 
-_PATIENT_COLUMNS = tuple(c.name for c in Patient.__table__.columns if c.name != "id")
-_INSERT_PATIENT = (
-    f"INSERT INTO patients ({', '.join(_PATIENT_COLUMNS)})"
-    f" VALUES ({', '.join('?' * len(_PATIENT_COLUMNS))}) RETURNING id"
-)
+_PATIENT_COLUMNS, _INSERT_PATIENT = insert_returning_id(Patient.__table__)
 _SELECT_BY_INS = (
     "SELECT id FROM regional_patients WHERE ins = ? AND ins_oid = ? AND active = ?"
     " ORDER BY id LIMIT 1"
@@ -65,16 +61,16 @@ class NewIdentity:
     """The statements creating a new local identity, prepared for one database's driver."""
 
     def __init__(self, database: Database) -> None:
-        mark = "?" if database.engine.dialect.paramstyle == "qmark" else "%s"
-        self._insert_patient = _INSERT_PATIENT.replace("?", mark)
-        self._select_by_ins = _SELECT_BY_INS.replace("?", mark)
-        self._select_same_birth = _SELECT_SAME_BIRTH.replace("?", mark)
-        self._insert_regional = _INSERT_REGIONAL.replace("?", mark)
-        self._name_regional = _NAME_REGIONAL.replace("?", mark)
-        self._insert_event = _INSERT_EVENT.replace("?", mark)
+        sql = database.driver_sql
+        self._insert_patient = sql(_INSERT_PATIENT)
+        self._select_by_ins = sql(_SELECT_BY_INS)
+        self._select_same_birth = sql(_SELECT_SAME_BIRTH)
+        self._insert_regional = sql(_INSERT_REGIONAL)
+        self._name_regional = sql(_NAME_REGIONAL)
+        self._insert_event = sql(_INSERT_EVENT)
         # One regional patient per INS: PostgreSQL serialises their creation per INS
         # (as identity._lock_ins does); SQLite has one writer at a time already.
-        self._lock_ins = None if database.is_sqlite else _LOCK_INS.replace("?", mark)
+        self._lock_ins = None if database.is_sqlite else sql(_LOCK_INS)
 
     def create(self, cursor: Any, h: InstanceHeader, when: Any) -> int | None:
         """Insert and link the identity of ``h``; its ``patients`` pk. ``when`` is the

@@ -17,7 +17,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, FromClause, Table, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 LOGGER = logging.getLogger(__name__)
@@ -53,6 +53,16 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
+def insert_returning_id(table: FromClause) -> tuple[tuple[str, ...], str]:
+    """Every column of ``table`` (a model's ``__table__``) but ``id``, and the plain
+    ``INSERT ... RETURNING id`` of a row of them (``?`` markers, see
+    :meth:`Database.driver_sql`)."""
+    assert isinstance(table, Table)
+    columns = tuple(c.name for c in table.columns if c.name != "id")
+    marks = ", ".join("?" * len(columns))
+    return columns, f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks}) RETURNING id"
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the latest alembic revision (idempotent)."""
     cfg = Config()
@@ -77,6 +87,13 @@ class Database:
     def is_sqlite(self) -> bool:
         """True for the embedded SQLite index."""
         return self.engine.dialect.name == "sqlite"
+
+    def driver_sql(self, statement: str) -> str:
+        """A plain SQL ``statement`` written with ``?`` markers, in the driver's own
+        parameter style (for statements run straight on a DBAPI cursor)."""
+        if self.engine.dialect.paramstyle == "qmark":
+            return statement
+        return statement.replace("?", "%s")
 
     @contextmanager
     def session(self) -> Iterator[Session]:

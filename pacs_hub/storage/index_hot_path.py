@@ -27,7 +27,7 @@ from typing import Any
 
 from pacs_hub.dicom.header import InstanceHeader
 from pacs_hub.regional.identity_sql import NewIdentity
-from pacs_hub.storage.database import Database
+from pacs_hub.storage.database import Database, insert_returning_id
 from pacs_hub.storage.index import KnownInstance, StoredBlob, new_study_row, with_modality
 from pacs_hub.storage.models import Instance, Study
 
@@ -57,11 +57,7 @@ _STUDY_NEW_SERIES = (
 )
 _PATIENT_NEW_SERIES = "UPDATE patients SET num_series = num_series + 1 WHERE id = ?"
 _SELECT_PATIENT = "SELECT id FROM patients WHERE patient_id = ? AND issuer_of_patient_id = ?"
-_STUDY_COLUMNS = tuple(c.name for c in Study.__table__.columns if c.name != "id")
-_INSERT_STUDY = (
-    f"INSERT INTO studies ({', '.join(_STUDY_COLUMNS)})"
-    f" VALUES ({', '.join('?' * len(_STUDY_COLUMNS))}) RETURNING id"
-)
+_STUDY_COLUMNS, _INSERT_STUDY = insert_returning_id(Study.__table__)
 _PATIENT_NEW_STUDY = "UPDATE patients SET num_studies = num_studies + 1 WHERE id = ?"
 _BUMP_SERIES = "UPDATE series SET num_instances = num_instances + 1 WHERE id = ?"
 _BUMP_STUDY = (
@@ -78,23 +74,23 @@ class IndexHotPath:
         dialect = database.engine.dialect
         self._database = database
         self._sqlite = database.is_sqlite
-        mark = "?" if dialect.paramstyle == "qmark" else "%s"
-        self._select_instance = _SELECT_INSTANCE.replace("?", mark)
-        self._select_series = _SELECT_SERIES.replace("?", mark)
-        self._insert_instance = _INSERT_INSTANCE.replace("?", mark)
-        self._bump_series = _BUMP_SERIES.replace("?", mark)
-        self._bump_study = _BUMP_STUDY.replace("?", mark)
-        self._bump_patient = _BUMP_PATIENT.replace("?", mark)
+        sql = database.driver_sql
+        self._select_instance = sql(_SELECT_INSTANCE)
+        self._select_series = sql(_SELECT_SERIES)
+        self._insert_instance = sql(_INSERT_INSTANCE)
+        self._bump_series = sql(_BUMP_SERIES)
+        self._bump_study = sql(_BUMP_STUDY)
+        self._bump_patient = sql(_BUMP_PATIENT)
         # The study row is locked (a no-op on SQLite, whose writers are serialised) so that
         # two new series of one study do not both rewrite Modalities in Study from one value.
         lock = "" if database.is_sqlite else " FOR UPDATE"
-        self._select_study = _SELECT_STUDY.replace("?", mark) + lock
-        self._insert_series = _INSERT_SERIES.replace("?", mark)
-        self._study_new_series = _STUDY_NEW_SERIES.replace("?", mark)
-        self._patient_new_series = _PATIENT_NEW_SERIES.replace("?", mark)
-        self._select_patient = _SELECT_PATIENT.replace("?", mark)
-        self._insert_study = _INSERT_STUDY.replace("?", mark)
-        self._patient_new_study = _PATIENT_NEW_STUDY.replace("?", mark)
+        self._select_study = sql(_SELECT_STUDY) + lock
+        self._insert_series = sql(_INSERT_SERIES)
+        self._study_new_series = sql(_STUDY_NEW_SERIES)
+        self._patient_new_series = sql(_PATIENT_NEW_SERIES)
+        self._select_patient = sql(_SELECT_PATIENT)
+        self._insert_study = sql(_INSERT_STUDY)
+        self._patient_new_study = sql(_PATIENT_NEW_STUDY)
         self._new_identity = NewIdentity(database)
         # SQLite keeps a DateTime as text in SQLAlchemy's own format; PostgreSQL takes it as is.
         process = Instance.__table__.c.received_at.type.bind_processor(dialect)
@@ -132,7 +128,7 @@ class IndexHotPath:
         row = cursor.fetchone()
         return KnownInstance(row[0], row[1], row[2], row[3]) if row else None
 
-    def add_to_known_series(
+    def add_instance(
         self,
         cursor: Any,
         h: InstanceHeader,

@@ -149,15 +149,15 @@ def as_part10(ds: Dataset) -> bytes:
 
 
 def hot_path_taken(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """What IndexHotPath.add_to_known_series answers, call by call (True: it indexed)."""
+    """What IndexHotPath.add_instance answers, call by call (True: it indexed)."""
     from pacs_hub.storage.index_hot_path import IndexHotPath
 
     taken: list[bool] = []
-    original = IndexHotPath.add_to_known_series
+    original = IndexHotPath.add_instance
 
     def spy(self: IndexHotPath, *args: Any) -> bool:
         taken.append(original(self, *args))
         return taken[-1]
 
-    monkeypatch.setattr(IndexHotPath, "add_to_known_series", spy)
+    monkeypatch.setattr(IndexHotPath, "add_instance", spy)
     return taken

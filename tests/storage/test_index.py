@@ -355,7 +355,7 @@ def test_a_new_study_of_a_known_patient_takes_the_hot_path_and_matches_the_gener
     hot = ingestor.ingest(as_part10(studies[0]), "", establishment_pk=est_pk)
     assert hot.outcome is Outcome.STORED
     assert taken == [True, True]
-    monkeypatch.setattr(IndexHotPath, "add_to_known_series", lambda *_args: False)
+    monkeypatch.setattr(IndexHotPath, "add_instance", lambda *_args: False)
     general = ingestor.ingest(as_part10(studies[1]), "", establishment_pk=est_pk)
     assert general.outcome is Outcome.STORED
 
