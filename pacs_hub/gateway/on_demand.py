@@ -57,7 +57,13 @@ from pacs_hub.storage.retrieval import RetrieveItem
 LOGGER = logging.getLogger(__name__)
 PENDING_EVERY = 1.0
 POLL_EVERY = 0.05
-"""Seconds between index polls while a pull runs (a progress report wakes it sooner)."""
+"""Seconds between index polls while a pull runs and nothing arrived (a progress
+report wakes it sooner)."""
+BATCH_EVERY = 0.05
+"""Fewest seconds between two index polls while a pull runs: the instances made durable
+meanwhile go out as one batch. A pull reports every instance; one selection and one
+access check per instance cost the hub more than sending it (measured 2026-11-30: a
+third of the hub's CPU while streaming a 500-instance study)."""
 MAX_SUB_OPERATIONS = 0xFFFF
 Select = Callable[[int], list[RetrieveItem] | Dataset]
 """The retrieve's matches whose index row id is above the argument (0: all)."""
@@ -311,10 +317,14 @@ class Feed:
         self, cancelled: Callable[[], bool] = lambda: False
     ) -> Iterator[list[RetrieveItem]]:
         """Each set of instances made durable since the last, until the pulls end (then
-        the ones a poll missed: a full selection less what was already handed out)."""
+        the ones a poll missed: a full selection less what was already handed out).
+
+        Polls are :data:`BATCH_EVERY` apart at least, except the last one, made as soon
+        as the pulls end."""
         while not cancelled():
             done = self.pull.finished.is_set()
             self.pull.wake.clear()
+            polled = time.monotonic()
             new = self._new(0 if done else self.after)
             if new:
                 yield new
@@ -322,6 +332,7 @@ class Feed:
                 return
             if not new:
                 self.pull.wake.wait(POLL_EVERY)
+            self.pull.finished.wait(BATCH_EVERY - (time.monotonic() - polled))
 
     def finish(self, matches: list[RetrieveItem]) -> list[RetrieveItem] | Dataset:
         """After the pulls end: every match (``matches`` when nothing was pulled)."""
