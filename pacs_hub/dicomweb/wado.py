@@ -214,7 +214,8 @@ def _instance_parts(plans: Iterable[_InstancePlan]) -> Iterator[Part]:
         if plan.transcode:
             yield Part(DICOM, plan.transfer_syntax, _chunked(_transcoded(plan.item)))
         else:
-            yield Part(DICOM, plan.transfer_syntax, plan.item.blob.chunks(CHUNK))
+            blob = plan.item.blob
+            yield Part(DICOM, plan.transfer_syntax, blob.chunks(CHUNK), blob.size)
 
 
 def _retrieve(request: Request, items: list[RetrieveItem]) -> Response:
@@ -234,7 +235,8 @@ def _retrieve(request: Request, items: list[RetrieveItem]) -> Response:
     if len(plans) == 1 and plans[0].transcode:  # one instance: fail with a clean 406
         data = _transcoded(plans[0].item)
         return multipart_bytes_response([Part(DICOM, EXPLICIT_VR_LITTLE_ENDIAN, [data])], DICOM)
-    return multipart_response(_instance_parts(plans), DICOM)
+    parts = _instance_parts(plans)  # all known before the first byte unless transcoded
+    return multipart_response(parts if any(p.transcode for p in plans) else list(parts), DICOM)
 
 
 @router.get("/studies/{study}")

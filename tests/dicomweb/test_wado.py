@@ -145,6 +145,9 @@ def test_every_stored_file_comes_back_byte_identical(loaded: Loaded) -> None:
     for study in sorted({o.study for o in loaded.stored.values()}):
         response = loaded.get(f"/studies/{study}", headers=AS_STORED)
         assert response.status_code == 200, response.text
+        # sent as stored: the length is known up front (RFC 9110 8.6), not chunked
+        assert response.headers["content-length"] == str(len(response.content))
+        assert "transfer-encoding" not in response.headers
         for header, data in multipart(response):
             meta = read_file_meta(data)
             original = loaded.stored.get(meta.sop_instance_uid)
