@@ -17,19 +17,35 @@ SOP Instance UID. The primitive it queues holds what pynetdicom's would. Anythin
 else, or an association with a handler bound to ``EVT_DIMSE_RECV`` (the fast path
 does not raise it), goes through pynetdicom as before. The hook that reads it is
 :func:`pacs_hub.gateway.store_request.install`, which reads requests too.
+
+A pull (:mod:`pacs_hub.regional.pull`) gets one Pending C-MOVE-RSP per instance the
+PACS sends to the hub (PS3.4 C.4.2.1.5); a C-GET-RSP likewise (C.4.3.1.4). The common
+one is read the same way: Command Group Length, Affected SOP Class UID, Command Field
+(0x8021 or 0x8010), Message ID Being Responded To, Command Data Set Type (0x0101),
+Status Pending (0xFF00 or 0xFF01) and the four Number of Remaining / Completed /
+Failed / Warning Sub-operations (PS3.7 9.3.4.2, 9.3.3.2), nothing else (dcmtk's and
+Orthanc's). Final responses, which may carry an Identifier, go through pynetdicom.
 """
 
 from __future__ import annotations
 
 from pydicom.uid import UID
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 
 from pacs_hub.gateway.pdata import NO_DATASET, command_elements
 
 C_STORE_RSP = 0x8001
+C_GET_RSP = 0x8010
+C_MOVE_RSP = 0x8021
+PENDING = (0xFF00, 0xFF01)
 ELEMENTS = frozenset(
     {0x00000000, 0x00000002, 0x00000100, 0x00000120, 0x00000800, 0x00000900, 0x00001000}
 )
+RETRIEVE_PENDING_ELEMENTS = frozenset(
+    {0x00000000, 0x00000002, 0x00000100, 0x00000120, 0x00000800, 0x00000900}
+    | {0x00001020, 0x00001021, 0x00001022, 0x00001023}
+)
+_US_ELEMENTS = (0x00000120, 0x00000900, 0x00001020, 0x00001021, 0x00001022, 0x00001023)
 
 
 def _us(value: bytes) -> int:
@@ -49,9 +65,36 @@ def command_fields(data: bytes) -> dict[int, bytes] | None:
     return command_elements(data[1:])
 
 
-def response_from(fields: dict[int, bytes]) -> C_STORE | None:
-    """The C-STORE-RSP primitive of a command's elements, or None when it is anything
-    else (see the module docstring)."""
+def retrieve_pending_from(fields: dict[int, bytes]) -> C_MOVE | C_GET | None:
+    """The Pending C-MOVE-RSP or C-GET-RSP primitive of a command's elements, or None
+    when it is anything else (see the module docstring)."""
+    if any(len(fields[tag]) != 2 for tag in _US_ELEMENTS):
+        return None
+    field, status = _us(fields[0x00000100]), _us(fields[0x00000900])
+    if field not in (C_MOVE_RSP, C_GET_RSP) or status not in PENDING:
+        return None
+    if _us(fields[0x00000800]) != NO_DATASET:
+        return None
+    try:
+        sop_class = _uid(fields[0x00000002])
+    except UnicodeDecodeError:
+        return None
+    primitive = C_MOVE() if field == C_MOVE_RSP else C_GET()
+    primitive._affected_sop_class_uid = sop_class
+    primitive._message_id_being_responded_to = _us(fields[0x00000120])
+    primitive._status = status
+    primitive._number_of_remaining_suboperations = _us(fields[0x00001020])
+    primitive._number_of_completed_suboperations = _us(fields[0x00001021])
+    primitive._number_of_failed_suboperations = _us(fields[0x00001022])
+    primitive._number_of_warning_suboperations = _us(fields[0x00001023])
+    return primitive
+
+
+def response_from(fields: dict[int, bytes]) -> C_STORE | C_MOVE | C_GET | None:
+    """The C-STORE-RSP, or Pending C-MOVE-RSP or C-GET-RSP, primitive of a command's
+    elements, or None when it is anything else (see the module docstring)."""
+    if fields.keys() == RETRIEVE_PENDING_ELEMENTS:
+        return retrieve_pending_from(fields)
     if fields.keys() != ELEMENTS:
         return None
     if _us(fields[0x00000100]) != C_STORE_RSP or _us(fields[0x00000800]) != NO_DATASET:
@@ -70,7 +113,7 @@ def response_from(fields: dict[int, bytes]) -> C_STORE | None:
     return primitive
 
 
-def store_response(data: bytes) -> C_STORE | None:
-    """The C-STORE-RSP primitive of one complete command fragment, or None."""
+def store_response(data: bytes) -> C_STORE | C_MOVE | C_GET | None:
+    """The response primitive of one complete command fragment (as :func:`response_from`)."""
     fields = command_fields(data)
     return None if fields is None else response_from(fields)

@@ -268,6 +268,59 @@ def test_a_plain_c_store_response_is_read_as_pynetdicom_reads_it(
     assert fast.is_valid_response and fast.ErrorComment is None
 
 
+def pynetdicom_reads_any(fragment: bytes) -> object:
+    """As :func:`pynetdicom_reads`, whatever the message."""
+    data = P_DATA()
+    data.presentation_data_value_list = [[1, fragment]]
+    message = DIMSEMessage()
+    assert message.decode_msg(data)
+    return message.message_to_primitive()
+
+
+RETRIEVE_COUNTS = (
+    "NumberOfRemainingSuboperations",
+    "NumberOfCompletedSuboperations",
+    "NumberOfFailedSuboperations",
+    "NumberOfWarningSuboperations",
+)
+
+
+@pytest.mark.parametrize("kind", ["move", "get"])
+@pytest.mark.parametrize("status", [0xFF00, 0xFF01])
+def test_a_pending_retrieve_response_is_read_as_pynetdicom_reads_it(kind: str, status: int) -> None:
+    response: C_MOVE | C_GET = C_MOVE() if kind == "move" else C_GET()
+    response.MessageIDBeingRespondedTo = 77
+    response.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.2"
+    response.Status = status
+    for name, value in zip(RETRIEVE_COUNTS, (498, 1, 0, 1), strict=True):
+        setattr(response, name, value)
+    fragment = b"\x03" + pynetdicom_command(C_MOVE_RSP if kind == "move" else C_GET_RSP, response)
+    fast, slow = store_response(fragment), pynetdicom_reads_any(fragment)
+    assert fast is not None and type(fast) is type(slow) is type(response)
+    names = ("MessageIDBeingRespondedTo", "AffectedSOPClassUID", "Status", *RETRIEVE_COUNTS)
+    assert [getattr(fast, n) for n in names] == [getattr(slow, n) for n in names]
+    assert [getattr(fast, n) for n in RETRIEVE_COUNTS] == [498, 1, 0, 1]
+    assert fast.is_valid_response and fast.Identifier is None and fast.ErrorComment is None
+
+
+def test_final_or_unusual_retrieve_responses_are_left_to_pynetdicom() -> None:
+    response = C_MOVE()
+    response.MessageIDBeingRespondedTo = 3
+    response.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.2"
+    response.Status = 0x0000
+    for name in RETRIEVE_COUNTS:
+        setattr(response, name, 0)
+    final = pynetdicom_command(C_MOVE_RSP, response)  # Success: may carry an Identifier
+    response.Status = 0xFF00
+    response.ErrorComment = "slow"  # an optional element
+    commented = pynetdicom_command(C_MOVE_RSP, response)
+    response.ErrorComment = None
+    response.NumberOfWarningSuboperations = None  # a count left out
+    partial = pynetdicom_command(C_MOVE_RSP, response)
+    for command in (final, commented, partial):
+        assert store_response(b"\x03" + command) is None
+
+
 def test_other_messages_are_left_to_pynetdicom() -> None:
     response = C_STORE()
     response.MessageIDBeingRespondedTo = 2
