@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     federated_timeout: float = Field(
         default=5.0, gt=0, description="Seconds a federated query waits for each remote PACS"
     )
+    pull_associations: int = Field(
+        default=4,
+        ge=1,
+        le=16,
+        description="Retrieve: C-MOVE associations one pull of a large study uses at once",
+    )
     regional_issuer: str = Field(
         default="PACS_HUB_REGION", max_length=64, description="Issuer of regional patient IDs"
     )

@@ -18,6 +18,19 @@ def blob_keys(data_dir: Path) -> dict[str, str]:
     return dict(rows)
 
 
+def study_blob_keys(data_dir: Path, study: str) -> dict[str, str]:
+    """SOP Instance UID -> blob key of every instance of ``study`` in the SQLite index."""
+    index = data_dir / "index.sqlite3"
+    with sqlite3.connect(f"file:{index}?mode=ro", uri=True) as conn:
+        rows = conn.execute(
+            "SELECT i.sop_instance_uid, i.blob_key FROM instances i"
+            " JOIN series s ON i.series_pk = s.id JOIN studies t ON s.study_pk = t.id"
+            " WHERE t.study_instance_uid = ?",
+            (study,),
+        ).fetchall()
+    return dict(rows)
+
+
 def blob_of(data_dir: Path, key: str) -> BlobRef:
     """Where blob ``key`` of the hub with data folder ``data_dir`` is."""
     return blob_ref(data_dir / "blobs", key)

@@ -7,9 +7,15 @@ path (validate -> blob -> index), so what arrives is stored byte for byte as sen
 The PACS must therefore know the hub as a modality (Orthanc: ``DicomModalities``).
 A C-MOVE response comes only after its sub-operation was acknowledged, and the hub
 acknowledges a C-STORE only once the instance is durable, so when the final response
-arrives the study is in the index. When the C-MOVE fails with nothing received (a PACS
-that does not know the hub answers 0xA801, Orthanc 0xC000), the study is asked for
-again by C-GET (:mod:`pacs_hub.regional.cget`), which needs no move destination.
+arrives the study is in the index. A study of many instances that someone waits for
+(kind ``on-demand``) is listed first and moved in parts over several associations at
+once (:mod:`pacs_hub.regional.pull_parts`): one association pulls at the pace of one
+instance's round trip, and the hub stores what arrives on several in parallel. Prefetch
+and backfill pull each study over one association (a backfill pulls several studies at
+once; more associations on top of those slowed it down, measured 2026-11-30). When
+the C-MOVE fails with nothing received (a PACS that does not know the hub answers
+0xA801, Orthanc 0xC000), the study is asked for again by C-GET
+(:mod:`pacs_hub.regional.cget`), which needs no move destination.
 
 Each pull is a :class:`~pacs_hub.storage.models.RetrieveJob` row: ``queued`` when
 claimed, ``running`` while the C-MOVE runs, then ``done`` or ``failed`` (with the
@@ -46,6 +52,7 @@ from pacs_hub.config import Settings
 from pacs_hub.dicom.header import is_valid_uid
 from pacs_hub.errors import HubError, InvalidQuery
 from pacs_hub.regional.cget import get_study
+from pacs_hub.regional.pull_parts import move_in_parts
 from pacs_hub.regional.scu import (
     PENDING,
     PacsNode,
@@ -60,6 +67,7 @@ from pacs_hub.storage.models import Node, RetrieveJob
 LOGGER = logging.getLogger(__name__)
 Progress = Callable[[int, int | None], None]
 ACTIVE = ("queued", "running")
+ON_DEMAND = "on-demand"
 WRITE_EVERY = 0.5
 POLL_EVERY = 0.2
 STALE_MARGIN = 5.0
@@ -330,10 +338,18 @@ def remote_study(settings: Settings, database: Database, node_ae: str, study: st
 
 
 def _move_or_get(
-    settings: Settings, database: Database, node: PacsNode, study: str, writer: Progress
+    settings: Settings,
+    database: Database,
+    node: PacsNode,
+    study: str,
+    writer: Progress,
+    in_parts: bool,
 ) -> tuple[str, MoveResult]:
-    """C-MOVE, else (failed with nothing received) C-GET: ``(error or '', final result)``."""
-    result = move_study(settings, node, study, writer)
+    """C-MOVE (in parts when ``in_parts`` and the study is large,
+    :mod:`pacs_hub.regional.pull_parts`), else (failed with nothing received) C-GET:
+    ``(error or '', final result)``."""
+    parted = move_in_parts(settings, node, study, writer) if in_parts else None
+    result = MoveResult(*parted) if parted else move_study(settings, node, study, writer)
     error = result.error()
     if not error or result.received or result.status in (0x0000, 0xFE00):
         return error, result
@@ -353,12 +369,13 @@ def run_job(
             raise InvalidQuery(f"retrieve job {job_id} or its node does not exist")
         study = job.study_instance_uid
         node = PacsNode(node_row.id, node_row.ae_title, node_row.host, node_row.port)
+        in_parts = job.kind == ON_DEMAND  # someone waits; prefetch and backfill do not
     _write(database, job_id, state="running", started_at=_now())
     LOGGER.info("retrieve job %d: study %s from %s", job_id, study, node.ae_title)
     writer = _JobWriter(database, job_id, progress)
     expected: int | None
     try:
-        error, result = _move_or_get(settings, database, node, study, writer)
+        error, result = _move_or_get(settings, database, node, study, writer, in_parts)
         received, expected = result.received, result.received + result.failed
     except HubError as exc:
         error, received, expected = exc.message, writer.received, writer.expected
@@ -434,7 +451,7 @@ def pull_study(
     node_ae: str,
     study_instance_uid: str,
     *,
-    kind: str = "on-demand",
+    kind: str = ON_DEMAND,
     progress: Progress | None = None,
 ) -> int:
     """Pull a study from the PACS ``node_ae`` into the hub; block until done; the job id.

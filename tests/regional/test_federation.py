@@ -43,7 +43,7 @@ from pacs_hub.regional.pull import claim_job, stale_after, wait_for_job
 from pacs_hub.regional.scu import pacs_node
 from pacs_hub.storage.database import Database
 from pacs_hub.storage.models import Node, RetrieveJob
-from tests.blobs import blob_of
+from tests.blobs import blob_of, study_blob_keys
 from tests.conftest import DATA, HUB_AE, Hub, dcmtk, free_port, start_hub, wait_until
 from tests.peers import OrthancPeer, start_orthanc
 
@@ -404,15 +404,9 @@ def storescp(region: Region, tmp_path: Path) -> Iterator[Path]:
 
 def hub_blobs(region: Region, study: str) -> dict[str, bytes]:
     """SOP Instance UID -> stored file of every instance of ``study`` in the hub."""
-    index = region.hub.data_dir / "index.sqlite3"
-    with sqlite3.connect(f"file:{index}?mode=ro", uri=True) as conn:
-        rows = conn.execute(
-            "SELECT i.sop_instance_uid, i.blob_key FROM instances i"
-            " JOIN series s ON i.series_pk = s.id JOIN studies t ON s.study_pk = t.id"
-            " WHERE t.study_instance_uid = ?",
-            (study,),
-        ).fetchall()
-    return {uid: blob_of(region.hub.data_dir, key).read_bytes() for uid, key in rows}
+    data_dir = region.hub.data_dir
+    keys = study_blob_keys(data_dir, study)
+    return {uid: blob_of(data_dir, key).read_bytes() for uid, key in keys.items()}
 
 
 def jobs(region: Region, study: str) -> list[dict[str, object]]:

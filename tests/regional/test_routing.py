@@ -30,7 +30,7 @@ from pacs_hub.regional.routing_rules import (
     study_matches,
 )
 from pacs_hub.storage.database import Database
-from tests.blobs import blob_of
+from tests.blobs import blob_of, study_blob_keys
 from tests.conftest import Hub, free_port, start_hub, wait_until
 from tests.peers import OrthancPeer, start_orthanc
 from tests.regional.study_factory import dataset_digest, make_study, storescu
@@ -120,15 +120,10 @@ def file_datasets(files: list[Path]) -> dict[str, str]:
 
 
 def hub_datasets(hub: Hub, study_uid: str) -> dict[str, str]:
-    index = hub.data_dir / "index.sqlite3"
-    with sqlite3.connect(f"file:{index}?mode=ro", uri=True) as conn:
-        rows = conn.execute(
-            "SELECT i.sop_instance_uid, i.blob_key FROM instances i"
-            " JOIN series s ON s.id = i.series_pk JOIN studies t ON t.id = s.study_pk"
-            " WHERE t.study_instance_uid = ?",
-            (study_uid,),
-        ).fetchall()
-    return {uid: dataset_digest(blob_of(hub.data_dir, key).read_bytes()) for uid, key in rows}
+    keys = study_blob_keys(hub.data_dir, study_uid)
+    return {
+        uid: dataset_digest(blob_of(hub.data_dir, key).read_bytes()) for uid, key in keys.items()
+    }
 
 
 @pytest.fixture(scope="module")
