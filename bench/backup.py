@@ -171,13 +171,16 @@ def hub_restore(hub: HubTarget, work: Path) -> tuple[Rate, float, str]:
     )
 
 
-def run_backup(out: Path, corpus: data.Corpus, log: Callable[[str], None]) -> list[str]:
-    """The whole section; markdown lines for the results file."""
+def run_backup(
+    out: Path, corpus: data.Corpus, hub_processes: int, log: Callable[[str], None]
+) -> list[str]:
+    """The whole section; markdown lines for the results file. The hub runs with the
+    gateway processes of the other sections (``--hub-processes``; 0: its default)."""
     work = out / "work" / "backup"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     studies = [data.study_uid(corpus.name, n) for n in range(2)]
-    hub = HubTarget(work / "hub", processes=1)
+    hub = HubTarget(work / "hub", processes=hub_processes)
     move_dest = Destination(MOVE_AE, free_port())
     source = OrthancTarget(work / "source", ae_title="SOURCE_PACS")
     source.start([Destination(hub.ae_title, hub.dicom_port), move_dest])

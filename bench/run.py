@@ -241,9 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "backup" not in args.skip:
         from bench.backup import run_backup
 
-        section_lines = run_backup(
-            args.out, data.corpus(args.out, "ct512", args.backup_slices), log
-        )
+        corpus = data.corpus(args.out, "ct512", args.backup_slices)
+        section_lines = run_backup(args.out, corpus, args.hub_processes, log)
     if "federation" not in args.skip:
         res.federation = run_federation(args, log)
     if "processing" not in args.skip:
