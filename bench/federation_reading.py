@@ -176,8 +176,10 @@ def _retrieve_text(ret: RetrieveResults) -> str | None:
         "(gateway/on_demand.py: a Feed polls the index while pull_study runs), so the window "
         f"is locate + pull + the last sends: the pull alone took {pull:.2f} s of {total:.2f} s "
         f"({pull / direct_s:.1f}x the whole direct move, {direct_s:.2f} s). The pull is "
-        f"{HOLDER}'s C-MOVE into the hub's ingest (a pynetdicom SCP, a data sync of its pack "
-        "file and an SQLite commit per instance), the send is the hub's C-MOVE egress (section 4); "
+        f"a listing C-FIND, then {HOLDER}'s C-MOVEs of the study's parts, over up to 4 "
+        "associations at once, into the hub's ingest (pynetdicom SCPs in the hub's gateway "
+        "processes, a data sync of a pack file and an SQLite commit per instance), the send "
+        "is the hub's C-MOVE egress (section 4); "
         + (
             "80 % of direct is out of reach while the hub's durable ingest is slower than "
             "the PACS's send."
@@ -198,12 +200,16 @@ def _halves(ret: RetrieveResults, pull: float | None) -> str:
             f"from one storescu association at {plain:.0f} inst/s"
             + (
                 ": the pull path costs more than plain ingest. What it adds, as far as the "
-                "code shows: the hub's own C-MOVE SCU association to the PACS (a Pending "
-                "response per instance decoded by pynetdicom, progress written to the job row "
-                "every 0.5 s) and the requestor's association held open, alongside the "
-                "incoming C-STOREs."
+                "code shows: the listing, the hub's own C-MOVE SCU associations to the PACS "
+                "(a Pending response per instance, progress written to the job row every "
+                "0.5 s) and the send to the requestor's destination, alongside the incoming "
+                "C-STOREs."
                 if pulled < 0.8 * plain
-                else ": the hub's ingest is what bounds the pull."
+                else (
+                    ": the parts, stored in parallel, went faster than one association."
+                    if pulled > 1.1 * plain
+                    else ": the hub's ingest is what bounds the pull."
+                )
             )
         )
     if ret.send_seconds:
