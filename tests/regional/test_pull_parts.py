@@ -148,9 +148,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             for k, v in hub.env.items()
             if k.startswith("PACS_HUB_")
         }
-        settings = Settings(**env, pull_associations=3)  # type: ignore[arg-type]
+        settings = Settings(**{**env, "pull_associations": 3})  # type: ignore[arg-type]
         database = Database(settings.index_url)
-        yield Setup(hub, settings, database, listing, orthanc)
+        try:
+            yield Setup(hub, settings, database, listing, orthanc)
+        finally:
+            database.dispose()
     finally:
         orthanc.stop()
         server.shutdown()
