@@ -52,11 +52,12 @@ from pacs_hub.config import Settings
 from pacs_hub.dicom.header import is_valid_uid
 from pacs_hub.errors import HubError, InvalidQuery
 from pacs_hub.regional.cget import get_study
+from pacs_hub.regional.move_scu import MODEL as MOVE_MODEL
+from pacs_hub.regional.move_scu import MoveResult, send_move
 from pacs_hub.regional.pull_parts import move_in_parts
 from pacs_hub.regional.scu import (
     PENDING,
     PacsNode,
-    SourceUnavailable,
     associate,
     pacs_node,
     requestor_ae,
@@ -71,14 +72,6 @@ ON_DEMAND = "on-demand"
 WRITE_EVERY = 0.5
 POLL_EVERY = 0.2
 STALE_MARGIN = 5.0
-MOVE_STATUS = {
-    0xA701: "out of resources: unable to calculate number of matches",
-    0xA702: "out of resources: unable to perform sub-operations",
-    0xA801: "move destination unknown (the PACS does not know the hub's AE title)",
-    0xA900: "identifier does not match SOP class",
-    0xB000: "sub-operations complete, one or more failures",
-    0xFE00: "cancelled",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,61 +225,14 @@ class _JobWriter:
             self.written = time.monotonic()
 
 
-@dataclass(frozen=True, slots=True)
-class MoveResult:
-    """The final C-MOVE response: status, sub-operation counts, Error Comment."""
-
-    status: int
-    completed: int
-    failed: int
-    warning: int
-    comment: str
-
-    @property
-    def received(self) -> int:
-        """Instances the hub stored (Completed + Warning sub-operations)."""
-        return self.completed + self.warning
-
-    def error(self) -> str:
-        """Why the pull failed, or '' when it succeeded."""
-        if self.status == 0x0000 and self.failed == 0:
-            if self.received == 0:
-                return "the PACS sent no instance of this study (not held there?)"
-            return ""
-        meaning = MOVE_STATUS.get(self.status, "unable to process")
-        text_ = f"retrieve status 0x{self.status:04X} ({meaning})"
-        if self.failed:
-            text_ += f", {self.failed} sub-operation(s) failed"
-        return text_ + (f": {self.comment}" if self.comment else "")
-
-
-def _count(status: Dataset, keyword: str) -> int:
-    value = status.get(keyword)
-    return int(value) if value not in (None, "") else 0
-
-
 def move_study(settings: Settings, node: PacsNode, study: str, report: Progress) -> MoveResult:
     """C-MOVE ``study`` from ``node`` to the hub's AE title (PS3.4 C.4.2.2); block until done."""
-    model = sc.StudyRootQueryRetrieveInformationModelMove
-    assoc = associate(requestor_ae(settings, [model]), node)
+    assoc = associate(requestor_ae(settings, [MOVE_MODEL]), node)
     identifier = Dataset()
     identifier.QueryRetrieveLevel = "STUDY"
     identifier.StudyInstanceUID = study
     try:
-        for status, _identifier in assoc.send_c_move(identifier, settings.ae_title, model):
-            if not status:
-                raise SourceUnavailable(f"{node.ae_title}: no C-MOVE response (timeout or abort)")
-            code = int(status.Status)
-            done = _count(status, "NumberOfCompletedSuboperations")
-            warned = _count(status, "NumberOfWarningSuboperations")
-            failed = _count(status, "NumberOfFailedSuboperations")
-            if code in PENDING:
-                remaining = _count(status, "NumberOfRemainingSuboperations")
-                report(done + warned, done + warned + failed + remaining)
-                continue
-            comment = str(status.get("ErrorComment", "") or "")
-            return MoveResult(code, done, failed, warned, comment)
-        raise SourceUnavailable(f"{node.ae_title}: C-MOVE ended without a final response")
+        return send_move(assoc, node, identifier, settings.ae_title, report)
     finally:
         if assoc.is_established:
             assoc.release()
@@ -349,7 +295,7 @@ def _move_or_get(
     :mod:`pacs_hub.regional.pull_parts`), else (failed with nothing received) C-GET:
     ``(error or '', final result)``."""
     parted = move_in_parts(settings, node, study, writer) if in_parts else None
-    result = MoveResult(*parted) if parted else move_study(settings, node, study, writer)
+    result = parted or move_study(settings, node, study, writer)
     error = result.error()
     if not error or result.received or result.status in (0x0000, 0xFE00):
         return error, result

@@ -21,10 +21,11 @@ receives after building its own sub-operation list are not part of a study-level
 C-MOVE.
 
 The parts' Pending responses add up to one progress (instances stored of those
-listed); their final responses to one final response (:class:`PartResult`): Success
-when every part succeeded, else the first failure's status when nothing was stored,
-else 0xB000 (sub-operations complete, one or more failures), the instances of parts
-no association could move counted as failed.
+listed); their final responses add up to one
+(:class:`~pacs_hub.regional.move_scu.MoveResult`): Success when every part succeeded,
+else the first failure's status when nothing was stored, else 0xB000 (sub-operations
+complete, one or more failures), the instances of parts no association could move
+counted as failed.
 """
 
 from __future__ import annotations
@@ -36,16 +37,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from pydicom.dataset import Dataset
-from pynetdicom import sop_class as sc
 from pynetdicom.association import Association
 
 from pacs_hub.config import Settings
 from pacs_hub.errors import HubError
+from pacs_hub.regional.move_scu import MODEL, MoveResult, send_move
 from pacs_hub.regional.remote_find import Answered, Finished, MultiFind
-from pacs_hub.regional.scu import PENDING, PacsNode, SourceUnavailable, associate, requestor_ae
+from pacs_hub.regional.scu import PacsNode, SourceUnavailable, associate, requestor_ae
 
 LOGGER = logging.getLogger(__name__)
 Progress = Callable[[int, int | None], None]
@@ -53,7 +53,6 @@ SPLIT_MIN = 64
 """Fewest instances for which a study is listed and moved in parts."""
 PART_MAX = 250
 """Most SOP Instance UIDs one C-MOVE names (a 16 KB Identifier)."""
-MODEL = sc.StudyRootQueryRetrieveInformationModelMove
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,17 +61,6 @@ class MovePart:
 
     series: str
     instances: tuple[str, ...]
-
-
-class PartResult(NamedTuple):
-    """A final C-MOVE response (status, sub-operation counts, Error Comment): a part's,
-    or all parts' as one."""
-
-    status: int
-    completed: int
-    failed: int
-    warning: int
-    comment: str
 
 
 class PacsSilent(SourceUnavailable):
@@ -147,11 +135,6 @@ def split(listing: dict[str, list[str]], associations: int) -> list[MovePart]:
     return parts
 
 
-def _count(status: Dataset, keyword: str) -> int:
-    value = status.get(keyword)
-    return int(value) if value not in (None, "") else 0
-
-
 class PartMover:
     """Moves parts from a shared queue over up to ``associations`` associations."""
 
@@ -163,7 +146,7 @@ class PartMover:
         self.total = sum(len(part.instances) for part in parts)
         self.lock = threading.Lock()
         self.running: dict[int, int] = {}  # thread id -> stored by its current part
-        self.results: list[PartResult] = []
+        self.results: list[MoveResult] = []
         self.stored = 0  # by finished parts
         self.refused: list[str] = []  # associations that could not be opened or broke
 
@@ -183,21 +166,12 @@ class PartMover:
             received = self.stored + sum(self.running.values())
             report(received, self.total)
 
-    def _move(self, assoc: Association, part: MovePart, report: Progress) -> PartResult:
+    def _move(self, assoc: Association, part: MovePart, report: Progress) -> MoveResult:
+        def pending(stored: int, _total: int) -> None:
+            self._progress(report, stored)
+
         identifier = self._identifier(part)
-        for status, _ in assoc.send_c_move(identifier, self.settings.ae_title, MODEL):
-            if not status:
-                raise SourceUnavailable(f"{self.node.ae_title}: no C-MOVE response")
-            code = int(status.Status)
-            done = _count(status, "NumberOfCompletedSuboperations")
-            warned = _count(status, "NumberOfWarningSuboperations")
-            if code in PENDING:
-                self._progress(report, done + warned)
-                continue
-            failed = _count(status, "NumberOfFailedSuboperations")
-            comment = str(status.get("ErrorComment", "") or "")
-            return PartResult(code, done, failed, warned, comment)
-        raise SourceUnavailable(f"{self.node.ae_title}: C-MOVE ended without a final response")
+        return send_move(assoc, self.node, identifier, self.settings.ae_title, pending)
 
     def _worker(self, report: Progress) -> None:
         try:
@@ -215,7 +189,7 @@ class PartMover:
                         stored = self.running.pop(threading.get_ident(), 0)
                         self.stored += stored
                         lost = len(part.instances) - stored
-                        self.results.append(PartResult(0xA702, stored, lost, 0, exc.message))
+                        self.results.append(MoveResult(0xA702, stored, lost, 0, exc.message))
                         self.refused.append(exc.message)
                     return
                 with self.lock:
@@ -227,7 +201,7 @@ class PartMover:
             if assoc.is_established:
                 assoc.release()
 
-    def run(self, associations: int, report: Progress) -> PartResult:
+    def run(self, associations: int, report: Progress) -> MoveResult:
         """Move every part; the parts' results as one."""
         count = max(1, min(associations, len(self.queue)))
         threads = [
@@ -247,16 +221,16 @@ class PartMover:
             raise SourceUnavailable(self.refused[0])
         comment = failures[0].comment if failures else (self.refused[0] if left else "")
         if not failed:
-            return PartResult(0x0000, completed, 0, warning, "")
+            return MoveResult(0x0000, completed, 0, warning, "")
         if completed + warning == 0:
             status = failures[0].status if failures else 0xA702
-            return PartResult(status, completed, failed, warning, comment)
-        return PartResult(0xB000, completed, failed, warning, comment)
+            return MoveResult(status, completed, failed, warning, comment)
+        return MoveResult(0xB000, completed, failed, warning, comment)
 
 
 def move_in_parts(
     settings: Settings, node: PacsNode, study: str, report: Progress
-) -> PartResult | None:
+) -> MoveResult | None:
     """Pull ``study`` from ``node`` in parts; None when it is not worth it or cannot be
     listed (then the caller moves it whole)."""
     if settings.pull_associations < 2:
