@@ -56,7 +56,12 @@ def serve(
     http_port: Annotated[int | None, typer.Option(help="HTTP port [PACS_HUB_HTTP_PORT]")] = None,
     host: Annotated[str | None, typer.Option(help="Listen address [PACS_HUB_HOST]")] = None,
     gateway_processes: Annotated[
-        int | None, typer.Option(help="DICOM processes, 0 = one per core")
+        int | None,
+        typer.Option(help="DICOM processes, 0 = one per core [PACS_HUB_GATEWAY_PROCESSES]"),
+    ] = None,
+    http_processes: Annotated[
+        int | None,
+        typer.Option(help="HTTP processes, 0 = one per core [PACS_HUB_HTTP_PROCESSES]"),
     ] = None,
 ) -> None:
     """Run the hub: DICOM (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET, storage commitment) and HTTP.
@@ -73,6 +78,7 @@ def serve(
             http_port=http_port,
             host=host,
             gateway_processes=gateway_processes,
+            http_processes=http_processes,
         )
     )
 

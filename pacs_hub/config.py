@@ -29,6 +29,11 @@ def bundled_viewer_dir() -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
+def _or_one_per_core(count: int) -> int:
+    """``count`` when positive, else the number of cores this process may run on."""
+    return count if count > 0 else max(1, len(os.sched_getaffinity(0)))
+
+
 class Settings(BaseSettings):
     """Every setting of the hub, with laptop defaults (embedded SQLite, local folder)."""
 
@@ -46,6 +51,10 @@ class Settings(BaseSettings):
     gateway_processes: int = Field(
         default=0,
         description="DICOM gateway processes accepting on one listening socket; 0 = one per core",
+    )
+    http_processes: int = Field(
+        default=0,
+        description="HTTP server processes accepting on one listening socket; 0 = one per core",
     )
     max_pdu_size: int = Field(default=262144, description="Maximum PDU length we receive")
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
@@ -216,6 +225,9 @@ class Settings(BaseSettings):
     @property
     def effective_gateway_processes(self) -> int:
         """Number of gateway processes to start: the setting, or one per core."""
-        if self.gateway_processes > 0:
-            return self.gateway_processes
-        return max(1, len(os.sched_getaffinity(0)))
+        return _or_one_per_core(self.gateway_processes)
+
+    @property
+    def effective_http_processes(self) -> int:
+        """Number of HTTP server processes to start: the setting, or one per core."""
+        return _or_one_per_core(self.http_processes)

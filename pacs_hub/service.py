@@ -1,4 +1,14 @@
-"""Running the hub: DICOM gateway processes and the HTTP server, with clean shutdown."""
+"""Running the hub: DICOM gateway processes and HTTP processes, with clean shutdown.
+
+The hub process opens the DICOM port's and the HTTP port's listening sockets and
+starts ``PACS_HUB_GATEWAY_PROCESSES`` gateway processes on the one and
+``PACS_HUB_HTTP_PROCESSES`` HTTP processes (uvicorn, the FastAPI application) on the
+other, each a Python interpreter of its own, so both doors use every core. It keeps
+the regional worker (periodic tasks) and the embedded job worker, replaces an HTTP
+process that dies, and on SIGTERM/SIGINT stops them all. What the HTTP processes
+share lives in the index and the data folder (sign-ins in progress too:
+:mod:`pacs_hub.trust.grants`), never in one process's memory.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +23,9 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from multiprocessing.synchronize import Event as EventType
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -40,6 +52,11 @@ LOGGER = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 STANDIN_PORTS_CHECK_SECONDS = 3.0
 """How often a gateway process opens or closes stand-ins' own ports as configured."""
+SUPERVISE_SECONDS = 1.0
+"""How often the hub process looks for a dead HTTP process to replace."""
+STOP_GRACE_SECONDS = 10.0
+"""How long a gateway or HTTP process may take to stop before it is killed."""
+HTTP_BACKLOG = 2048
 
 
 def configure_logging(level: str) -> None:
@@ -148,6 +165,63 @@ def run_gateway(
     ctx.database.dispose()
 
 
+def _running(pid: int) -> bool:
+    """True while process ``pid`` exists and is neither a zombie nor dead (Linux /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+@dataclass(frozen=True)
+class GatewayWatch:
+    """What an HTTP process knows of the gateway processes, for ``/health``: their
+    process ids and the events they set once they accept."""
+
+    pids: tuple[int, ...]
+    ready: tuple[EventType, ...]
+
+    def alive(self) -> int:
+        """Gateway processes that run and accept on the DICOM port."""
+        return sum(r.is_set() and _running(p) for p, r in zip(self.pids, self.ready, strict=True))
+
+
+def run_http(
+    settings: Settings, parent_pid: int, listener: socket.socket, gateways: GatewayWatch
+) -> None:
+    """Body of one HTTP process: serve the FastAPI application on the HTTP port's
+    ``listener`` (shared with the other HTTP processes) until SIGTERM or SIGINT (then
+    the requests in progress finish), or the hub dies."""
+    _die_with_parent()
+    if os.getppid() != parent_pid:
+        return  # the hub died before we got here
+    configure_logging(settings.log_level)
+    prepare_associations()  # federated QIDO, retrieve on demand open associations here
+    database = Database(settings.index_url, run_migrations=False)
+    app = create_app(settings, database, gateways.alive)
+    server = _Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            backlog=HTTP_BACKLOG,
+            timeout_graceful_shutdown=int(STOP_GRACE_SECONDS) - 2,
+        )
+    )
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    freeze_startup_heap()
+    LOGGER.info("HTTP process serving on %s:%d", settings.host, settings.http_port)
+    try:
+        server.run(sockets=[listener])
+    finally:
+        database.dispose()
+
+
 def prepare_storage(settings: Settings) -> Database:
     """Create the data folder, migrate the index, clean temp files of a crash."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -156,47 +230,57 @@ def prepare_storage(settings: Settings) -> Database:
     return database
 
 
+def _start(
+    spawn: multiprocessing.context.SpawnContext, name: str, target: object, args: tuple[object, ...]
+) -> multiprocessing.context.SpawnProcess:
+    proc = spawn.Process(target=target, args=args, name=name)  # type: ignore[arg-type]
+    proc.start()
+    return proc
+
+
+def _stop(procs: list[multiprocessing.context.SpawnProcess]) -> None:
+    """SIGTERM every process, then SIGKILL those still running after the grace period."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.join(timeout=STOP_GRACE_SECONDS)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
 def serve(settings: Settings) -> None:
     """Run the hub in the foreground until SIGTERM/SIGINT."""
     configure_logging(settings.log_level)
     database = prepare_storage(settings)
     spawn = multiprocessing.get_context("spawn")
-    gateways: list[multiprocessing.context.SpawnProcess] = []
+    stop = _StopSignals()  # from here a signal stops the hub at the next wait
     listener = open_listener(settings.host, settings.dicom_port)  # passed on to each gateway
-    ready: list[EventType] = []
-    for _ in range(settings.effective_gateway_processes):
-        ready.append(spawn.Event())
-        proc = spawn.Process(
-            target=run_gateway,
-            args=(settings, os.getpid(), listener, ready[-1]),
-            name="pacs-hub-gateway",
-        )
-        proc.start()
-        gateways.append(proc)
+    ready = [spawn.Event() for _ in range(settings.effective_gateway_processes)]
+    gateways = [
+        _start(spawn, "pacs-hub-gateway", run_gateway, (settings, os.getpid(), listener, event))
+        for event in ready
+    ]
+    watch = GatewayWatch(tuple(p.pid or 0 for p in gateways), tuple(ready))
+    # SO_REUSEPORT as for the DICOM port: a hub restarted at once after a kill -9 can
+    # listen while the old HTTP processes notice and exit.
+    http_listener = socket.create_server(
+        (settings.host, settings.http_port), backlog=HTTP_BACKLOG, reuse_port=True
+    )
+    http_args = (settings, os.getpid(), http_listener, watch)
+    print(sign_in_banner(settings, database), flush=True)  # the first admin, before any request
+    https = [
+        _start(spawn, "pacs-hub-http", run_http, http_args)
+        for _ in range(settings.effective_http_processes)
+    ]
     print(
         f"PACS Hub ready: AE title {settings.ae_title}, DICOM {settings.host}:{settings.dicom_port}"
         f" ({len(gateways)} gateway process(es)), HTTP http://{settings.host}:{settings.http_port}/"
-        f", data in {settings.data_dir.resolve()}",
+        f" ({len(https)} HTTP process(es)), data in {settings.data_dir.resolve()}",
         flush=True,
     )
     print(viewer_banner(settings), flush=True)
-    print(sign_in_banner(settings, database), flush=True)
-    app = create_app(
-        settings,
-        database,
-        lambda: sum(p.is_alive() and r.is_set() for p, r in zip(gateways, ready, strict=True)),
-    )
-    server = _Server(
-        uvicorn.Config(app, host=settings.host, port=settings.http_port, log_level="warning")
-    )
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        LOGGER.info("signal %d: shutting down", signum)
-        server.should_exit = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    prepare_associations()  # routing, backfill, prefetch, federated QIDO open associations here
+    prepare_associations()  # routing, backfill, prefetch open associations here
     worker = RegionalWorker(
         WorkerContext(settings, database, BlobStore(settings.data_dir), threading.Event())
     )
@@ -205,16 +289,19 @@ def serve(settings: Settings) -> None:
     jobs_worker.start()
     freeze_startup_heap()
     try:
-        server.run()
+        while not stop.wait(SUPERVISE_SECONDS):
+            for n, proc in enumerate(https):
+                if not proc.is_alive():
+                    LOGGER.error(
+                        "HTTP process %s exited with %s: starting another", proc.pid, proc.exitcode
+                    )
+                    https[n] = _start(spawn, "pacs-hub-http", run_http, http_args)
+        LOGGER.info("signal %d: shutting down", stop.received[0])
     finally:
         worker.stop()
         jobs_worker.stop()
-        for proc in gateways:
-            proc.terminate()
-        for proc in gateways:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
+        _stop(https + gateways)
+        http_listener.close()
         listener.close()
         database.dispose()
         LOGGER.info("PACS Hub stopped")

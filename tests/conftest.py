@@ -120,6 +120,7 @@ def start_hub(data_dir: Path, processes: int = 1, **extra_env: str) -> Hub:
         PACS_HUB_HTTP_PORT=str(http_port),
         PACS_HUB_HOST="127.0.0.1",
         PACS_HUB_GATEWAY_PROCESSES=str(processes),
+        PACS_HUB_HTTP_PROCESSES="1",  # tests/test_http_processes.py starts hubs with more
         # Tests send from ad-hoc AE titles; the refusal of unknown callers has its own tests.
         PACS_HUB_UNKNOWN_CALLERS="accept",
         # Likewise the access policy: tests of other features run without it; the trust

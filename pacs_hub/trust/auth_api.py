@@ -22,9 +22,6 @@ from __future__ import annotations
 import base64
 import logging
 import secrets
-import threading
-import time
-from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
 
@@ -39,7 +36,8 @@ from pacs_hub.storage.models import Establishment
 from pacs_hub.trust import auth_pages
 from pacs_hub.trust.audit import AuditEntry, record
 from pacs_hub.trust.gate import SignInGate
-from pacs_hub.trust.issuer import ACR_LOCAL, CODE_LIFETIME, PendingCode, pkce_challenge
+from pacs_hub.trust.grants import LOGIN
+from pacs_hub.trust.issuer import ACR_LOCAL, PendingCode, pkce_challenge
 from pacs_hub.trust.models import User, UserEstablishment
 from pacs_hub.trust.policy import NotAuthenticated
 from pacs_hub.trust.principal import Kind, Principal, Role
@@ -236,7 +234,6 @@ async def authorize_submit(request: Request) -> HTMLResponse | RedirectResponse:
             redirect_uri=params["redirect_uri"],
             code_challenge=params["code_challenge"],
             nonce=params["nonce"],
-            expires=time.monotonic() + CODE_LIFETIME,
         )
     )
     query = urlencode({"code": code, "state": params["state"]})
@@ -370,18 +367,8 @@ def userinfo(caller: Caller) -> dict[str, Any]:
 # -- the hub's own web sign-in -----------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class PendingLogin:
-    """A sign-in of the hub's web pages in progress (state -> verifier, next page)."""
-
-    verifier: str
-    next_url: str
-    expires: float
-
-
-_PENDING: dict[str, PendingLogin] = {}
-_PENDING_LOCK = threading.Lock()
 LOGIN_LIFETIME = 900.0
+"""Seconds a web sign-in may take between /auth/login and its callback."""
 
 
 def _safe_next(next_url: str) -> str:
@@ -391,12 +378,9 @@ def _safe_next(next_url: str) -> str:
 @router.get("/login")
 def login(request: Request, next: str = "/") -> RedirectResponse:
     """Start the code flow for the hub's own pages; come back to ``next`` after."""
-    state, verifier = secrets.token_urlsafe(24), secrets.token_urlsafe(48)
-    now = time.monotonic()
-    with _PENDING_LOCK:
-        for old in [s for s, p in _PENDING.items() if p.expires < now]:
-            del _PENDING[old]
-        _PENDING[state] = PendingLogin(verifier, _safe_next(next), now + LOGIN_LIFETIME)
+    verifier = secrets.token_urlsafe(48)
+    pending = {"verifier": verifier, "next_url": _safe_next(next)}
+    state = _auth(request).issuer.grants.put(LOGIN, pending, LOGIN_LIFETIME)
     query = urlencode(
         {
             "response_type": "code",
@@ -415,19 +399,18 @@ def login(request: Request, next: str = "/") -> RedirectResponse:
 @router.get(CALLBACK.removeprefix("/auth"), response_model=None)
 async def callback(request: Request, code: str = "", state: str = "") -> Response:
     """Exchange the code, set the session cookie, go back to the page asked for."""
-    with _PENDING_LOCK:
-        pending = _PENDING.pop(state, None)
-    if pending is None or pending.expires < time.monotonic():
+    auth = _auth(request)
+    pending = await run_in_threadpool(auth.issuer.grants.take, LOGIN, state)
+    if pending is None:
         page = auth_pages.error_page("unknown or expired sign-in (state): please sign in again")
         return HTMLResponse(page, status_code=400)
-    auth = _auth(request)
     try:
         tokens = await run_in_threadpool(
-            exchange_code, auth, code, WEB_CLIENT, CALLBACK, pending.verifier
+            exchange_code, auth, code, WEB_CLIENT, CALLBACK, pending["verifier"]
         )
     except OAuthError as exc:
         return HTMLResponse(auth_pages.error_page(exc.description), status_code=400)
-    response = RedirectResponse(pending.next_url, status_code=303)
+    response = RedirectResponse(pending["next_url"], status_code=303)
     set_session_cookie(request, response, tokens["access_token"], auth.issuer.lifetime)
     return response
 

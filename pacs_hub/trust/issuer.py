@@ -4,7 +4,9 @@ For the embedded default nothing else must run: the hub signs its own tokens
 (OpenID Connect Core 1.0; JWT, RFC 7519; JWS RS256, RFC 7515/7518) with an RSA key
 generated once in ``DATA_DIR/keys/issuer.pem`` (mode 0600) and reused, and publishes
 its public half as a JWK Set (RFC 7517). Authorization codes (RFC 6749 4.1) bound to a
-PKCE challenge (RFC 7636, S256 only) live a minute, in memory, and are single use.
+PKCE challenge (RFC 7636, S256 only) live a minute and are single use; they are kept
+in the index (:mod:`pacs_hub.trust.grants`), so any HTTP process can take a code
+another one handed out.
 """
 
 from __future__ import annotations
@@ -13,15 +15,16 @@ import base64
 import hashlib
 import os
 import secrets
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from pacs_hub.trust.grants import CODE, PendingGrants
 
 KEY_FILE = "issuer.pem"
 ALGORITHM = "RS256"
@@ -81,25 +84,26 @@ class PendingCode:
     redirect_uri: str
     code_challenge: str
     nonce: str
-    expires: float
 
 
 @dataclass
 class Issuer:
-    """Signs the hub's tokens and keeps its pending authorization codes."""
+    """Signs the hub's tokens and hands out and takes back its authorization codes."""
 
     issuer: str
     """The ``iss`` of every token: the hub's public URL followed by ``/auth``."""
     audience: str
     lifetime: int
     key: rsa.RSAPrivateKey
-    _codes: dict[str, PendingCode] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    grants: PendingGrants
+    """Where pending authorization codes are kept (the index)."""
 
     @classmethod
-    def open(cls, keys_dir: Path, issuer: str, audience: str, lifetime: int) -> Issuer:
+    def open(
+        cls, keys_dir: Path, issuer: str, audience: str, lifetime: int, grants: PendingGrants
+    ) -> Issuer:
         """The issuer with the key of ``keys_dir`` (created on first use)."""
-        return cls(issuer, audience, lifetime, load_or_create_key(keys_dir))
+        return cls(issuer, audience, lifetime, load_or_create_key(keys_dir), grants)
 
     @property
     def kid(self) -> str:
@@ -136,19 +140,11 @@ class Issuer:
         return jwt.encode(body, self.key, algorithm=ALGORITHM, headers={"kid": self.kid})
 
     def new_code(self, pending: PendingCode) -> str:
-        """A fresh single-use authorization code (256 random bits)."""
-        code = secrets.token_urlsafe(32)
-        now = time.monotonic()
-        with self._lock:
-            for old in [c for c, p in self._codes.items() if p.expires < now]:
-                del self._codes[old]
-            self._codes[code] = pending
-        return code
+        """A fresh single-use authorization code (256 random bits), valid
+        :data:`CODE_LIFETIME` seconds."""
+        return self.grants.put(CODE, asdict(pending), CODE_LIFETIME)
 
     def take_code(self, code: str) -> PendingCode | None:
         """The pending login of ``code``, removed (a code is used once), or None."""
-        with self._lock:
-            pending = self._codes.pop(code, None)
-        if pending is None or pending.expires < time.monotonic():
-            return None
-        return pending
+        payload = self.grants.take(CODE, code)
+        return None if payload is None else PendingCode(**payload)

@@ -135,3 +135,22 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     last_id: Mapped[int] = mapped_column(Integer, default=0)
     last_hash: Mapped[str] = mapped_column(String(64))
+
+
+class PendingGrant(Base):
+    """A short-lived, single-use secret of a sign-in in progress (revision 0005): an
+    authorization code of the embedded issuer, or the state of a web sign-in.
+
+    Kept in the index, not in a process's memory, so that every HTTP process of the
+    hub can take what another one handed out. Only the SHA-256 of the secret is
+    stored: whoever reads the table cannot use a row.
+    """
+
+    __tablename__ = "pending_grants"
+
+    secret_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    """code (authorization code) or login (web sign-in state)."""
+    payload: Mapped[str] = mapped_column(Text)
+    """JSON object: what the secret stands for."""
+    expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)

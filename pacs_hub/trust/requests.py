@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from pacs_hub.config import Settings
 from pacs_hub.storage.database import Database
 from pacs_hub.trust.claims import SharePrincipal, principal_from_claims, share_principal
+from pacs_hub.trust.grants import PendingGrants
 from pacs_hub.trust.issuer import Issuer
 from pacs_hub.trust.policy import NotAuthenticated
 from pacs_hub.trust.principal import ANONYMOUS, Principal
@@ -62,6 +63,7 @@ class Authenticator:
             f"http://{settings.host}:{settings.http_port}/auth",
             settings.oidc_audience,
             settings.token_lifetime,
+            PendingGrants(database),
         )
         return cls(settings, database, issuer, TokenValidator(settings, issuer))
 
