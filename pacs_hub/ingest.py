@@ -3,7 +3,9 @@
 C-STORE, STOW-RS, import, replication and restore all call :meth:`Ingestor.ingest`.
 Durable before acknowledged (ARCHITECTURE.md invariant 2): the blob is synced (appended
 to a pack file, or a file of its own renamed in), then the index row naming it is
-committed, and only then does ``ingest`` return.
+committed, and only then does ``ingest`` return. :meth:`Ingestor.ingest_batch` stores
+several instances that arrived together (the parts of one STOW-RS request) the same
+way, with one data sync and one index transaction for them all.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,8 +24,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from pacs_hub.config import DuplicatePolicy
 from pacs_hub.dicom import dicomjson
 from pacs_hub.dicom.header import InstanceHeader, parse_instance
-from pacs_hub.errors import DuplicateConflict, IndexUnavailable
-from pacs_hub.regional.nodes import NodeDirectory
+from pacs_hub.errors import DuplicateConflict, HubError, IndexUnavailable
+from pacs_hub.regional.nodes import NodeDirectory, NodeOwner
 from pacs_hub.storage.blobs import BlobStore, sha256_file, sha256_hex
 from pacs_hub.storage.database import Database
 from pacs_hub.storage.index import (
@@ -37,6 +39,16 @@ from pacs_hub.storage.index_hot_path import IndexHotPath
 
 LOGGER = logging.getLogger(__name__)
 RETRIES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """One instance of a batch: its Part 10 bytes and what the caller already knows of
+    them (``parsed``: :func:`parse_instance` of them; ``sha256``: their SHA-256)."""
+
+    part10: bytes
+    parsed: tuple[InstanceHeader, Dataset] | None = None
+    sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +134,126 @@ class Ingestor:
             establishment_pk,
         )
 
+    def ingest_batch(
+        self,
+        arrivals: Sequence[Arrival],
+        received_from_ae: str = "",
+        establishment_pk: int | None = None,
+    ) -> list[IngestResult | HubError]:
+        """Store instances held in memory that arrived together; return once every one
+        stored is durable, each one's outcome in order.
+
+        What :meth:`ingest` would return or raise for each, the errors returned in its
+        place (one instance's failure leaves the others stored). The blobs go to the
+        pack with one data sync; the new instances are indexed in one transaction, any
+        the hot path cannot index (or a transaction that fails) one by one as
+        :meth:`ingest` does.
+        """
+        owner, establishment_pk = self._sender(received_from_ae, establishment_pk)
+        outcomes: list[IngestResult | HubError | None] = [None] * len(arrivals)
+        ready: list[tuple[int, InstanceHeader, Dataset, StoredBlob, bytes]] = []
+        for n, arrival in enumerate(arrivals):
+            try:
+                header, dataset = arrival.parsed or parse_instance(arrival.part10)
+                header = self._with_issuer(header, owner)
+                digest = arrival.sha256 or sha256_hex(arrival.part10)
+                blob = StoredBlob("", digest, len(arrival.part10))
+                outcomes[n] = self._known(header, blob)
+                if outcomes[n] is None:
+                    ready.append((n, header, dataset, blob, arrival.part10))
+            except HubError as exc:
+                outcomes[n] = exc
+        if ready:
+            for n, outcome in self._store_batch(ready, received_from_ae, establishment_pk):
+                outcomes[n] = outcome
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _store_batch(
+        self,
+        ready: list[tuple[int, InstanceHeader, Dataset, StoredBlob, bytes]],
+        received_from_ae: str,
+        establishment_pk: int | None,
+    ) -> list[tuple[int, IngestResult | HubError]]:
+        metadata = [dicomjson.encode(dataset) for _n, _h, dataset, _b, _d in ready]
+        try:
+            keys = self.blobs.put_many([(data, blob.sha256) for _n, _h, _ds, blob, data in ready])
+        except HubError as exc:
+            return [(n, exc) for n, *_ in ready]
+        items = [
+            (header, StoredBlob(key, blob.sha256, blob.size), meta)
+            for (_n, header, _ds, blob, _d), key, meta in zip(ready, keys, metadata, strict=True)
+        ]
+        indexed = self._index_batch(items, received_from_ae, establishment_pk)
+        results: list[tuple[int, IngestResult | HubError]] = []
+        for (n, *_), (header, blob, _meta), outcome in zip(ready, items, indexed, strict=True):
+            if isinstance(outcome, HubError):
+                results.append((n, outcome))
+            elif outcome is Outcome.CONFLICT:
+                results.append((n, self._conflict(header)))
+            else:
+                results.append((n, self._result(outcome, header, blob)))
+        return results
+
+    def _index_batch(
+        self,
+        items: list[tuple[InstanceHeader, StoredBlob, bytes]],
+        ae: str,
+        establishment_pk: int | None,
+    ) -> list[Outcome | HubError]:
+        """Index the instances of a batch in one hot-path transaction; those it leaves to
+        the general path, or all when the transaction fails, through :meth:`_index`."""
+        hot = self._hot_path
+        now = datetime.now(UTC).replace(tzinfo=None)
+        outcomes: list[Outcome | HubError | None] = [None] * len(items)
+        try:
+            with hot.transaction() as cursor:
+                for n, (header, blob, metadata) in enumerate(items):
+                    known = hot.known(cursor, header.sop_instance_uid)
+                    if known is not None:
+                        if known.sha256 == blob.sha256:
+                            outcomes[n] = Outcome.DUPLICATE
+                    elif hot.add_instance(
+                        cursor, header, blob, ae, now, metadata, establishment_pk
+                    ):
+                        outcomes[n] = Outcome.STORED
+        except (IntegrityError, hot.integrity_error, OperationalError, hot.operational_error):
+            outcomes = [None] * len(items)  # rolled back: each one on its own, with retries
+        for n, (header, blob, metadata) in enumerate(items):
+            if outcomes[n] is None:
+                try:
+                    outcomes[n] = self._index(header, blob, ae, metadata, establishment_pk)
+                except HubError as exc:
+                    outcomes[n] = exc
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _sender(
+        self, received_from_ae: str, establishment_pk: int | None
+    ) -> tuple[NodeOwner | None, int | None]:
+        """The registered node of ``received_from_ae`` (if any), and the establishment a
+        new study is recorded under: the one given, else the node's."""
+        owner = self.senders.lookup(received_from_ae) if received_from_ae else None
+        if owner is not None and establishment_pk is None:
+            establishment_pk = owner.establishment_pk  # recorded on a new study
+        return owner, establishment_pk
+
+    @staticmethod
+    def _with_issuer(header: InstanceHeader, owner: NodeOwner | None) -> InstanceHeader:
+        if owner is not None and owner.default_issuer and not header.issuer_of_patient_id:
+            # No Issuer of Patient ID (0010,0021, PS3.3 C.7.1.1): the patient is indexed under
+            # the default issuer of the sending node's establishment (the bytes keep none).
+            header = dataclasses.replace(header, issuer_of_patient_id=owner.default_issuer)
+        return header
+
+    def _known(self, header: InstanceHeader, blob: StoredBlob) -> IngestResult | None:
+        """DUPLICATE when these very bytes are indexed; raises when other bytes are and
+        the first are kept; None for a new instance (or one to replace)."""
+        known = self._hot_path.lookup(header.sop_instance_uid)
+        if known is not None and known.sha256 == blob.sha256:
+            return self._result(Outcome.DUPLICATE, header, blob)
+        if known is not None and self.duplicate_policy is DuplicatePolicy.KEEP_FIRST:
+            raise self._conflict(header)
+        return None
+
     def _store(
         self,
         header: InstanceHeader,
@@ -131,18 +263,11 @@ class Ingestor:
         received_from_ae: str,
         establishment_pk: int | None = None,
     ) -> IngestResult:
-        owner = self.senders.lookup(received_from_ae) if received_from_ae else None
-        if owner is not None and establishment_pk is None:
-            establishment_pk = owner.establishment_pk  # recorded on a new study
-        if owner is not None and owner.default_issuer and not header.issuer_of_patient_id:
-            # No Issuer of Patient ID (0010,0021, PS3.3 C.7.1.1): the patient is indexed under
-            # the default issuer of the sending node's establishment (the bytes keep none).
-            header = dataclasses.replace(header, issuer_of_patient_id=owner.default_issuer)
-        known = self._hot_path.lookup(header.sop_instance_uid)
-        if known is not None and known.sha256 == blob.sha256:
-            return self._result(Outcome.DUPLICATE, header, blob)
-        if known is not None and self.duplicate_policy is DuplicatePolicy.KEEP_FIRST:
-            raise self._conflict(header)
+        owner, establishment_pk = self._sender(received_from_ae, establishment_pk)
+        header = self._with_issuer(header, owner)
+        duplicate = self._known(header, blob)
+        if duplicate is not None:
+            return duplicate
         metadata = dicomjson.encode(dataset)  # before the blob moves: deferred values
         blob = StoredBlob(write_blob(), blob.sha256, blob.size)
         outcome = self._index(header, blob, received_from_ae, metadata, establishment_pk)

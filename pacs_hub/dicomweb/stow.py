@@ -5,8 +5,11 @@ each part is a Part 10 instance. The body is read part by part
 (:mod:`pacs_hub.dicomweb.upload`): the parts are held in memory up to
 :data:`MEMORY_BUDGET` bytes a request, the rest spooled to temp files of the blob
 store; only once the whole body has arrived and parsed is each part stored through
-the one ingest path C-STORE uses (:meth:`~pacs_hub.ingest.Ingestor.ingest` from
-memory, :meth:`~pacs_hub.ingest.Ingestor.ingest_file` from a temp file, which is
+the one ingest path C-STORE uses: a request's only part by
+:meth:`~pacs_hub.ingest.Ingestor.ingest`, the parts held in memory of a request of
+several together by :meth:`~pacs_hub.ingest.Ingestor.ingest_batch` (one data sync and
+one index transaction for them all, each part still with its own outcome), a part
+spooled to a temp file by :meth:`~pacs_hub.ingest.Ingestor.ingest_file` (the file is
 moved in). A malformed or interrupted body therefore stores nothing.
 
 The answer is the Store Instances Response Module (PS3.18 10.5.3, Table 10.5.3-3)
@@ -32,23 +35,24 @@ import io
 import json
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import pydicom
 from fastapi import APIRouter, Depends, Request, Response
+from pydicom.dataset import Dataset
 from starlette.concurrency import run_in_threadpool
 
-from pacs_hub.dicom.header import is_valid_uid, parse_instance
+from pacs_hub.dicom.header import InstanceHeader, is_valid_uid, parse_instance
 from pacs_hub.dicomweb.access import Caller, CallerDep
 from pacs_hub.dicomweb.problems import Problem
 from pacs_hub.dicomweb.qido import DICOM_JSON, check_uid
 from pacs_hub.dicomweb.state import HubState, dicomweb_base, hub_state
 from pacs_hub.dicomweb.upload import MalformedMultipart, MultipartSpooler, Part, media_type
 from pacs_hub.errors import HubError
-from pacs_hub.ingest import IngestResult
+from pacs_hub.ingest import Arrival, IngestResult
 from pacs_hub.trust.principal import Action
 
 LOGGER = logging.getLogger(__name__)
@@ -60,12 +64,12 @@ CANNOT_UNDERSTAND = 0xC000
 MISMATCH = 0xA900
 PROCESSING_FAILURE = 0x0110
 PARALLEL_PARTS = 4
-"""Parts of one request stored at once."""
+"""Parts of one request spooled to temp files stored at once."""
 SPOOL_BATCH = 1 << 20
-MEMORY_BUDGET = 16 << 20
-"""Bytes of part content one request may hold in memory; the rest is spooled to files."""
 """Body bytes held in memory before the spooler writes them, from a worker thread: a
 hand-over to a thread per chunk of the body (~64 KiB) cost more than the writing."""
+MEMORY_BUDGET = 16 << 20
+"""Bytes of part content one request may hold in memory; the rest is spooled to files."""
 NOT_AUTHORIZED = 0x0124
 
 
@@ -163,49 +167,104 @@ def _establishment_of(caller: Caller) -> int | None:
     return min(establishments) if establishments else None
 
 
-def _store_part(
-    hub: HubState, caller: Caller, part: Part, study: str | None, ae: str
-) -> IngestResult | Failure:
+Checked = tuple[bytes | Path, tuple[InstanceHeader, Dataset] | None, str | None]
+"""A part that may be stored: its Part 10 content (in memory or its temp file), its
+parsed header when the checks needed it, its SHA-256 when still that of the content."""
+
+
+def _checked_part(caller: Caller, part: Part, study: str | None) -> Checked | Failure:
+    """The part ready to be stored, or why it is not; raises a HubError for a part that
+    cannot be parsed."""
     media, _params = media_type(part.content_type or DICOM)
     if media != DICOM:
         return Failure("", "", CANNOT_UNDERSTAND, f"part of type {media!r}, not {DICOM}")
+    source: bytes | Path
+    if part.data is not None:
+        source = _with_preamble(bytes(part.data))
+        rewritten = len(source) != part.size
+    else:
+        assert part.path is not None
+        source, rewritten = part.path, _add_missing_preamble(part.path)
+    parsed = None
+    if study is not None or caller.enforced:
+        parsed = parse_instance(source)
+        header = parsed[0]
+        if not _may_add_to(caller, header.study_instance_uid):
+            return Failure(
+                header.sop_class_uid,
+                header.sop_instance_uid,
+                NOT_AUTHORIZED,
+                "not authorised to add to this study",
+            )
+        if study is not None and header.study_instance_uid != study:
+            return Failure(
+                header.sop_class_uid,
+                header.sop_instance_uid,
+                MISMATCH,
+                f"Study Instance UID {header.study_instance_uid} is not {study}",
+            )
+    return source, parsed, None if rewritten else part.sha256
+
+
+def _failure(part: Part, exc: HubError) -> Failure:
+    uids = _uids(part)
+    return Failure(uids[0], uids[1], exc.dicom_status, exc.message)
+
+
+def _processing_failure(exc: Exception) -> Failure:
+    return Failure("", "", PROCESSING_FAILURE, f"processing failure: {type(exc).__name__}")
+
+
+def _store_part(
+    hub: HubState, caller: Caller, part: Part, study: str | None, ae: str
+) -> IngestResult | Failure:
+    """One part stored on its own (a part in a temp file, or a request's only part)."""
     try:
-        source: bytes | Path
-        if part.data is not None:
-            source = _with_preamble(bytes(part.data))
-            rewritten = len(source) != part.size
-        else:
-            assert part.path is not None
-            source, rewritten = part.path, _add_missing_preamble(part.path)
-        parsed = None
-        if study is not None or caller.enforced:
-            parsed = parse_instance(source)
-            header = parsed[0]
-            if not _may_add_to(caller, header.study_instance_uid):
-                return Failure(
-                    header.sop_class_uid,
-                    header.sop_instance_uid,
-                    NOT_AUTHORIZED,
-                    "not authorised to add to this study",
-                )
-            if study is not None and header.study_instance_uid != study:
-                return Failure(
-                    header.sop_class_uid,
-                    header.sop_instance_uid,
-                    MISMATCH,
-                    f"Study Instance UID {header.study_instance_uid} is not {study}",
-                )
-        sha256 = None if rewritten else part.sha256
+        checked = _checked_part(caller, part, study)
+        if isinstance(checked, Failure):
+            return checked
+        source, parsed, sha256 = checked
         establishment = _establishment_of(caller)
         if isinstance(source, bytes):
             return hub.ingestor.ingest(source, ae, establishment, parsed, sha256)
         return hub.ingestor.ingest_file(source, ae, establishment, parsed, sha256)
     except HubError as exc:
-        uids = _uids(part)
-        return Failure(uids[0], uids[1], exc.dicom_status, exc.message)
+        return _failure(part, exc)
     except Exception as exc:
         LOGGER.exception("STOW-RS part not stored")
-        return Failure("", "", PROCESSING_FAILURE, f"processing failure: {type(exc).__name__}")
+        return _processing_failure(exc)
+
+
+def _store_batch(
+    hub: HubState, caller: Caller, parts: list[Part], study: str | None, ae: str
+) -> list[IngestResult | Failure]:
+    """Parts held in memory, stored together (:meth:`~pacs_hub.ingest.Ingestor.ingest_batch`:
+    one data sync, one index transaction), each with its own outcome."""
+    outcomes: list[IngestResult | Failure | None] = [None] * len(parts)
+    batch: list[tuple[int, Arrival]] = []
+    for n, part in enumerate(parts):
+        try:
+            checked = _checked_part(caller, part, study)
+        except HubError as exc:
+            outcomes[n] = _failure(part, exc)
+            continue
+        if isinstance(checked, Failure):
+            outcomes[n] = checked
+        else:
+            source, parsed, sha256 = checked
+            assert isinstance(source, bytes)
+            batch.append((n, Arrival(source, parsed, sha256)))
+    if batch:
+        try:
+            results = hub.ingestor.ingest_batch(
+                [arrival for _n, arrival in batch], ae, _establishment_of(caller)
+            )
+        except Exception as exc:
+            LOGGER.exception("STOW-RS parts not stored")
+            results = [_processing_failure(exc)] * len(batch)  # type: ignore[list-item]
+        for (n, _arrival), result in zip(batch, results, strict=True):
+            outcomes[n] = _failure(parts[n], result) if isinstance(result, HubError) else result
+    return [outcome for outcome in outcomes if outcome is not None]
 
 
 def _lacks_preamble(head: bytes) -> bool:
@@ -282,6 +341,27 @@ def _response_body(
     return body
 
 
+async def _store_all(
+    hub: HubState,
+    caller: Caller,
+    parts: list[Part],
+    study: str | None,
+    ae: str,
+    store_one: Callable[[Part], Awaitable[IngestResult | Failure]],
+) -> list[IngestResult | Failure]:
+    """Every part's outcome, in order: those held in memory stored as one batch, those
+    spooled to temp files each on its own, :data:`PARALLEL_PARTS` at a time, meanwhile."""
+    in_memory = [n for n, part in enumerate(parts) if part.data is not None]
+    spooled = [n for n, part in enumerate(parts) if part.data is None]
+    batch = run_in_threadpool(_store_batch, hub, caller, [parts[n] for n in in_memory], study, ae)
+    stored, alone = await asyncio.gather(
+        batch, asyncio.gather(*(store_one(parts[n]) for n in spooled))
+    )
+    outcomes: dict[int, IngestResult | Failure] = dict(zip(in_memory, stored, strict=True))
+    outcomes.update(zip(spooled, alone, strict=True))
+    return [outcomes[n] for n in range(len(parts))]
+
+
 async def _store(request: Request, hub: HubState, caller: Caller, study: str | None) -> Response:
     if caller.enforced:  # reads the policy and writes the audit trail
         await run_in_threadpool(caller.check, Action.STORE, "storing instances", study=study or "")
@@ -306,9 +386,7 @@ async def _store(request: Request, hub: HubState, caller: Caller, study: str | N
 
     try:
         if outcomes is None:
-            # Parts are independent instances: storing several at once overlaps their
-            # fsyncs and index commits (each is still durable before it is reported).
-            outcomes = await asyncio.gather(*(store_one(part) for part in spooler.parts))
+            outcomes = await _store_all(hub, caller, spooler.parts, study, ae, store_one)
     finally:
         spooler.discard()
     for outcome in outcomes:

@@ -26,6 +26,7 @@ import os
 import threading
 import uuid
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 
 from pacs_hub.errors import OutOfResources
@@ -118,6 +119,21 @@ class BlobStore:
                 raise OutOfResources(f"storage full: {os.strerror(exc.errno)}") from exc
             raise
         return key
+
+    def put_many(self, blobs: Sequence[tuple[bytes, str]]) -> list[str]:
+        """:meth:`put` for several ``(data, sha256)`` at once: those that go to packs are
+        appended together with one data sync (:meth:`PackWriter.append_many`). Raises as
+        :meth:`put`; then none of the keys may be indexed."""
+        packed = [(n, blob) for n, blob in enumerate(blobs) if len(blob[0]) <= PACKED_MAX]
+        keys = [""] * len(blobs)
+        if packed:
+            places = self._packs.append_many([blob for _n, blob in packed])
+            for (n, (data, _sha)), (name, offset) in zip(packed, places, strict=True):
+                keys[n] = f"{PACKS}/{name}:{offset}:{len(data)}"
+        for n, (data, sha256) in enumerate(blobs):
+            if not keys[n]:
+                keys[n] = self.put(data, sha256)
+        return keys
 
     def temp_path(self) -> Path:
         """A fresh temp file name on the blobs' file system (removed by :meth:`clean_temp`)."""

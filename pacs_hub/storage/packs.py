@@ -1,11 +1,13 @@
-"""Pack files: many blobs appended to one file, one data sync per blob.
+"""Pack files: many blobs appended to one file, one data sync per blob or per batch.
 
 Writing each received instance to a file of its own costs, besides its bytes, a new
 inode, a rename and a sync of two folders' metadata; for a small instance that is
 most of the work of storing it. A pack writer appends each blob to a file it alone
 writes and makes it durable with one ``fdatasync`` (which also makes the new file
 length durable, so the bytes can be read back after a crash), then the caller
-commits the blob's place (pack name, offset, size) to the index. So:
+commits the blob's place (pack name, offset, size) to the index. A batch (the parts of
+one STOW-RS request, :meth:`PackWriter.append_many`) is appended in one go and made
+durable with one ``fdatasync``. So:
 
 * a blob in the index was synced before its row was committed (durable before
   acknowledged, ARCHITECTURE.md invariant 2);
@@ -34,7 +36,7 @@ import os
 import struct
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,33 +85,55 @@ class PackWriter:
 
         Raises :class:`OutOfResources` when the disk is full (PS3.4 B.2.3, 0xA700).
         """
-        header = HEADER.pack(MAGIC, len(data), bytes.fromhex(sha256))
+        return self.append_many([(data, sha256)])[0]
+
+    def append_many(self, blobs: Sequence[tuple[bytes | memoryview, str]]) -> list[tuple[str, int]]:
+        """Write several blobs, each ``(data, sha256)``, one after the other, with one data
+        sync per pack they went to (one unless a pack filled up on the way); return
+        each one's (pack file name, offset) once all are synced. Raises as
+        :meth:`append`; then none of them may be indexed."""
         try:
-            with self._lock:
-                pack = self._current(len(header) + len(data))
-                start = pack.end
-                pack.end += len(header) + len(data)
-                pack.writers += 1
-                try:
-                    _pwrite_all(pack.fd, (header, data), start)
-                except BaseException:
-                    self._retire(pack)
-                    self._release(pack)
-                    raise
+            placed = self._write(blobs)
+            packs = _distinct(placed)
             try:
-                _sync(pack.fd)
+                for pack in packs:
+                    _sync(pack.fd)
             except BaseException:
                 with self._lock:
-                    self._retire(pack)
+                    for pack in packs:
+                        self._retire(pack)
                 raise
             finally:
                 with self._lock:
-                    self._release(pack)
+                    for pack in packs:
+                        self._release(pack)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise OutOfResources(f"storage full: {os.strerror(exc.errno)}") from exc
             raise
-        return pack.name, start + len(header)
+        return [(pack.name, offset) for pack, offset in placed]
+
+    def _write(self, blobs: Sequence[tuple[bytes | memoryview, str]]) -> list[tuple[_Pack, int]]:
+        """Append the blobs with their record headers (not yet synced): each one's pack,
+        counted as written to until released, and offset."""
+        placed: list[tuple[_Pack, int]] = []
+        with self._lock:
+            try:
+                for data, sha256 in blobs:
+                    header = HEADER.pack(MAGIC, len(data), bytes.fromhex(sha256))
+                    pack = self._current(len(header) + len(data))
+                    if not placed or placed[-1][0] is not pack:
+                        pack.writers += 1
+                    start = pack.end
+                    pack.end += len(header) + len(data)
+                    placed.append((pack, start + len(header)))
+                    _pwrite_all(pack.fd, (header, data), start)
+            except BaseException:
+                for pack in _distinct(placed):
+                    self._retire(pack)
+                    self._release(pack)
+                raise
+        return placed
 
     def close(self) -> None:
         """Close the current pack (blobs already appended stay readable)."""
@@ -181,6 +205,15 @@ def records(path: Path) -> Iterator[Record]:
             if len(data) < size or hashlib.sha256(data).digest() != digest:
                 return
             yield Record(start + HEADER.size, size, digest.hex())
+
+
+def _distinct(placed: list[tuple[_Pack, int]]) -> list[_Pack]:
+    """The packs of ``placed``, each once, in order (a batch fills them one after another)."""
+    packs: list[_Pack] = []
+    for pack, _offset in placed:
+        if not packs or packs[-1] is not pack:
+            packs.append(pack)
+    return packs
 
 
 def _pwrite_all(fd: int, parts: tuple[bytes | memoryview, ...], offset: int) -> None:

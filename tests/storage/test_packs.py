@@ -150,6 +150,7 @@ def test_after_a_fork_the_child_never_appends_to_the_parents_pack(
 
 
 def test_the_last_store_of_a_folder_gone_its_pack_is_closed(tmp_path: Path) -> None:
+    gc.collect()  # stores other tests left for the collector close their packs now
     before = _open_packs()
     store = BlobStore(tmp_path)
     again = BlobStore(tmp_path)
@@ -308,3 +309,44 @@ def test_a_new_pack_folder_is_synced_in_its_parent_before_any_pack_in_it(
     monkeypatch.setattr(packs, "sync_folder", lambda f: (synced.append(f), real(f)))
     _append(PackWriter(tmp_path / "new" / "packs"), b"one")
     assert synced == [tmp_path / "new", tmp_path / "new" / "packs"]
+
+
+def test_a_batch_is_appended_with_one_data_sync_per_pack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real = packs._sync
+    monkeypatch.setattr(packs, "_sync", lambda fd: (synced.append(fd), real(fd)))
+    writer = PackWriter(tmp_path, pack_bytes=1000)
+    blobs = [bytes([i]) * 250 for i in range(5)]  # 3 fit in a pack of 1000, then a new one
+    places = writer.append_many([(b, sha256_hex(b)) for b in blobs])
+    names = [name for name, _ in places]
+    assert names[0] == names[1] == names[2] != names[3] == names[4]
+    assert len(synced) == 2  # one per pack, not one per blob
+    for (name, offset), blob in zip(places, blobs, strict=True):
+        with (tmp_path / name).open("rb") as fp:
+            fp.seek(offset)
+            assert fp.read(len(blob)) == blob
+    assert [r.size for r in packs.records(tmp_path / names[0])] == [250, 250, 250]
+    assert writer.append_many([]) == []
+    writer.close()
+
+
+def test_a_batch_whose_sync_fails_raises_and_the_next_blob_starts_a_new_pack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = PackWriter(tmp_path)
+    first, _ = _append(writer, b"before")
+    assert str(tmp_path / first) in _open_packs()
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(packs, "_sync", full)
+    with pytest.raises(OutOfResources, match="storage full"):
+        writer.append_many([(b"one", sha256_hex(b"one")), (b"two", sha256_hex(b"two"))])
+    monkeypatch.undo()
+    assert str(tmp_path / first) not in _open_packs()  # the pack that failed its sync is closed
+    after, offset = _append(writer, b"after")
+    assert after != first and offset == packs.HEADER.size
+    writer.close()
