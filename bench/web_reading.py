@@ -17,29 +17,28 @@ if TYPE_CHECKING:
 
 TAIL = "the tail, not the typical query; other load on this shared machine shows there first"
 CAUSES = {
-    "QIDO": "QIDO-RS runs the C-FIND matching on SQLite and builds the JSON in Python in one "
-    "uvicorn process; include fields the index lacks cost one stored metadata record "
-    "(zlib JSON) per match",
+    "QIDO": "QIDO-RS runs the C-FIND matching on SQLite and builds the JSON in Python in the "
+    "hub's HTTP processes (uvicorn, one per core); include fields the index lacks cost one "
+    "stored metadata record (zlib JSON) per match",
     "metadata": "series metadata is expanded from what ingest stored (no file is read), so its "
     "cost is Python JSON work per instance",
     "WADO-RS": "the hub streams each file in 1 MiB reads through Starlette's StreamingResponse "
     "(a thread-pool hop and Python copies per chunk; the baseline measured 406 MB/s for "
     "Python read+write against 2,638 MB/s with sendfile), Orthanc writes from C++",
-    "frames": "every frame request is Python work in one process under the GIL (the first "
-    "for each file parses its header with pydicom, later ones reuse the cached pixel layout), "
-    f"so {FRAME_CLIENTS} requests in flight share about one core, while Orthanc serves them "
-    "from C++ threads",
+    "frames": "every frame request is Python work under the GIL of one of the hub's HTTP "
+    "processes (one per core; the first request for a file in a process parses its header "
+    f"with pydicom, later ones reuse the cached pixel layout), so {FRAME_CLIENTS} requests in "
+    "flight share about one core per process, while Orthanc serves them from C++ threads",
     "STOW-RS": "each part is read into memory (up to 16 MiB of parts a request, the rest "
     "spooled to temp files; the body handed to a worker thread a MiB at a time, hashed as it "
-    "comes), then stored through the C-STORE ingest (header parse, one pwrite and data sync "
-    "of a pack file, an SQLite commit per instance), up to 4 parts of a request at once. "
-    "Measured on 2026-11-30 (1 instance/request, 4 clients), before parts were held in "
-    "memory and packed: the hub process used ~2.2 ms of user and ~1.3 ms of system CPU per "
-    "525 KB instance (after: ~0.8 ms of system CPU), Orthanc ~1.6 ms of user CPU; in a perf "
-    "profile ~25 % of the hub's CPU went to waking and switching threads (uvicorn's event "
-    "loop, the worker threads, the interpreter lock); the index commits of concurrent "
-    "requests did not overlap (group commit, tried, ran batches of one), so the SQLite "
-    "write lock is not what the requests wait for",
+    "comes), then stored through the C-STORE ingest (header parse, JSON metadata): a "
+    "request's only part with one pwrite and data sync of a pack file and one SQLite commit "
+    "(concurrent requests in one process share their data syncs), the parts of a larger "
+    "request with one data sync and one index transaction for them all; the requests are "
+    "served by the hub's HTTP processes (one per core). Measured on 2026-11-30 (1 "
+    "instance/request, 4 clients, 2 HTTP processes): the hub used 3.2-3.7 ms of CPU per 525 "
+    "KB instance (Orthanc ~3.9 ms), the client ~1 ms; a request of one instance also waits "
+    "for its pack's data sync and its index commit (0.2-0.5 ms each on this disk) in turn",
 }
 
 

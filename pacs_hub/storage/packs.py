@@ -7,7 +7,8 @@ writes and makes it durable with one ``fdatasync`` (which also makes the new fil
 length durable, so the bytes can be read back after a crash), then the caller
 commits the blob's place (pack name, offset, size) to the index. A batch (the parts of
 one STOW-RS request, :meth:`PackWriter.append_many`) is appended in one go and made
-durable with one ``fdatasync``. So:
+durable with one ``fdatasync``; appends of several threads at once share their syncs
+(:meth:`PackWriter._sync_through`, a group commit). So:
 
 * a blob in the index was synced before its row was committed (durable before
   acknowledged, ARCHITECTURE.md invariant 2);
@@ -15,7 +16,8 @@ durable with one ``fdatasync``. So:
   space, never a wrong answer; a writer never appends to a pack it did not create,
   so it never needs to know where an interrupted pack's last good blob ends;
 * a pack is written by one process, one blob at a time under a lock (threads of
-  that process serialise only their ``pwrite``, not their syncs).
+  that process serialise only their ``pwrite``; a sync covers every blob written
+  before it began, and a blob's append returns only after such a sync ended).
 
 A pack is closed for writing when it reaches :data:`PACK_BYTES`, or after a failed
 write or sync (so no good blob ever follows a bad one); the next blob starts a new
@@ -68,6 +70,12 @@ class _Pack:
     end: int = 0
     writers: int = 0
     retired: bool = False
+    synced: int = 0
+    """Bytes of the pack a finished data sync made durable."""
+    syncing: bool = False
+    """A thread is in the data sync of this pack."""
+    failed: OSError | None = None
+    """Why a data sync of this pack failed: nothing written to it is known durable."""
 
 
 class PackWriter:
@@ -77,6 +85,7 @@ class PackWriter:
         self.folder = folder
         self.pack_bytes = pack_bytes
         self._lock = threading.Lock()
+        self._synced = threading.Condition(self._lock)
         self._pack: _Pack | None = None
 
     def append(self, data: bytes | memoryview, sha256: str) -> tuple[str, int]:
@@ -95,9 +104,13 @@ class PackWriter:
         try:
             placed = self._write(blobs)
             packs = _distinct(placed)
+            ends = {
+                id(pack): offset + len(data)
+                for (pack, offset), (data, _) in zip(placed, blobs, strict=True)
+            }
             try:
                 for pack in packs:
-                    _sync(pack.fd)
+                    self._sync_through(pack, ends[id(pack)])
             except BaseException:
                 with self._lock:
                     for pack in packs:
@@ -112,6 +125,42 @@ class PackWriter:
                 raise OutOfResources(f"storage full: {os.strerror(exc.errno)}") from exc
             raise
         return [(pack.name, offset) for pack, offset in placed]
+
+    def _sync_through(self, pack: _Pack, end: int) -> None:
+        """Make ``pack`` durable at least up to offset ``end`` (group commit).
+
+        A thread whose bytes are written syncs the pack itself unless another thread's
+        data sync is in progress; then it waits for that one, and if it began before
+        these bytes were written, the next sync (by this thread or another that waited)
+        covers every byte written by then. Concurrent appends (the associations of a
+        gateway, the requests of an HTTP process) so share their ``fdatasync`` calls.
+        """
+        with self._lock:
+            while pack.failed is None and pack.synced < end and pack.syncing:
+                self._synced.wait()
+            if pack.failed is not None:
+                raise OSError(pack.failed.errno, f"an earlier data sync failed: {pack.failed}")
+            if pack.synced >= end:
+                return
+            pack.syncing = True
+            target = pack.end  # appends happen under the lock: every byte before is written
+        try:
+            _sync(pack.fd)
+        except OSError as exc:
+            with self._lock:
+                pack.failed = exc
+                pack.syncing = False
+                self._synced.notify_all()
+            raise
+        except BaseException:
+            with self._lock:
+                pack.syncing = False
+                self._synced.notify_all()
+            raise
+        with self._lock:
+            pack.synced = max(pack.synced, target)
+            pack.syncing = False
+            self._synced.notify_all()
 
     def _write(self, blobs: Sequence[tuple[bytes | memoryview, str]]) -> list[tuple[_Pack, int]]:
         """Append the blobs with their record headers (not yet synced): each one's pack,

@@ -8,6 +8,7 @@ import io
 import itertools
 import os
 import threading
+import time
 from pathlib import Path
 
 import pydicom
@@ -350,3 +351,66 @@ def test_a_batch_whose_sync_fails_raises_and_the_next_blob_starts_a_new_pack(
     after, offset = _append(writer, b"after")
     assert after != first and offset == packs.HEADER.size
     writer.close()
+
+
+def test_threads_appending_at_once_share_data_syncs_and_return_once_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: an append returns only after a data sync that began once its bytes
+    were written has finished; appends waiting together share one sync."""
+    syncs: list[tuple[int, float]] = []  # (pack size when the sync began, when it ended)
+    real = packs._sync
+
+    def slow(fd: int) -> None:
+        size = os.fstat(fd).st_size
+        time.sleep(0.05)
+        real(fd)
+        syncs.append((size, time.monotonic()))
+
+    monkeypatch.setattr(packs, "_sync", slow)
+    writer = PackWriter(tmp_path)
+    start = threading.Barrier(8)
+    done: list[tuple[int, float]] = []  # (end of the blob in the pack, when append returned)
+
+    def one(i: int) -> None:
+        data = bytes([i]) * 1000
+        start.wait()
+        _name, offset = _append(writer, data)
+        done.append((offset + len(data), time.monotonic()))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(done) == 8
+    assert len(syncs) < 8  # shared
+    for end, returned in done:
+        assert any(size >= end and ended <= returned for size, ended in syncs), (end, syncs)
+
+
+def test_when_a_shared_data_sync_fails_every_append_waiting_on_it_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(fd: int) -> None:
+        time.sleep(0.05)
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(packs, "_sync", failing)
+    writer = PackWriter(tmp_path)
+    start = threading.Barrier(6)
+    outcomes: list[object] = []
+
+    def one(i: int) -> None:
+        start.wait()
+        try:
+            outcomes.append(_append(writer, bytes([i]) * 100))
+        except OSError as exc:
+            outcomes.append(exc.errno)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes == [errno.EIO] * 6  # none reported durable
