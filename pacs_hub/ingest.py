@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from pydicom.dataset import Dataset
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -39,6 +40,7 @@ from pacs_hub.storage.index_hot_path import IndexHotPath
 
 LOGGER = logging.getLogger(__name__)
 RETRIES = 5
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,13 @@ class IngestResult:
     study_instance_uid: str
     sha256: str
     size: int
+
+
+def _all_set(outcomes: list[T | None]) -> list[T]:
+    """``outcomes`` once every one is decided (one per instance, in order)."""
+    if any(outcome is None for outcome in outcomes):
+        raise AssertionError("an instance of a batch was left without an outcome")
+    return [outcome for outcome in outcomes if outcome is not None]
 
 
 class Ingestor:
@@ -166,7 +175,7 @@ class Ingestor:
         if ready:
             for n, outcome in self._store_batch(ready, received_from_ae, establishment_pk):
                 outcomes[n] = outcome
-        return [outcome for outcome in outcomes if outcome is not None]
+        return _all_set(outcomes)
 
     def _store_batch(
         self,
@@ -224,7 +233,10 @@ class Ingestor:
                     outcomes[n] = self._index(header, blob, ae, metadata, establishment_pk)
                 except HubError as exc:
                     outcomes[n] = exc
-        return [outcome for outcome in outcomes if outcome is not None]
+                except Exception as exc:  # the others of the batch may be indexed already
+                    LOGGER.exception("instance of a batch not indexed")
+                    outcomes[n] = IndexUnavailable(f"index did not commit: {type(exc).__name__}")
+        return _all_set(outcomes)
 
     def _sender(
         self, received_from_ae: str, establishment_pk: int | None

@@ -264,7 +264,7 @@ def _store_batch(
             results = [_processing_failure(exc)] * len(batch)  # type: ignore[list-item]
         for (n, _arrival), result in zip(batch, results, strict=True):
             outcomes[n] = _failure(parts[n], result) if isinstance(result, HubError) else result
-    return [outcome for outcome in outcomes if outcome is not None]
+    return [outcome for outcome in outcomes if outcome is not None]  # each part has one
 
 
 def _lacks_preamble(head: bytes) -> bool:

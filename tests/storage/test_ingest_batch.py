@@ -4,13 +4,15 @@ with one data sync and one index transaction, each with the outcome ingest gives
 from __future__ import annotations
 
 import copy
+import io
 from pathlib import Path
 
 import pydicom
 import pytest
 from sqlalchemy import func, select
 
-from pacs_hub.errors import DuplicateConflict, HubError
+from pacs_hub.dicom.header import InstanceHeader
+from pacs_hub.errors import DuplicateConflict, HubError, IndexUnavailable
 from pacs_hub.ingest import Arrival, Ingestor, IngestResult
 from pacs_hub.storage import packs
 from pacs_hub.storage.blobs import BlobStore
@@ -23,8 +25,6 @@ CT = sorted((DATA / "volumes" / "ct_philips_ingenuity_head_phantom_axial_5mm").i
 
 
 def _part10(ds: pydicom.Dataset) -> bytes:
-    import io
-
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
@@ -90,3 +90,33 @@ def test_each_instance_of_a_batch_gets_its_own_outcome(
         assert session.scalar(select(func.count()).select_from(Instance)) == 2
         assert session.scalar(select(func.count()).select_from(Patient)) == 2
         assert sorted(session.scalars(select(Study.num_instances))) == [1, 1]
+
+
+def test_an_instance_the_index_refuses_fails_alone_the_others_stay_stored(
+    store: tuple[Database, BlobStore, Ingestor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database, _blobs, ingestor = store
+    files = [path.read_bytes() for path in CT[:3]]
+    refused = pydicom.dcmread(CT[1]).SOPInstanceUID
+    hot = ingestor._hot_path
+    real_add = hot.add_instance
+
+    def add(cursor: object, header: InstanceHeader, *args: object) -> bool:
+        if header.sop_instance_uid == refused:
+            return False  # left to the general path...
+        return real_add(cursor, header, *args)  # type: ignore[arg-type]
+
+    def broken(*args: object) -> Outcome:
+        raise RuntimeError("index went away")  # ...which fails with no HubError
+
+    monkeypatch.setattr(hot, "add_instance", add)
+    monkeypatch.setattr(ingestor, "_index_once", broken)
+    results = ingestor.ingest_batch([Arrival(data) for data in files])
+    assert isinstance(results[1], IndexUnavailable) and results[1].dicom_status == 0xA701
+    assert [r.outcome for r in (results[0], results[2]) if isinstance(r, IngestResult)] == [
+        Outcome.STORED,
+        Outcome.STORED,
+    ]
+    with database.reader() as session:
+        indexed = set(session.scalars(select(Instance.sop_instance_uid)))
+    assert refused not in indexed and len(indexed) == 2
