@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -217,14 +217,9 @@ class Ingestor:
         try:
             with hot.transaction() as cursor:
                 for n, (header, blob, metadata) in enumerate(items):
-                    known = hot.known(cursor, header.sop_instance_uid)
-                    if known is not None:
-                        if known.sha256 == blob.sha256:
-                            outcomes[n] = Outcome.DUPLICATE
-                    elif hot.add_instance(
+                    outcomes[n] = self._index_hot_in(
                         cursor, header, blob, ae, now, metadata, establishment_pk
-                    ):
-                        outcomes[n] = Outcome.STORED
+                    )
         except (IntegrityError, hot.integrity_error, OperationalError, hot.operational_error):
             outcomes = [None] * len(items)  # rolled back: each one on its own, with retries
         for n, (header, blob, metadata) in enumerate(items):
@@ -338,13 +333,26 @@ class Ingestor:
         bytes.
         """
         now = datetime.now(UTC).replace(tzinfo=None)
+        with self._hot_path.transaction() as cursor:
+            return self._index_hot_in(cursor, header, blob, ae, now, metadata, establishment_pk)
+
+    def _index_hot_in(
+        self,
+        cursor: Any,
+        header: InstanceHeader,
+        blob: StoredBlob,
+        ae: str,
+        now: datetime,
+        metadata: bytes,
+        establishment_pk: int | None,
+    ) -> Outcome | None:
+        """:meth:`_index_hot` in a transaction the caller holds (one or a batch's)."""
         hot = self._hot_path
-        with hot.transaction() as cursor:
-            known = hot.known(cursor, header.sop_instance_uid)
-            if known is not None:
-                return Outcome.DUPLICATE if known.sha256 == blob.sha256 else None
-            if hot.add_instance(cursor, header, blob, ae, now, metadata, establishment_pk):
-                return Outcome.STORED
+        known = hot.known(cursor, header.sop_instance_uid)
+        if known is not None:
+            return Outcome.DUPLICATE if known.sha256 == blob.sha256 else None
+        if hot.add_instance(cursor, header, blob, ae, now, metadata, establishment_pk):
+            return Outcome.STORED
         return None
 
     def _index_once(

@@ -62,7 +62,7 @@ class Record:
     sha256: str
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared and hashed by identity
 class _Pack:
     fd: int
     name: str
@@ -102,15 +102,11 @@ class PackWriter:
         each one's (pack file name, offset) once all are synced. Raises as
         :meth:`append`; then none of them may be indexed."""
         try:
-            placed = self._write(blobs)
-            packs = _distinct(placed)
-            ends = {
-                id(pack): offset + len(data)
-                for (pack, offset), (data, _) in zip(placed, blobs, strict=True)
-            }
+            placed, ends = self._write(blobs)
+            packs = list(ends)
             try:
-                for pack in packs:
-                    self._sync_through(pack, ends[id(pack)])
+                for pack, end in ends.items():
+                    self._sync_through(pack, end)
             except BaseException:
                 with self._lock:
                     for pack in packs:
@@ -146,14 +142,10 @@ class PackWriter:
             target = pack.end  # appends happen under the lock: every byte before is written
         try:
             _sync(pack.fd)
-        except OSError as exc:
+        except BaseException as exc:
             with self._lock:
-                pack.failed = exc
-                pack.syncing = False
-                self._synced.notify_all()
-            raise
-        except BaseException:
-            with self._lock:
+                if isinstance(exc, OSError):
+                    pack.failed = exc
                 pack.syncing = False
                 self._synced.notify_all()
             raise
@@ -162,27 +154,32 @@ class PackWriter:
             pack.syncing = False
             self._synced.notify_all()
 
-    def _write(self, blobs: Sequence[tuple[bytes | memoryview, str]]) -> list[tuple[_Pack, int]]:
-        """Append the blobs with their record headers (not yet synced): each one's pack,
-        counted as written to until released, and offset."""
+    def _write(
+        self, blobs: Sequence[tuple[bytes | memoryview, str]]
+    ) -> tuple[list[tuple[_Pack, int]], dict[_Pack, int]]:
+        """Append the blobs with their record headers (not yet synced): each one's pack
+        and offset, and each pack written to (counted as such until released) with the
+        end of the last blob written to it, in order."""
         placed: list[tuple[_Pack, int]] = []
+        ends: dict[_Pack, int] = {}
         with self._lock:
             try:
                 for data, sha256 in blobs:
                     header = HEADER.pack(MAGIC, len(data), bytes.fromhex(sha256))
                     pack = self._current(len(header) + len(data))
-                    if not placed or placed[-1][0] is not pack:
+                    if pack not in ends:
                         pack.writers += 1
                     start = pack.end
                     pack.end += len(header) + len(data)
                     placed.append((pack, start + len(header)))
+                    ends[pack] = pack.end
                     _pwrite_all(pack.fd, (header, data), start)
             except BaseException:
-                for pack in _distinct(placed):
+                for pack in ends:
                     self._retire(pack)
                     self._release(pack)
                 raise
-        return placed
+        return placed, ends
 
     def close(self) -> None:
         """Close the current pack (blobs already appended stay readable)."""
@@ -254,15 +251,6 @@ def records(path: Path) -> Iterator[Record]:
             if len(data) < size or hashlib.sha256(data).digest() != digest:
                 return
             yield Record(start + HEADER.size, size, digest.hex())
-
-
-def _distinct(placed: list[tuple[_Pack, int]]) -> list[_Pack]:
-    """The packs of ``placed``, each once, in order (a batch fills them one after another)."""
-    packs: list[_Pack] = []
-    for pack, _offset in placed:
-        if not packs or packs[-1] is not pack:
-            packs.append(pack)
-    return packs
 
 
 def _pwrite_all(fd: int, parts: tuple[bytes | memoryview, ...], offset: int) -> None:

@@ -16,7 +16,7 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 
 from pacs_hub.storage.database import Database
 from pacs_hub.trust.models import PendingGrant
@@ -65,19 +65,14 @@ class PendingGrants:
         the row is deleted either way once found (a secret works once)."""
         if not secret:
             return None
-        key = _hash(secret)
         with self.database.session() as session:
             row = session.execute(
-                select(PendingGrant.kind, PendingGrant.payload, PendingGrant.expires_at).where(
-                    PendingGrant.secret_hash == key
-                )
-            ).one_or_none()
-            if row is None:
-                return None
-            gone = session.execute(delete(PendingGrant).where(PendingGrant.secret_hash == key))
-            if getattr(gone, "rowcount", 0) != 1:  # another process took it first
-                return None
-        if row.kind != kind or row.expires_at < _now():
+                delete(PendingGrant)
+                .where(PendingGrant.secret_hash == _hash(secret))
+                .returning(PendingGrant.kind, PendingGrant.payload, PendingGrant.expires_at)
+                .execution_options(synchronize_session=False)
+            ).one_or_none()  # whichever process deletes the row has it, the others get None
+        if row is None or row.kind != kind or row.expires_at < _now():
             return None
         payload: dict[str, Any] = json.loads(row.payload)
         return payload

@@ -161,3 +161,15 @@ def hot_path_taken(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
 
     monkeypatch.setattr(IndexHotPath, "add_instance", spy)
     return taken
+
+
+@pytest.fixture
+def data_syncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The file descriptors pack writers ``fdatasync`` from now on, in order (the syncs
+    still happen)."""
+    from pacs_hub.storage import packs
+
+    synced: list[int] = []
+    real = packs._sync
+    monkeypatch.setattr(packs, "_sync", lambda fd: (synced.append(fd), real(fd)))
+    return synced

@@ -14,7 +14,6 @@ from sqlalchemy import func, select
 from pacs_hub.dicom.header import InstanceHeader
 from pacs_hub.errors import DuplicateConflict, HubError, IndexUnavailable
 from pacs_hub.ingest import Arrival, Ingestor, IngestResult
-from pacs_hub.storage import packs
 from pacs_hub.storage.blobs import BlobStore
 from pacs_hub.storage.database import Database
 from pacs_hub.storage.index import Outcome
@@ -38,16 +37,13 @@ def store(tmp_path: Path) -> tuple[Database, BlobStore, Ingestor]:
 
 
 def test_a_batch_is_stored_with_one_sync_and_indexed_like_single_ingests(
-    store: tuple[Database, BlobStore, Ingestor], monkeypatch: pytest.MonkeyPatch
+    store: tuple[Database, BlobStore, Ingestor], data_syncs: list[int]
 ) -> None:
     database, blobs, ingestor = store
-    synced: list[int] = []
-    real = packs._sync
-    monkeypatch.setattr(packs, "_sync", lambda fd: (synced.append(fd), real(fd)))
     files = [path.read_bytes() for path in CT]
     results = ingestor.ingest_batch([Arrival(data) for data in files], "CT_A")
     assert [r.outcome for r in results if isinstance(r, IngestResult)] == [Outcome.STORED] * 6
-    assert len(synced) == 1
+    assert len(data_syncs) == 1
     with database.reader() as session:
         assert session.scalar(select(func.count()).select_from(Instance)) == 6
         assert session.scalar(select(Series.num_instances)) == 6

@@ -313,17 +313,14 @@ def test_a_new_pack_folder_is_synced_in_its_parent_before_any_pack_in_it(
 
 
 def test_a_batch_is_appended_with_one_data_sync_per_pack(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, data_syncs: list[int]
 ) -> None:
-    synced: list[int] = []
-    real = packs._sync
-    monkeypatch.setattr(packs, "_sync", lambda fd: (synced.append(fd), real(fd)))
     writer = PackWriter(tmp_path, pack_bytes=1000)
     blobs = [bytes([i]) * 250 for i in range(5)]  # 3 fit in a pack of 1000, then a new one
     places = writer.append_many([(b, sha256_hex(b)) for b in blobs])
     names = [name for name, _ in places]
     assert names[0] == names[1] == names[2] != names[3] == names[4]
-    assert len(synced) == 2  # one per pack, not one per blob
+    assert len(data_syncs) == 2  # one per pack, not one per blob
     for (name, offset), blob in zip(places, blobs, strict=True):
         with (tmp_path / name).open("rb") as fp:
             fp.seek(offset)
