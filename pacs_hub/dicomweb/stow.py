@@ -248,6 +248,10 @@ def _store_batch(
         except HubError as exc:
             outcomes[n] = _failure(part, exc)
             continue
+        except Exception as exc:  # as _store_part: this part fails, not the request
+            LOGGER.exception("STOW-RS part not stored")
+            outcomes[n] = _processing_failure(exc)
+            continue
         if isinstance(checked, Failure):
             outcomes[n] = checked
         else:
@@ -255,13 +259,16 @@ def _store_batch(
             assert isinstance(source, bytes)
             batch.append((n, Arrival(source, parsed, sha256)))
     if batch:
+        results: list[IngestResult | HubError | Failure]
         try:
-            results = hub.ingestor.ingest_batch(
-                [arrival for _n, arrival in batch], ae, _establishment_of(caller)
+            results = list(
+                hub.ingestor.ingest_batch(
+                    [arrival for _n, arrival in batch], ae, _establishment_of(caller)
+                )
             )
-        except Exception as exc:
+        except Exception as exc:  # raised before any of them was indexed
             LOGGER.exception("STOW-RS parts not stored")
-            results = [_processing_failure(exc)] * len(batch)  # type: ignore[list-item]
+            results = [_processing_failure(exc)] * len(batch)
         for (n, _arrival), result in zip(batch, results, strict=True):
             outcomes[n] = _failure(parts[n], result) if isinstance(result, HubError) else result
     return [outcome for outcome in outcomes if outcome is not None]  # each part has one
