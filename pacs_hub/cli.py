@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from pacs_hub.backup import cli as backup_cli
 from pacs_hub.cli_common import (
@@ -67,20 +68,29 @@ def serve(
     """Run the hub: DICOM (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET, storage commitment) and HTTP.
 
     Stops cleanly on Ctrl-C or SIGTERM.
+    A gateway or HTTP process that dies is replaced (with back-off if it keeps dying).
+
+    Exit status 2 when the DICOM or HTTP port is held by another process
+    (after waiting PACS_HUB_PORT_RELEASE_WAIT seconds, 20 by default,
+    for a hub stopped just before to let go of it).
     """
+    from pacs_hub.listeners import PortUnavailable
     from pacs_hub.service import serve as run
 
-    run(
-        load_settings(
-            data_dir=data_dir,
-            ae_title=ae_title,
-            dicom_port=dicom_port,
-            http_port=http_port,
-            host=host,
-            gateway_processes=gateway_processes,
-            http_processes=http_processes,
-        )
+    settings = load_settings(
+        data_dir=data_dir,
+        ae_title=ae_title,
+        dicom_port=dicom_port,
+        http_port=http_port,
+        host=host,
+        gateway_processes=gateway_processes,
+        http_processes=http_processes,
     )
+    try:
+        run(settings)
+    except PortUnavailable as exc:
+        console.print(f"[red]error:[/red] {escape(exc.message)}")
+        raise typer.Exit(2) from exc
 
 
 def _check_label(value: str) -> str:

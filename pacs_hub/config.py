@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         default=0,
         description="HTTP server processes accepting on one listening socket; 0 = one per core",
     )
+    port_release_wait: float = Field(
+        default=20.0,
+        ge=0,
+        description="Seconds serve waits for a DICOM or HTTP port held by another process"
+        " (a hub stopped just before) before it refuses to start",
+    )
     max_pdu_size: int = Field(default=262144, description="Maximum PDU length we receive")
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
     network_timeout: float = 60.0

@@ -4,16 +4,18 @@ The hub process opens the DICOM port's and the HTTP port's listening sockets and
 starts ``PACS_HUB_GATEWAY_PROCESSES`` gateway processes on the one and
 ``PACS_HUB_HTTP_PROCESSES`` HTTP processes (uvicorn, the FastAPI application) on the
 other, each a Python interpreter of its own, so both doors use every core. It keeps
-the regional worker (periodic tasks) and the embedded job worker, replaces an HTTP
-process that dies, and on SIGTERM/SIGINT stops them all. What the HTTP processes
-share lives in the index and the data folder (sign-ins in progress too:
-:mod:`pacs_hub.trust.grants`), never in one process's memory.
+the regional worker (periodic tasks) and the embedded job worker, replaces a gateway
+or HTTP process that dies (:mod:`pacs_hub.supervisor`), and on SIGTERM/SIGINT stops
+them all. Each port is held by this hub alone (:mod:`pacs_hub.listeners`). What the
+HTTP processes share lives in the index and the data folder (sign-ins in progress
+too: :mod:`pacs_hub.trust.grants`), never in one process's memory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import gc
 import logging
 import multiprocessing
@@ -22,14 +24,17 @@ import select
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
+from pacs_hub import listeners
 from pacs_hub.config import Settings
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.gateway.server import (
@@ -42,6 +47,7 @@ from pacs_hub.regional import tasks  # noqa: F401 (registers the background task
 from pacs_hub.regional.worker import RegionalWorker, WorkerContext
 from pacs_hub.storage.blobs import BlobStore
 from pacs_hub.storage.database import Database
+from pacs_hub.supervisor import Supervisor
 from pacs_hub.trust.auth_api import sign_in_banner
 from pacs_hub.web.app import create_app
 from pacs_hub.web.viewer import viewer_banner
@@ -53,7 +59,7 @@ PR_SET_PDEATHSIG = 1
 STANDIN_PORTS_CHECK_SECONDS = 3.0
 """How often a gateway process opens or closes stand-ins' own ports as configured."""
 SUPERVISE_SECONDS = 1.0
-"""How often the hub process looks for a dead HTTP process to replace."""
+"""How often the hub process looks for a dead gateway or HTTP process to replace."""
 STOP_GRACE_SECONDS = 10.0
 """How long a gateway or HTTP process may take to stop before it is killed."""
 HTTP_BACKLOG = 2048
@@ -177,9 +183,10 @@ def _running(pid: int) -> bool:
 @dataclass(frozen=True)
 class GatewayWatch:
     """What an HTTP process knows of the gateway processes, for ``/health``: their
-    process ids and the events they set once they accept."""
+    process ids (shared memory the hub process updates when it replaces one) and the
+    events they set once they accept."""
 
-    pids: tuple[int, ...]
+    pids: Sequence[int]
     ready: tuple[EventType, ...]
 
     def alive(self) -> int:
@@ -238,7 +245,25 @@ def _start(
     return proc
 
 
-def _stop(procs: list[multiprocessing.context.SpawnProcess]) -> None:
+def _start_gateway(
+    spawn: multiprocessing.context.SpawnContext,
+    settings: Settings,
+    listener: socket.socket,
+    watch: GatewayWatch,
+    slot: int,
+) -> multiprocessing.context.SpawnProcess:
+    """Start the gateway process of ``slot``: it sets that slot's ready event once it
+    accepts; the HTTP processes' ``/health`` reads its pid from the shared array."""
+    watch.ready[slot].clear()
+    proc = _start(
+        spawn, "pacs-hub-gateway", run_gateway, (settings, os.getpid(), listener, watch.ready[slot])
+    )
+    pids: Any = watch.pids  # the RawArray of serve()
+    pids[slot] = proc.pid or 0
+    return proc
+
+
+def _stop(procs: Sequence[BaseProcess]) -> None:
     """SIGTERM every process, then SIGKILL those still running after the grace period."""
     for proc in procs:
         proc.terminate()
@@ -252,31 +277,31 @@ def _stop(procs: list[multiprocessing.context.SpawnProcess]) -> None:
 def serve(settings: Settings) -> None:
     """Run the hub in the foreground until SIGTERM/SIGINT."""
     configure_logging(settings.log_level)
+    # Both ports first: a hub that cannot listen stops before it touches the archive.
+    wait = settings.port_release_wait
+    listener = open_listener(settings.host, settings.dicom_port, wait)  # shared by the gateways
+    http_listener = listeners.claim("HTTP", settings.host, settings.http_port, HTTP_BACKLOG, wait)
     database = prepare_storage(settings)
     spawn = multiprocessing.get_context("spawn")
     stop = _StopSignals()  # from here a signal stops the hub at the next wait
-    listener = open_listener(settings.host, settings.dicom_port)  # passed on to each gateway
-    ready = [spawn.Event() for _ in range(settings.effective_gateway_processes)]
-    gateways = [
-        _start(spawn, "pacs-hub-gateway", run_gateway, (settings, os.getpid(), listener, event))
-        for event in ready
-    ]
-    watch = GatewayWatch(tuple(p.pid or 0 for p in gateways), tuple(ready))
-    # SO_REUSEPORT as for the DICOM port: a hub restarted at once after a kill -9 can
-    # listen while the old HTTP processes notice and exit.
-    http_listener = socket.create_server(
-        (settings.host, settings.http_port), backlog=HTTP_BACKLOG, reuse_port=True
-    )
+    supervisor = Supervisor()
+    count = settings.effective_gateway_processes
+    watch = GatewayWatch(spawn.RawArray("i", count), tuple(spawn.Event() for _ in range(count)))
+    for slot in range(count):
+        supervisor.add(
+            "gateway", functools.partial(_start_gateway, spawn, settings, listener, watch, slot)
+        )
     http_args = (settings, os.getpid(), http_listener, watch)
     print(sign_in_banner(settings, database), flush=True)  # the first admin, before any request
-    https = [
-        _start(spawn, "pacs-hub-http", run_http, http_args)
-        for _ in range(settings.effective_http_processes)
-    ]
+    for _ in range(settings.effective_http_processes):
+        supervisor.add(
+            "HTTP", functools.partial(_start, spawn, "pacs-hub-http", run_http, http_args)
+        )
     print(
         f"PACS Hub ready: AE title {settings.ae_title}, DICOM {settings.host}:{settings.dicom_port}"
-        f" ({len(gateways)} gateway process(es)), HTTP http://{settings.host}:{settings.http_port}/"
-        f" ({len(https)} HTTP process(es)), data in {settings.data_dir.resolve()}",
+        f" ({count} gateway process(es)), HTTP http://{settings.host}:{settings.http_port}/"
+        f" ({settings.effective_http_processes} HTTP process(es)),"
+        f" data in {settings.data_dir.resolve()}",
         flush=True,
     )
     print(viewer_banner(settings), flush=True)
@@ -290,17 +315,12 @@ def serve(settings: Settings) -> None:
     freeze_startup_heap()
     try:
         while not stop.wait(SUPERVISE_SECONDS):
-            for n, proc in enumerate(https):
-                if not proc.is_alive():
-                    LOGGER.error(
-                        "HTTP process %s exited with %s: starting another", proc.pid, proc.exitcode
-                    )
-                    https[n] = _start(spawn, "pacs-hub-http", run_http, http_args)
+            supervisor.check()
         LOGGER.info("signal %d: shutting down", stop.received[0])
     finally:
         worker.stop()
         jobs_worker.stop()
-        _stop(https + gateways)
+        _stop(supervisor.processes())
         http_listener.close()
         listener.close()
         database.dispose()

@@ -127,7 +127,8 @@ def start_hub(data_dir: Path, processes: int = 1, **extra_env: str) -> Hub:
         # tests start hubs with PACS_HUB_AUTH_REQUIRED=true.
         PACS_HUB_AUTH_REQUIRED="false",
     )
-    env.update(extra_env)
+    env.update(extra_env)  # given ports win over the free ones
+    dicom_port, http_port = int(env["PACS_HUB_DICOM_PORT"]), int(env["PACS_HUB_HTTP_PORT"])
     log = (data_dir.parent / f"hub-{http_port}.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "pacs_hub.cli", "serve"], env=env, stdout=log, stderr=log

@@ -4,61 +4,27 @@ HTTP port, a sign-in started in one ends in another, a dead one is replaced."""
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
-from tests.conftest import Hub, start_hub, wait_until
+from tests.conftest import Hub, start_hub
+from tests.procs import (
+    ESTABLISHED,
+    kill_one_and_wait_for_another,
+    listening_children,
+    socket_inodes,
+    tcp_sockets,
+)
 
 PASSWORD = "correct horse battery staple"
-ESTABLISHED, LISTEN = "01", "0A"
-
-
-def _tcp_sockets(port: int) -> list[tuple[str, int, str]]:
-    """(state, remote port, inode) of the IPv4 TCP sockets on local ``port``."""
-    found = []
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
-        if int(local.split(":")[1], 16) == port:
-            found.append((state, int(remote.split(":")[1], 16), inode))
-    return found
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rpartition(")")[2].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _inodes(pid: int) -> set[str]:
-    held = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            held.add(target[8:-1])
-    return held
 
 
 def http_processes(hub: Hub) -> list[int]:
     """The hub's children that hold its HTTP port's listening socket."""
-    listening = {inode for state, _, inode in _tcp_sockets(hub.http_port) if state == LISTEN}
-    return sorted(p for p in _children(hub.process.pid) if _inodes(p) & listening)
+    return listening_children(hub.process.pid, hub.http_port)
 
 
 def serving_process(hub: Hub, client: httpx.Client) -> int:
@@ -68,10 +34,10 @@ def serving_process(hub: Hub, client: httpx.Client) -> int:
     client_port = answer.extensions["network_stream"].get_extra_info("client_addr")[1]
     inodes = {
         inode
-        for state, remote, inode in _tcp_sockets(hub.http_port)
+        for state, remote, inode in tcp_sockets(hub.http_port)
         if state == ESTABLISHED and remote == client_port
     }
-    owners = [p for p in http_processes(hub) if _inodes(p) & inodes]
+    owners = [p for p in http_processes(hub) if socket_inodes(p) & inodes]
     assert len(owners) == 1, owners
     return owners[0]
 
@@ -135,14 +101,8 @@ def test_a_sign_in_started_in_one_process_ends_in_the_other(hub: Hub) -> None:
 
 
 def test_a_dead_http_process_is_replaced(hub: Hub) -> None:
-    before = http_processes(hub)
-    os.kill(before[0], signal.SIGKILL)
-    wait_until(
-        lambda: len(http_processes(hub)) == 2 and before[0] not in http_processes(hub),
-        timeout=60,
-        what="a new HTTP process",
-    )
+    killed = kill_one_and_wait_for_another(hub.process.pid, hub.http_port, "HTTP")
     with httpx.Client(base_url=hub.url, timeout=30) as client:
         assert client.get("/health").json()["status"] == "ok"
     log = next(hub.data_dir.parent.glob(f"hub-{hub.http_port}.log")).read_text()
-    assert f"HTTP process {before[0]} exited with -9: starting another" in log
+    assert f"HTTP process {killed} exited with -9 after" in log

@@ -12,8 +12,9 @@ from one listening socket opened by the hub (:func:`open_listener`): each new
 association goes to the process whose acceptor is first to take it, so an idle
 process takes it before a busy one. (With ``SO_REUSEPORT`` the kernel would pick
 the process by a hash of the peer's address: two associations out of two landed on
-the same process, one core of two idle, about half the time.) A gateway started on
-its own (tests, stand-in ports) binds its own socket with ``SO_REUSEPORT``. Every
+the same process, one core of two idle, about half the time; and a second hub could
+bind the same port.) A gateway started on its own (tests, stand-in ports) binds its
+own socket with ``SO_REUSEPORT``. Every
 socket the hub opens or accepts has ``TCP_NODELAY`` set, else each DIMSE message
 waits on Nagle's algorithm (~40 ms).
 
@@ -41,6 +42,7 @@ from pynetdicom import sop_class as sc
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
+from pacs_hub import listeners
 from pacs_hub.backup import commit, standin
 from pacs_hub.gateway import (
     access,
@@ -173,15 +175,16 @@ def quiet_pynetdicom_handlers() -> None:
         pynetdicom._config.LOG_HANDLER_LEVEL = "none"
 
 
-def open_listener(host: str, port: int) -> socket.socket:
+def open_listener(host: str, port: int, wait: float = 0.0) -> socket.socket:
     """The DICOM port's listening socket, to be shared by every gateway process.
 
-    Non-blocking: every gateway's acceptor wakes for a new connection and those that
-    lose the race to accept it go back to waiting. ``SO_REUSEPORT`` as well: after a
-    ``kill -9`` of the hub its gateways hold the old socket until they notice and exit,
-    and a hub restarted at once must be able to listen meanwhile.
+    Claimed for this hub alone (:func:`pacs_hub.listeners.claim`: a second hub on the
+    same port fails to start; a hub restarted right after a ``kill -9`` waits up to
+    ``wait`` seconds for its old gateways to let go). Non-blocking: every gateway's
+    acceptor wakes for a new connection and those that lose the race to accept it go
+    back to waiting.
     """
-    listener = socket.create_server((host, port), backlog=128, reuse_port=True)
+    listener = listeners.claim("DICOM", host, port, backlog=128, wait=wait)
     listener.setblocking(False)
     return listener
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,19 +17,9 @@ from pynetdicom.sop_class import Verification
 
 from pacs_hub.gateway import server as server_module
 from pacs_hub.gateway.server import HubAssociationServer, open_listener
+from pacs_hub.listeners import PortUnavailable
 from tests.conftest import Hub, start_hub
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
+from tests.procs import children
 
 
 def _cpu_ticks(pids: list[int]) -> int:
@@ -60,7 +51,7 @@ def _owner(hub: Hub, client_port: int) -> int:
         local_port, remote_port = (int(f.split(":")[1], 16) for f in fields[1:3])
         if (local_port, remote_port) == (hub.dicom_port, client_port):
             inodes.add(f"socket:[{fields[9]}]")
-    for pid in _children(hub.process.pid):
+    for pid in children(hub.process.pid):
         for fd in Path(f"/proc/{pid}/fd").iterdir():
             try:
                 if os.readlink(fd) in inodes:
@@ -83,7 +74,7 @@ def test_a_new_association_goes_to_an_idle_gateway(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     hub = start_hub(tmp_path / "data", processes=2)  # healthy: both gateways accept
     try:
-        _wait_idle(_children(hub.process.pid))
+        _wait_idle(children(hub.process.pid))
         first = _echoing(hub)
         second = _echoing(hub)
         third = _echoing(hub)  # both busy now: one of them takes it all the same
@@ -96,14 +87,31 @@ def test_a_new_association_goes_to_an_idle_gateway(tmp_path: Path) -> None:
     assert owners[2] in owners[:2]
 
 
-def test_a_hub_restarted_at_once_listens_while_old_gateways_hold_the_port() -> None:
-    """After a kill -9 of the hub, its gateways keep the listening socket until they exit;
-    the restarted hub opens the port meanwhile (it failed with EADDRINUSE)."""
+def test_a_second_listener_on_the_port_is_refused() -> None:
+    """A second hub on the same port fails (no SO_REUSEPORT sharing the port with it)."""
     old = open_listener("127.0.0.1", 0)
+    port = old.getsockname()[1]
     try:
-        new = open_listener("127.0.0.1", old.getsockname()[1])
+        started = time.monotonic()
+        with pytest.raises(PortUnavailable, match=f"DICOM port 127.0.0.1:{port}: another"):
+            open_listener("127.0.0.1", port, wait=0.5)
+        assert time.monotonic() - started >= 0.5  # it waited for the port first
+    finally:
+        old.close()
+
+
+def test_a_restarted_hub_waits_for_its_old_gateways_to_let_go_of_the_port() -> None:
+    """After a kill -9 of the hub, its gateways keep the listening socket until they
+    exit; the restarted hub waits for the port instead of failing at once."""
+    old = open_listener("127.0.0.1", 0)
+    port = old.getsockname()[1]
+    closing = threading.Timer(0.5, old.close)  # the old gateways exiting
+    closing.start()
+    try:
+        new = open_listener("127.0.0.1", port, wait=30)
         new.close()
     finally:
+        closing.cancel()
         old.close()
 
 
