@@ -70,12 +70,14 @@ def serve(
     Stops cleanly on Ctrl-C or SIGTERM.
     A gateway or HTTP process that dies is replaced (with back-off if it keeps dying).
 
-    Exit status 2 when the DICOM or HTTP port is held by another process
+    Exit status 2 when the DICOM or HTTP port is held by another process,
+    or the data folder by another hub
     (after waiting PACS_HUB_PORT_RELEASE_WAIT seconds, 20 by default,
-    for a hub stopped just before to let go of it).
+    for a hub stopped just before to let go of them).
     """
     from pacs_hub.listeners import PortUnavailable
     from pacs_hub.service import serve as run
+    from pacs_hub.storage.data_lock import DataDirInUse
 
     settings = load_settings(
         data_dir=data_dir,
@@ -88,7 +90,7 @@ def serve(
     )
     try:
         run(settings)
-    except PortUnavailable as exc:
+    except (PortUnavailable, DataDirInUse) as exc:
         console.print(f"[red]error:[/red] {escape(exc.message)}")
         raise typer.Exit(2) from exc
 

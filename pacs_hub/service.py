@@ -6,7 +6,8 @@ starts ``PACS_HUB_GATEWAY_PROCESSES`` gateway processes on the one and
 other, each a Python interpreter of its own, so both doors use every core. It keeps
 the regional worker (periodic tasks) and the embedded job worker, replaces a gateway
 or HTTP process that dies (:mod:`pacs_hub.supervisor`), and on SIGTERM/SIGINT stops
-them all. Each port is held by this hub alone (:mod:`pacs_hub.listeners`). What the
+them all. Each port and the data folder are held by this hub alone
+(:mod:`pacs_hub.listeners`, :mod:`pacs_hub.storage.data_lock`). What the
 HTTP processes share lives in the index and the data folder (sign-ins in progress
 too: :mod:`pacs_hub.trust.grants`), never in one process's memory.
 """
@@ -45,6 +46,7 @@ from pacs_hub.gateway.server import (
 )
 from pacs_hub.regional import tasks  # noqa: F401 (registers the background tasks)
 from pacs_hub.regional.worker import RegionalWorker, WorkerContext
+from pacs_hub.storage import data_lock
 from pacs_hub.storage.blobs import BlobStore
 from pacs_hub.storage.database import Database
 from pacs_hub.supervisor import Supervisor
@@ -158,6 +160,7 @@ def run_gateway(
     _die_with_parent()
     if os.getppid() != parent_pid:
         return  # the hub died before we got here
+    data_lock.share(settings.data_dir)
     configure_logging(settings.log_level)
     stop = _StopSignals()
     ctx = GatewayContext.open(settings)
@@ -203,6 +206,7 @@ def run_http(
     _die_with_parent()
     if os.getppid() != parent_pid:
         return  # the hub died before we got here
+    data_lock.share(settings.data_dir)
     configure_logging(settings.log_level)
     prepare_associations()  # federated QIDO, retrieve on demand open associations here
     database = Database(settings.index_url, run_migrations=False)
@@ -277,10 +281,12 @@ def _stop(procs: Sequence[BaseProcess]) -> None:
 def serve(settings: Settings) -> None:
     """Run the hub in the foreground until SIGTERM/SIGINT."""
     configure_logging(settings.log_level)
-    # Both ports first: a hub that cannot listen stops before it touches the archive.
+    # The ports and the data folder first: a hub that cannot have them stops before it
+    # touches the archive (its start cleans the folder's temp files).
     wait = settings.port_release_wait
     listener = open_listener(settings.host, settings.dicom_port, wait)  # shared by the gateways
     http_listener = listeners.claim("HTTP", settings.host, settings.http_port, HTTP_BACKLOG, wait)
+    data_lock.claim(settings.data_dir, wait)
     database = prepare_storage(settings)
     spawn = multiprocessing.get_context("spawn")
     stop = _StopSignals()  # from here a signal stops the hub at the next wait

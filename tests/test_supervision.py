@@ -19,8 +19,9 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from pacs_hub import supervisor
+from pacs_hub.storage.blobs import TEMP_SUFFIX
 from pacs_hub.supervisor import Supervisor, backoff
-from tests.conftest import Hub, start_hub, wait_until
+from tests.conftest import Hub, free_port, start_hub, wait_until
 from tests.procs import children, kill_one_and_wait_for_another, listening_children
 
 FORK = multiprocessing.get_context("fork")
@@ -119,6 +120,13 @@ def _health(hub: Hub) -> dict[str, object]:
     return answer
 
 
+def _answers_ok(hub: Hub) -> bool:
+    try:
+        return _health(hub)["status"] == "ok"
+    except httpx.TransportError:  # not listening yet
+        return False
+
+
 def _echo(port: int) -> int:
     ae = AE(ae_title="SUPERVISION")
     ae.add_requested_context(Verification)
@@ -144,21 +152,41 @@ def test_a_dead_gateway_process_is_replaced(hub: Hub) -> None:
     assert f"gateway process {killed} exited with -9 after" in log
 
 
-def test_a_second_hub_on_the_same_port_refuses_to_start(hub: Hub, tmp_path: Path) -> None:
-    env = dict(hub.env, PACS_HUB_DATA_DIR=str(tmp_path / "other"), PACS_HUB_PORT_RELEASE_WAIT="1")
+def _refused_beside(hub: Hub, **env: str) -> str:
+    """``pacs-hub serve`` with ``hub``'s settings but ``env``: it must exit with status 2;
+    what it said, on one line."""
     second = subprocess.run(
         [sys.executable, "-m", "pacs_hub.cli", "serve"],
-        env=env,
+        env=dict(hub.env, PACS_HUB_PORT_RELEASE_WAIT="1", **env),
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert second.returncode == 2, second.stdout + second.stderr
-    said = " ".join((second.stdout + second.stderr).split())
+    return " ".join((second.stdout + second.stderr).split())
+
+
+def test_a_second_hub_on_the_same_port_refuses_to_start(hub: Hub, tmp_path: Path) -> None:
+    said = _refused_beside(hub, PACS_HUB_DATA_DIR=str(tmp_path / "other"))
     assert f"cannot listen on DICOM port 127.0.0.1:{hub.dicom_port}: another process" in said
     assert not (tmp_path / "other").exists()  # it stopped before touching any archive
     assert _health(hub)["status"] == "ok"  # the first hub serves on
     assert _echo(hub.dicom_port) == 0x0000
+
+
+def test_a_second_hub_on_the_same_data_folder_refuses_to_start(hub: Hub) -> None:
+    """Even on other ports: its start would delete the running hub's writes in progress."""
+    in_progress = hub.data_dir / "tmp" / f"in-progress{TEMP_SUFFIX}"
+    in_progress.write_bytes(b"a blob being written")
+    try:
+        said = _refused_beside(
+            hub, PACS_HUB_DICOM_PORT=str(free_port()), PACS_HUB_HTTP_PORT=str(free_port())
+        )
+        assert f"data folder {hub.data_dir} is used by another running hub (pid " in said
+        assert in_progress.read_bytes() == b"a blob being written"  # not cleaned away
+        assert _health(hub)["status"] == "ok"
+    finally:
+        in_progress.unlink()
 
 
 def test_a_hub_killed_hard_and_restarted_at_once_takes_its_ports_back(tmp_path: Path) -> None:
@@ -178,8 +206,9 @@ def test_a_hub_killed_hard_and_restarted_at_once_takes_its_ports_back(tmp_path: 
             timeout=60,
             what="the old hub's processes to exit",
         )
-        # /health may have been answered by the old hub's processes until they exited
-        wait_until(lambda: _health(again)["status"] == "ok", timeout=60, what="the new hub")
+        # start_hub's /health may have been answered by the old hub's HTTP processes:
+        # the new hub listens once they have let go of the ports
+        wait_until(lambda: _answers_ok(again), timeout=60, what="the new hub")
         assert _health(again)["gateway_processes"] == {"alive": 2, "expected": 2}
         assert len(_gateways(again)) == 2
         assert _echo(again.dicom_port) == 0x0000

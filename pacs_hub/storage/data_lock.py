@@ -1,0 +1,107 @@
+"""One running hub per data folder.
+
+``pacs-hub serve`` cleans the data folder of temp files left by a crash and appends to
+pack files as it starts; a second hub on the same folder (other ports, started by
+mistake) would delete the first one's writes in progress and run every background
+task twice. Two lock files (``flock(2)``) keep the folder to one hub:
+
+* ``hub.lock``, held exclusively by the hub process while it runs (it also holds its
+  pid, for the message);
+* ``hub-processes.lock``, held shared by each of its gateway and HTTP processes until
+  it exits, so that after a ``kill -9`` of the hub the folder stays taken until its
+  last process has exited.
+
+A starting hub takes the first and checks the second is free (an exclusive lock taken
+and dropped), waiting for both (``PACS_HUB_PORT_RELEASE_WAIT``, as for the ports)
+before it refuses to start. The other ``pacs-hub`` commands (import, nodes, audit,
+...) and Celery workers take neither: they work beside a running hub through the
+index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from pathlib import Path
+
+LOGGER = logging.getLogger(__name__)
+
+LOCK_NAME = "hub.lock"
+PROCESSES_LOCK_NAME = "hub-processes.lock"
+RETRY_SECONDS = 0.2
+_held: list[int] = []  # this process's lock descriptors, kept open until it exits
+
+
+class DataDirInUse(Exception):
+    """Another running hub's processes use this data folder."""
+
+    def __init__(self, data_dir: Path, holder: str) -> None:
+        super().__init__(
+            f"data folder {data_dir} is used by another running hub{holder};"
+            " stop it first, or give this one a folder of its own (PACS_HUB_DATA_DIR)"
+        )
+        self.message = str(self)
+
+
+def _open(data_dir: Path, name: str) -> int:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return os.open(data_dir / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+
+def _holder(fd: int) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(os.pread(fd, 32, 0).decode().strip())
+        return f" (pid {pid})"
+    return ""
+
+
+def _lock(fd: int, deadline: float, wait: float, data_dir: Path, said: list[bool]) -> bool:
+    """An exclusive lock on ``fd`` before ``deadline``, trying every RETRY_SECONDS."""
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            if not said:
+                LOGGER.warning(
+                    "data folder %s is in use; waiting up to %.0f s for it to be released"
+                    " (the processes of a hub stopped just now?)",
+                    data_dir,
+                    wait,
+                )
+                said.append(True)
+            time.sleep(RETRY_SECONDS)
+
+
+def claim(data_dir: Path, wait: float) -> None:
+    """Take the data folder for this hub process, waiting up to ``wait`` seconds while
+    another hub's processes hold it; :class:`DataDirInUse` if they still do then."""
+    deadline, said = time.monotonic() + wait, list[bool]()
+    hub = _open(data_dir, LOCK_NAME)
+    if not _lock(hub, deadline, wait, data_dir, said):
+        holder = _holder(hub)
+        os.close(hub)
+        raise DataDirInUse(data_dir, holder)
+    processes = _open(data_dir, PROCESSES_LOCK_NAME)
+    try:
+        if not _lock(processes, deadline, wait, data_dir, said):
+            os.close(hub)
+            raise DataDirInUse(data_dir, " (its last processes still run)")
+    finally:
+        os.close(processes)  # dropped: this hub's processes share it from now on
+    os.ftruncate(hub, 0)
+    os.pwrite(hub, f"{os.getpid()}\n".encode(), 0)
+    _held.append(hub)
+
+
+def share(data_dir: Path) -> None:
+    """Hold the data folder's processes lock (shared) in a gateway or HTTP process of
+    the hub that claimed the folder, until this process exits."""
+    fd = _open(data_dir, PROCESSES_LOCK_NAME)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a starting hub checks it
+    _held.append(fd)
