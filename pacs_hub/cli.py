@@ -77,7 +77,7 @@ def serve(
     """
     from pacs_hub.listeners import PortUnavailable
     from pacs_hub.service import serve as run
-    from pacs_hub.storage.data_lock import DataDirInUse
+    from pacs_hub.storage.data_lock import DataDirUnusable
 
     settings = load_settings(
         data_dir=data_dir,
@@ -90,7 +90,7 @@ def serve(
     )
     try:
         run(settings)
-    except (PortUnavailable, DataDirInUse) as exc:
+    except (PortUnavailable, DataDirUnusable) as exc:
         console.print(f"[red]error:[/red] {escape(exc.message)}")
         raise typer.Exit(2) from exc
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -26,9 +27,22 @@ console = Console()
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment, with the command-line options that were given."""
+    """Settings from the environment, with the command-line options that were given.
+
+    A value that is not valid (``PACS_HUB_DICOM_PORT=abc``) is said as
+    ``error: PACS_HUB_DICOM_PORT='abc': <why>`` (or the option's name), exit status 2.
+    """
     given = {k: v for k, v in overrides.items() if v is not None}
-    return Settings(**given)
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            option = f"--{field.replace('_', '-')}"
+            source = option if field in given else f"PACS_HUB_{field.upper()}"
+            said = f"{source}={error.get('input')!r}: " if field else ""
+            console.print(f"[red]error:[/red] {escape(said + error['msg'])}")
+        raise typer.Exit(2) from exc
 
 
 def open_database(settings: Settings) -> Database:

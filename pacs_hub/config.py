@@ -46,8 +46,8 @@ class Settings(BaseSettings):
     )
     ae_title: str = Field(default="PACS_HUB", max_length=16)
     host: str = "127.0.0.1"
-    dicom_port: int = 11112
-    http_port: int = 8042
+    dicom_port: int = Field(default=11112, ge=1, le=65535)
+    http_port: int = Field(default=8042, ge=1, le=65535)
     gateway_processes: int = Field(
         default=0,
         description="DICOM gateway processes accepting on one listening socket; 0 = one per core",

@@ -35,7 +35,15 @@ RETRY_SECONDS = 0.2
 _held: list[int] = []  # this process's lock descriptors, kept open until it exits
 
 
-class DataDirInUse(Exception):
+class DataDirUnusable(Exception):
+    """The data folder cannot be taken for this hub."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class DataDirInUse(DataDirUnusable):
     """Another running hub's processes use this data folder."""
 
     def __init__(self, data_dir: Path, holder: str) -> None:
@@ -43,12 +51,15 @@ class DataDirInUse(Exception):
             f"data folder {data_dir} is used by another running hub{holder};"
             " stop it first, or give this one a folder of its own (PACS_HUB_DATA_DIR)"
         )
-        self.message = str(self)
 
 
 def _open(data_dir: Path, name: str) -> int:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return os.open(data_dir / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return os.open(data_dir / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise DataDirUnusable(f"cannot use data folder {data_dir}: {reason}") from exc
 
 
 def _holder(fd: int) -> str:
