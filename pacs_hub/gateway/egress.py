@@ -17,6 +17,10 @@ callers hand pynetdicom's ``Association.send_c_store`` a :class:`StoredFile` (a
 * a larger one, a file of its own, is sent by pynetdicom's chunked-file path (which
   reads its meta, then streams the dataset from disk), so memory stays bounded.
 
+Sub-operations sent one after the other (:func:`linked`: C-MOVE, C-GET, forwarding)
+read the next instance's bytes while the peer stores the current one
+(:func:`preload`), so that read is off the time each sub-operation takes.
+
 Either way the presentation context must match the stored transfer syntax exactly:
 an instance with no such context fails as a sub-operation. The one change ever made:
 an odd-length (deflated) dataset gets the trailing NUL of PS3.5 A.5.
@@ -31,8 +35,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +48,13 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 
 from pacs_hub.dicom.part10 import dataset_offset
-from pacs_hub.gateway import pdata
+from pacs_hub.gateway import deferred, pdata
 from pacs_hub.storage.blob_ref import BlobRef
 from pacs_hub.storage.retrieval import RetrieveItem
 
 IN_MEMORY_MAX = 64 * 1024 * 1024
+PRELOAD_MAX = 16 * 1024 * 1024
+"""The next sub-operation's blob is read ahead (while the peer stores) up to this size."""
 DEFLATED = "1.2.840.10008.1.2.1.99"
 _INSTALL_LOCK = threading.Lock()
 
@@ -78,6 +84,29 @@ class StoredFile(Dataset):
             stored_sop_class=item.sop_class_uid,
             stored_sop_instance=item.sop_instance_uid,
         )
+
+
+def linked(items: Iterable[RetrieveItem]) -> Iterator[StoredFile]:
+    """A :class:`StoredFile` per item, in order, each knowing the one after it
+    (``following``), so that its send reads the next one's bytes (:func:`preload`)."""
+    files = (StoredFile(item) for item in items)
+    current = next(files, None)
+    while current is not None:
+        following = next(files, None)
+        vars(current)["following"] = following
+        yield current
+        current = following
+
+
+def preload(stored: StoredFile) -> None:
+    """Read the dataset bytes of the sub-operation that follows ``stored`` (its
+    ``following``, set by the retrieve handler) if small enough, for the next send;
+    a blob that cannot be read is left for that send to fail."""
+    following: StoredFile | None = vars(stored).pop("following", None)
+    if following is None or not 0 < following.stored_size <= PRELOAD_MAX:
+        return
+    with suppress(OSError):
+        vars(following)["preloaded"] = stored_body(following)
 
 
 def stored_body(stored: StoredFile) -> bytes | memoryview:
@@ -209,6 +238,10 @@ def send_loaded(
     if not written:
         assoc._reactor_checkpoint.set()
         return None
+    # While the peer stores this one: the Pending C-MOVE response kept for it, then
+    # the next instance's bytes read (pacs_hub.gateway.deferred, preload).
+    deferred.flush()
+    preload(stored)
     _cx, response = assoc.dimse.get_msg(block=True)
     assoc._reactor_checkpoint.set()
     if response is None:  # the DIMSE timeout expired: pynetdicom aborts
@@ -239,7 +272,7 @@ def enable_stored_file_sends() -> None:
                 return original(self, dataset, *args, **kwargs)
             size = dataset.stored_size or dataset.stored_blob.size  # 0: not known
             if size <= IN_MEMORY_MAX or not dataset.stored_blob.whole_file:
-                body = stored_body(dataset)
+                body = vars(dataset).pop("preloaded", None) or stored_body(dataset)
                 sent = send_loaded(self, dataset, body, *args, **kwargs)
                 if sent is not None:
                     return sent

@@ -53,6 +53,8 @@ from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
 
+from pacs_hub.gateway import deferred
+
 SILENT_EVENTS = (evt.EVT_DIMSE_SENT, evt.EVT_PDU_SENT, evt.EVT_DATA_SENT, evt.EVT_FSM_TRANSITION)
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
@@ -436,6 +438,9 @@ def install() -> None:
 
         @functools.wraps(original)
         def send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
+            if deferred.defer(self, primitive, context_id):
+                return  # a Pending C-MOVE response, written at the next flush
+            deferred.flush()  # what this thread kept goes first
             assoc = self.assoc
             state = sending(assoc)
             with state.lock:

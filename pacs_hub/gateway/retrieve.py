@@ -48,6 +48,7 @@ odd-length (deflated) dataset gets the trailing NUL of PS3.5 A.5.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
@@ -60,10 +61,11 @@ from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 
 from pacs_hub.errors import HubError, InvalidQuery
-from pacs_hub.gateway import access, on_demand
+from pacs_hub.gateway import access, deferred, on_demand
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.gateway.egress import StoredFile as StoredFile
 from pacs_hub.gateway.egress import enable_stored_file_sends as enable_stored_file_sends
+from pacs_hub.gateway.egress import linked
 from pacs_hub.gateway.status import CANCEL, PENDING, error_status, status
 from pacs_hub.regional.cget import TRANSFER_SYNTAXES
 from pacs_hub.regional.nodes import RemoteNode, get_node
@@ -157,14 +159,22 @@ def storage_contexts(
     return [build_context(sop_class, [syntax]) for sop_class, syntax in pairs[:MAX_CONTEXTS]]
 
 
-def _sub_operations(event: Event, items: list[RetrieveItem]) -> Iterator[tuple[int, Any]]:
-    """One Pending per match (pynetdicom sends it); Cancel when the peer asks."""
-    for item in items:
-        if event.is_cancelled:
-            LOGGER.info("retrieve cancelled by the peer")
-            yield CANCEL, None  # pynetdicom adds the Failed SOP Instance UID List
-            return
-        yield PENDING, StoredFile(item)
+def _sub_operations(
+    event: Event, items: list[RetrieveItem], move: bool = False
+) -> Iterator[tuple[int, Any]]:
+    """One Pending per match (pynetdicom sends it); Cancel when the peer asks.
+
+    Each match's bytes are read while the peer stores the one before
+    (:func:`~pacs_hub.gateway.egress.linked`); for a C-MOVE
+    the Pending responses are written while the destination stores
+    (:mod:`~pacs_hub.gateway.deferred`)."""
+    with deferred.pending_moves_deferred() if move else contextlib.nullcontext():
+        for stored in linked(items):
+            if event.is_cancelled:
+                LOGGER.info("retrieve cancelled by the peer")
+                yield CANCEL, None  # pynetdicom adds the Failed SOP Instance UID List
+                return
+            yield PENDING, stored
 
 
 def _streamed(
@@ -286,7 +296,7 @@ def _serve_move(
     LOGGER.info("C-MOVE from %s to %s: %d instance(s)", calling, node.ae_title, len(matches))
     yield node.host, node.port, {"contexts": storage_contexts(matches)}
     yield len(matches) + denied
-    yield from _sub_operations(event, matches)
+    yield from _sub_operations(event, matches, move=True)
     if denied:
         yield access.withheld(denied, "C-MOVE"), access.no_failed_uids()
 

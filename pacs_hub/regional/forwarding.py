@@ -22,7 +22,8 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 
 from pacs_hub.config import Settings
-from pacs_hub.gateway.retrieve import MAX_CONTEXTS, StoredFile, enable_stored_file_sends
+from pacs_hub.gateway.egress import linked
+from pacs_hub.gateway.retrieve import MAX_CONTEXTS, enable_stored_file_sends
 from pacs_hub.gateway.server import prepare_associations
 from pacs_hub.storage.retrieval import RetrieveItem
 
@@ -102,13 +103,13 @@ def _send_batch(
         return SendResult(0, len(items), _association_failure(assoc, where))
     sent, failed, error = 0, 0, ""
     try:
-        for item in items:
+        for stored in linked(items):  # each read while the peer stores the one before
             if not assoc.is_established:
                 failed += 1
                 error = error or f"{where.ae_title} released or aborted the association"
                 continue
             try:
-                answer = assoc.send_c_store(StoredFile(item))
+                answer = assoc.send_c_store(stored)
             except (OSError, ValueError) as exc:
                 answer, reason = None, f"{type(exc).__name__}: {exc}"
             else:
@@ -119,7 +120,7 @@ def _send_batch(
                 continue
             failed += 1
             if not error:
-                error = f"{where.ae_title} refused {item.sop_instance_uid}: " + (
+                error = f"{where.ae_title} refused {stored.stored_sop_instance}: " + (
                     f"status 0x{code:04X}" if code >= 0 else reason
                 )
     finally:

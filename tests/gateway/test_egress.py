@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +162,42 @@ def test_the_direct_send_and_pynetdicoms_send_the_same_and_read_the_same_status(
     assert direct == through_pynetdicom  # the same status Dataset either way
     assert direct[0].Status == status.Status
     assert direct[0].get("ErrorComment") == status.get("ErrorComment")
+
+
+def test_linked_sends_read_each_blob_once_while_the_peer_stores_the_one_before(
+    receiver: tuple[int, list[bytes]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, received = receiver
+    monkeypatch.setattr(pynetdicom._config, "LOG_HANDLER_LEVEL", "none")  # the direct path
+    item, dataset = _stored(tmp_path)
+    second = tmp_path / "second"
+    second.write_bytes(item.blob.file.read_bytes())
+    items = [item, replace(item, blob=BlobRef.whole(second))]
+    enable_stored_file_sends()
+    ae = AE(ae_title="EGRESS_SCU")
+    ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1"])
+    assoc = ae.associate("127.0.0.1", port, ae_title="EGRESS_SCP")
+    assert assoc.is_established
+    WATCHED.extend([str(item.blob.file), str(second)])
+    OPENS.clear()
+    try:
+        files = list(egress.linked(items))
+        assert int(assoc.send_c_store(files[0]).Status) == 0
+        assert [str(item.blob.file), str(second)] == OPENS  # the next one read meanwhile
+        assert "preloaded" in vars(files[1])
+        assert int(assoc.send_c_store(files[1]).Status) == 0
+        assert len(OPENS) == 2  # not read again
+    finally:
+        WATCHED.clear()
+        assoc.release()
+    assert received == [dataset] * 2
+
+
+def test_a_blob_that_cannot_be_read_ahead_fails_its_own_send(tmp_path: Path) -> None:
+    item, _dataset = _stored(tmp_path)
+    missing = replace(item, blob=BlobRef(tmp_path / "gone", 0, item.size_bytes))
+    first, following = egress.linked([item, missing])
+    egress.preload(first)
+    assert "preloaded" not in vars(following)
+    with pytest.raises(OSError):
+        egress.stored_body(following)
