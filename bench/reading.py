@@ -102,7 +102,11 @@ def _move_paragraph(res: Results) -> str | None:
         "without pydicom: 0.35-0.40 ms of hub CPU per 525 KB instance, measured on "
         "2026-11-30), then waits for storescp's response before the next (one association, "
         "no asynchronous operations window), through pynetdicom's C-MOVE SCP and its "
-        "thread hand-overs in one Python process; Orthanc streams files from C++."
+        "thread hand-overs in one Python process; while storescp stores one, the hub "
+        "writes the Pending C-MOVE response of the one before and reads the next one's "
+        "bytes (measured on 2026-12-01 before that change: of ~1,000 us per 525 KB "
+        "instance, 600-700 us waiting for storescp's response, 140-200 us writing, 55 us "
+        "reading, ~135 us in between); Orthanc streams files from C++."
     )
 
 
