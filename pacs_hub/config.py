@@ -59,8 +59,9 @@ class Settings(BaseSettings):
     port_release_wait: float = Field(
         default=20.0,
         ge=0,
-        description="Seconds serve waits for a DICOM or HTTP port held by another process"
-        " (a hub stopped just before) before it refuses to start",
+        description="Seconds serve waits for a DICOM or HTTP port held by another process,"
+        " or a data folder held by another hub's processes (a hub stopped just before),"
+        " before it refuses to start",
     )
     max_pdu_size: int = Field(default=262144, description="Maximum PDU length we receive")
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST

@@ -41,7 +41,8 @@ from sqlalchemy import select
 from pacs_hub.backup import commit, inventory, remote, sample, state
 from pacs_hub.config import Settings
 from pacs_hub.errors import InvalidQuery, UnknownNode
-from pacs_hub.gateway.retrieve import StoredFile, enable_stored_file_sends
+from pacs_hub.gateway.egress import StoredFile, linked
+from pacs_hub.gateway.retrieve import enable_stored_file_sends
 from pacs_hub.regional import forwarding
 from pacs_hub.regional.nodes import get_node
 from pacs_hub.regional.scu import PacsNode
@@ -131,10 +132,10 @@ def _items(database: Database, blobs: BlobStore, study: str) -> list[RetrieveIte
         return select_instances(session, blobs, request)
 
 
-def _send_one(assoc: Any, item: RetrieveItem) -> tuple[int, str]:
+def _send_one(assoc: Any, stored: StoredFile) -> tuple[int, str]:
     """``(status, reason)`` of one C-STORE (-1 when none came back)."""
     try:
-        answer = assoc.send_c_store(StoredFile(item))
+        answer = assoc.send_c_store(stored)
     except ValueError:
         return -1, REJECTED_CONTEXT
     except RuntimeError:  # pynetdicom: the association ended between two messages
@@ -193,10 +194,13 @@ def send_study(
 
 
 def _send_on(assoc: Any, pending: list[RetrieveItem]) -> tuple[int, list[dict[str, Any]]]:
-    """Send ``pending`` (consumed from the front) while the association lasts."""
+    """Send ``pending`` (consumed from the front) while the association lasts, each
+    instance's bytes read while the PACS stores the one before (egress.linked)."""
     sent, refused = 0, []
-    while pending and assoc.is_established:
-        code, reason = _send_one(assoc, pending[0])
+    for stored in linked(list(pending)):
+        if not assoc.is_established:
+            break
+        code, reason = _send_one(assoc, stored)
         if code == -1 and reason == DROPPED:
             break  # answered by no one: sent again on a new association
         item = pending.pop(0)
