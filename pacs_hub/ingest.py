@@ -65,8 +65,8 @@ class IngestResult:
     size: int
 
 
-def _all_set(outcomes: list[T | None]) -> list[T]:
-    """``outcomes`` once every one is decided (one per instance, in order)."""
+def all_decided(outcomes: list[T | None]) -> list[T]:
+    """``outcomes`` once every one is decided (one per instance of a batch, in order)."""
     if any(outcome is None for outcome in outcomes):
         raise AssertionError("an instance of a batch was left without an outcome")
     return [outcome for outcome in outcomes if outcome is not None]
@@ -175,7 +175,7 @@ class Ingestor:
         if ready:
             for n, outcome in self._store_batch(ready, received_from_ae, establishment_pk):
                 outcomes[n] = outcome
-        return _all_set(outcomes)
+        return all_decided(outcomes)
 
     def _store_batch(
         self,
@@ -231,7 +231,7 @@ class Ingestor:
                 except Exception as exc:  # the others of the batch may be indexed already
                     LOGGER.exception("instance of a batch not indexed")
                     outcomes[n] = IndexUnavailable(f"index did not commit: {type(exc).__name__}")
-        return _all_set(outcomes)
+        return all_decided(outcomes)
 
     def _sender(
         self, received_from_ae: str, establishment_pk: int | None

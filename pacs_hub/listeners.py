@@ -9,9 +9,8 @@ requests over two archives).
 
 A hub restarted right after a ``kill -9`` finds its port still held for a moment: the
 old hub's processes receive SIGTERM when it dies (``PR_SET_PDEATHSIG``) and close
-their listening sockets as they stop. :func:`claim` waits for the port (at most
-``PACS_HUB_PORT_RELEASE_WAIT`` seconds, 20 by default, said once in the log) before
-it gives up.
+their listening sockets as they stop. :func:`claim` waits for the port
+(:mod:`pacs_hub.release_wait`) before it gives up.
 ``SO_REUSEADDR`` stays on (Python's default for servers): connections of the old hub
 still in TIME_WAIT do not hold the port.
 """
@@ -19,13 +18,9 @@ still in TIME_WAIT do not hold the port.
 from __future__ import annotations
 
 import errno
-import logging
 import socket
-import time
 
-LOGGER = logging.getLogger(__name__)
-
-RETRY_SECONDS = 0.2
+from pacs_hub.release_wait import until_released
 
 
 class PortUnavailable(Exception):
@@ -40,29 +35,22 @@ def claim(what: str, host: str, port: int, backlog: int, wait: float) -> socket.
     """A socket listening on ``host:port`` that no other process may share.
 
     ``what`` names the port in messages ("DICOM", "HTTP"). While another process
-    listens on it, tries again every :data:`RETRY_SECONDS` for ``wait`` seconds;
-    raises :class:`PortUnavailable` if it is still held then, or at once for any
-    other refusal (a privileged port, an address this machine does not have).
+    listens on it, tries again for ``wait`` seconds
+    (:func:`~pacs_hub.release_wait.until_released`); raises :class:`PortUnavailable`
+    if it is still held then, or at once for any other refusal (a privileged port,
+    an address this machine does not have).
     """
-    deadline = time.monotonic() + wait
-    waited = False
-    while True:
+
+    def attempt() -> socket.socket | None:
         try:
             return socket.create_server((host, port), backlog=backlog)
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise PortUnavailable(what, host, port, exc.strerror or str(exc)) from exc
-            if time.monotonic() >= deadline:
-                reason = "another process listens on it (another hub on the same port?)"
-                raise PortUnavailable(what, host, port, reason) from exc
-            if not waited:
-                LOGGER.warning(
-                    "%s port %s:%d is in use; waiting up to %.0f s for it to be released"
-                    " (the processes of a hub stopped just now?)",
-                    what,
-                    host,
-                    port,
-                    wait,
-                )
-                waited = True
-            time.sleep(RETRY_SECONDS)
+            return None
+
+    listener = until_released(attempt, wait, f"{what} port {host}:{port}")
+    if listener is None:
+        reason = "another process listens on it (another hub on the same port?)"
+        raise PortUnavailable(what, host, port, reason)
+    return listener

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -15,8 +16,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
+from pacs_hub.config import Settings
 from pacs_hub.gateway import pdu_reader, reactor
+from pacs_hub.storage.database import Database
+from pacs_hub.web.app import create_app
 
 # The tests' own pynetdicom clients and storage SCPs run the hub's reactors: pynetdicom's
 # hand-over between a send_* caller and its reactor can give the caller's response to
@@ -33,6 +38,17 @@ HUB_AE = "PACS_HUB"
 
 
 _GIVEN: set[int] = set()
+
+
+@contextlib.contextmanager
+def app_client(settings: Settings) -> Iterator[TestClient]:
+    """The hub's FastAPI application in-process (no server), on a migrated index."""
+    database = Database(settings.index_url, run_migrations=True)
+    try:
+        with TestClient(create_app(settings, database)) as client:
+            yield client
+    finally:
+        database.dispose()
 
 
 def free_port() -> int:

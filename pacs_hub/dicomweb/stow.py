@@ -52,7 +52,7 @@ from pacs_hub.dicomweb.qido import DICOM_JSON, check_uid
 from pacs_hub.dicomweb.state import HubState, dicomweb_base, hub_state
 from pacs_hub.dicomweb.upload import MalformedMultipart, MultipartSpooler, Part, media_type
 from pacs_hub.errors import HubError
-from pacs_hub.ingest import Arrival, IngestResult
+from pacs_hub.ingest import Arrival, IngestResult, all_decided
 from pacs_hub.trust.principal import Action
 
 LOGGER = logging.getLogger(__name__)
@@ -271,7 +271,7 @@ def _store_batch(
             results = [_processing_failure(exc)] * len(batch)
         for (n, _arrival), result in zip(batch, results, strict=True):
             outcomes[n] = _failure(parts[n], result) if isinstance(result, HubError) else result
-    return [outcome for outcome in outcomes if outcome is not None]  # each part has one
+    return all_decided(outcomes)
 
 
 def _lacks_preamble(head: bytes) -> bool:
@@ -360,6 +360,10 @@ async def _store_all(
     spooled to temp files each on its own, :data:`PARALLEL_PARTS` at a time, meanwhile."""
     in_memory = [n for n, part in enumerate(parts) if part.data is not None]
     spooled = [n for n, part in enumerate(parts) if part.data is None]
+    if not spooled:  # the usual request: one hand-over to a thread
+        return await run_in_threadpool(_store_batch, hub, caller, parts, study, ae)
+    if not in_memory:
+        return list(await asyncio.gather(*(store_one(part) for part in parts)))
     batch = run_in_threadpool(_store_batch, hub, caller, [parts[n] for n in in_memory], study, ae)
     stored, alone = await asyncio.gather(
         batch, asyncio.gather(*(store_one(parts[n]) for n in spooled))

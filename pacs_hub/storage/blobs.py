@@ -102,7 +102,7 @@ class BlobStore:
         """
         if len(data) <= PACKED_MAX:
             name, offset = self._packs.append(data, sha256)
-            return f"{PACKS}/{name}:{offset}:{len(data)}"
+            return _pack_key(name, offset, len(data))
         key = self.key_for(sha256)
         final = _blob_file(self.blobs, key)
         if final.is_file():
@@ -129,7 +129,7 @@ class BlobStore:
         if packed:
             places = self._packs.append_many([blob for _n, blob in packed])
             for (n, (data, _sha)), (name, offset) in zip(packed, places, strict=True):
-                keys[n] = f"{PACKS}/{name}:{offset}:{len(data)}"
+                keys[n] = _pack_key(name, offset, len(data))
         for n, (data, sha256) in enumerate(blobs):
             if not keys[n]:
                 keys[n] = self.put(data, sha256)
@@ -237,6 +237,11 @@ def _blob_file(blobs: Path, key: str) -> Path:
     if len(folder) != 2 or "/" in name or not name.endswith(".dcm") or ".." in key:
         raise BadBlobKey(f"not a blob key: {key[:80]!r}")
     return blobs / folder / name
+
+
+def _pack_key(name: str, offset: int, size: int) -> str:
+    """The key of a blob in a pack (read back by :func:`_pack_range`)."""
+    return f"{PACKS}/{name}:{offset}:{size}"
 
 
 def _pack_range(key: str) -> tuple[str, int, int]:

@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import logging
 import os
 import time
 from pathlib import Path
 
-LOGGER = logging.getLogger(__name__)
+from pacs_hub.release_wait import until_released
 
 LOCK_NAME = "hub.lock"
 PROCESSES_LOCK_NAME = "hub-processes.lock"
-RETRY_SECONDS = 0.2
 _held: list[int] = []  # this process's lock descriptors, kept open until it exits
 
 
@@ -69,38 +67,30 @@ def _holder(fd: int) -> str:
     return ""
 
 
-def _lock(fd: int, deadline: float, wait: float, data_dir: Path, said: list[bool]) -> bool:
-    """An exclusive lock on ``fd`` before ``deadline``, trying every RETRY_SECONDS."""
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                return False
-            if not said:
-                LOGGER.warning(
-                    "data folder %s is in use; waiting up to %.0f s for it to be released"
-                    " (the processes of a hub stopped just now?)",
-                    data_dir,
-                    wait,
-                )
-                said.append(True)
-            time.sleep(RETRY_SECONDS)
+def _locked(fd: int) -> bool | None:
+    """An exclusive lock on ``fd`` taken now (True), or None while another holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return None
+    return True
 
 
 def claim(data_dir: Path, wait: float) -> None:
     """Take the data folder for this hub process, waiting up to ``wait`` seconds while
-    another hub's processes hold it; :class:`DataDirInUse` if they still do then."""
-    deadline, said = time.monotonic() + wait, list[bool]()
+    another hub's processes hold it (:func:`~pacs_hub.release_wait.until_released`);
+    :class:`DataDirInUse` if they still do then."""
+    deadline = time.monotonic() + wait
+    what = f"data folder {data_dir}"
     hub = _open(data_dir, LOCK_NAME)
-    if not _lock(hub, deadline, wait, data_dir, said):
+    if not until_released(lambda: _locked(hub), wait, what):
         holder = _holder(hub)
         os.close(hub)
         raise DataDirInUse(data_dir, holder)
     processes = _open(data_dir, PROCESSES_LOCK_NAME)
     try:
-        if not _lock(processes, deadline, wait, data_dir, said):
+        left = max(0.0, deadline - time.monotonic())
+        if not until_released(lambda: _locked(processes), left, what):
             os.close(hub)
             raise DataDirInUse(data_dir, " (its last processes still run)")
     finally:

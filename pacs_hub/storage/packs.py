@@ -103,18 +103,17 @@ class PackWriter:
         :meth:`append`; then none of them may be indexed."""
         try:
             placed, ends = self._write(blobs)
-            packs = list(ends)
             try:
                 for pack, end in ends.items():
                     self._sync_through(pack, end)
             except BaseException:
                 with self._lock:
-                    for pack in packs:
+                    for pack in ends:
                         self._retire(pack)
                 raise
             finally:
                 with self._lock:
-                    for pack in packs:
+                    for pack in ends:
                         self._release(pack)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):

@@ -12,9 +12,7 @@ from fastapi.testclient import TestClient
 
 from pacs_hub.config import Settings
 from pacs_hub.dicomweb import stow
-from pacs_hub.storage.database import Database
-from pacs_hub.web.app import create_app
-from tests.conftest import DATA
+from tests.conftest import DATA, app_client
 from tests.dicomweb.test_stow import multipart
 
 CT = sorted((DATA / "volumes" / "ct_philips_ingenuity_head_phantom_axial_5mm").iterdir())[:3]
@@ -22,13 +20,8 @@ CT = sorted((DATA / "volumes" / "ct_philips_ingenuity_head_phantom_axial_5mm").i
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    settings = Settings(data_dir=tmp_path, auth_required=False)
-    database = Database(settings.index_url, run_migrations=True)
-    try:
-        with TestClient(create_app(settings, database)) as running:
-            yield running
-    finally:
-        database.dispose()
+    with app_client(Settings(data_dir=tmp_path, auth_required=False)) as running:
+        yield running
 
 
 def test_an_unexpected_error_on_one_part_fails_that_part_only(

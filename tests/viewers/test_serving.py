@@ -19,9 +19,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pacs_hub.config import Settings, bundled_viewer_dir
-from pacs_hub.storage.database import Database
-from pacs_hub.web.app import create_app
 from pacs_hub.web.viewer import FETCH_SCRIPT, IMMUTABLE, REVALIDATE, viewer_banner
+from tests.conftest import app_client
 
 INDEX = "<!doctype html><html><head><script src='/app-config.js'></script></head></html>"
 BUNDLE = "app.bundle.0f6159c501addfe9.js"
@@ -47,12 +46,8 @@ def _client(tmp_path: Path, viewer_dir: Path | None) -> Iterator[TestClient]:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     settings = Settings(data_dir=data, viewer_dir=viewer_dir, ae_title="HUB_T", auth_required=False)
-    database = Database(settings.index_url, run_migrations=True)
-    try:
-        with TestClient(create_app(settings, database)) as client:
-            yield client
-    finally:
-        database.dispose()
+    with app_client(settings) as client:
+        yield client
 
 
 @pytest.fixture
