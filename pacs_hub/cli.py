@@ -1,4 +1,4 @@
-"""The ``pacs-hub`` command line: serve, import, nodes.
+"""The ``pacs-hub`` command line: serve, import, nodes, and the command groups.
 
 Every command reads the same settings (``PACS_HUB_*`` variables, see
 :mod:`pacs_hub.config`), so ``PACS_HUB_DATA_DIR`` points them all at one archive.
@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from pacs_hub.archive import cli as archive_cli
 from pacs_hub.backup import cli as backup_cli
 from pacs_hub.cli_common import (
     DataDir,
@@ -44,6 +45,7 @@ app.add_typer(routing_cli.app, name="routing")
 app.add_typer(users_cli.app, name="users")
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(backup_cli.app, name="backup")
+app.add_typer(archive_cli.app, name="archive")
 app.command("restore")(backup_cli.restore)
 app.command("worker")(workers_cli.worker)
 app.command("process")(workers_cli.process)

@@ -19,9 +19,7 @@ from pacs_hub.config import Settings
 from pacs_hub.errors import HubError
 from pacs_hub.storage.database import Database
 
-DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="Data folder [env PACS_HUB_DATA_DIR]")
-]
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data folder [PACS_HUB_DATA_DIR]")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
 console = Console()
 

@@ -102,7 +102,7 @@ class BlobStore:
         """
         if len(data) <= PACKED_MAX:
             name, offset = self._packs.append(data, sha256)
-            return _pack_key(name, offset, len(data))
+            return pack_key(name, offset, len(data))
         key = self.key_for(sha256)
         final = _blob_file(self.blobs, key)
         if final.is_file():
@@ -129,7 +129,7 @@ class BlobStore:
         if packed:
             places = self._packs.append_many([blob for _n, blob in packed])
             for (n, (data, _sha)), (name, offset) in zip(packed, places, strict=True):
-                keys[n] = _pack_key(name, offset, len(data))
+                keys[n] = pack_key(name, offset, len(data))
         for n, (data, sha256) in enumerate(blobs):
             if not keys[n]:
                 keys[n] = self.put(data, sha256)
@@ -183,16 +183,29 @@ class BlobStore:
     def verify(self, key: str, sha256: str) -> bool:
         """True when the blob is whole and its bytes still hash to ``sha256``
         (integrity check); False too when it is missing."""
+        return self.problem(key, sha256) is None
+
+    def problem(self, key: str, sha256: str, size: int | None = None) -> str | None:
+        """What is wrong with blob ``key`` (None: it is whole and hashes to ``sha256``):
+        ``missing``, ``truncated (N of M bytes)``, ``checksum mismatch`` or
+        ``unreadable: <reason>``. ``size`` is the recorded size (default: the key's
+        range, or the blob file's length)."""
+        digest = hashlib.sha256()
+        got = 0
         try:
-            ref = self.ref(key)
-            digest = hashlib.sha256()
-            got = 0
+            ref = self.ref(key, size)
             for chunk in ref.chunks():
                 digest.update(chunk)
                 got += len(chunk)
-        except (OSError, BadBlobKey):
-            return False
-        return got == ref.size and digest.hexdigest() == sha256
+        except (FileNotFoundError, BadBlobKey):
+            return "missing"
+        except OSError as exc:
+            return f"unreadable: {exc.strerror or exc}"
+        if got < ref.size:
+            return f"truncated ({got} of {ref.size} bytes)" if got else "missing"
+        if digest.hexdigest() != sha256:
+            return "checksum mismatch"
+        return None
 
     def clean_temp(self) -> int:
         """Remove temp files left by a crash; return how many were removed."""
@@ -239,7 +252,7 @@ def _blob_file(blobs: Path, key: str) -> Path:
     return blobs / folder / name
 
 
-def _pack_key(name: str, offset: int, size: int) -> str:
+def pack_key(name: str, offset: int, size: int) -> str:
     """The key of a blob in a pack (read back by :func:`_pack_range`)."""
     return f"{PACKS}/{name}:{offset}:{size}"
 

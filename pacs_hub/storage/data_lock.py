@@ -45,6 +45,7 @@ class DataDirInUse(DataDirUnusable):
     """Another running hub's processes use this data folder."""
 
     def __init__(self, data_dir: Path, holder: str) -> None:
+        self.data_dir, self.holder = data_dir, holder
         super().__init__(
             f"data folder {data_dir} is used by another running hub{holder};"
             " stop it first, or give this one a folder of its own (PACS_HUB_DATA_DIR)"

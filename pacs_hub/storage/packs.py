@@ -25,8 +25,9 @@ pack, whose folder entry is synced once, when it is created.
 
 Each blob is preceded by a record header (:data:`HEADER`: the magic ``PHUBBLOB``, the
 blob's length, its SHA-256), so a pack can be read back without the index
-(:func:`records`): the index can be rebuilt from the blobs (ARCHITECTURE.md invariant
-5), and a pack's end left by a crash is seen as such (short, or not a record).
+(:func:`records`, :func:`survey`): the index can be rebuilt from the blobs
+(:mod:`pacs_hub.archive.reindex`, ARCHITECTURE.md invariant 5), and a pack's end
+left by a crash is seen as such (short, or not a record).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import mmap
 import os
 import struct
 import threading
@@ -250,6 +252,69 @@ def records(path: Path) -> Iterator[Record]:
             if len(data) < size or hashlib.sha256(data).digest() != digest:
                 return
             yield Record(start + HEADER.size, size, digest.hex())
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A whole blob found by :func:`survey`: its record and its bytes."""
+
+    record: Record
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """``length`` bytes at ``start`` of a pack that are no whole, intact record.
+
+    ``end`` is True for the bytes after the last record that stop short of one (what a
+    crash during an append leaves: never acknowledged, nothing lost); False for a
+    damaged record followed by others (bit rot: what it held is lost from this pack).
+    """
+
+    start: int
+    length: int
+    end: bool
+
+
+def survey(path: Path) -> Iterator[Found | Unreadable]:
+    """Every record of the pack at ``path`` in order, whole ones with their bytes, and
+    each stretch that is not one.
+
+    Unlike :func:`records`, a damaged record does not stop the reading: the next
+    record is found by its magic (each candidate checked against its SHA-256, so
+    magic bytes inside a blob are no record), as the index rebuild needs.
+    """
+    with path.open("rb") as fp:
+        if os.fstat(fp.fileno()).st_size == 0:
+            return
+        with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            position, length = 0, len(mapped)
+            while position < length:
+                found = _record_at(mapped, position)
+                if found is not None:
+                    yield found
+                    position = found.record.offset + found.record.size
+                    continue
+                following = mapped.find(MAGIC, position + 1)
+                while following >= 0 and _record_at(mapped, following) is None:
+                    following = mapped.find(MAGIC, following + 1)
+                stop = length if following < 0 else following
+                yield Unreadable(position, stop - position, end=following < 0)
+                position = stop
+
+
+def _record_at(mapped: mmap.mmap, position: int) -> Found | None:
+    """The whole, intact record at ``position`` of a mapped pack, if there is one."""
+    if len(mapped) - position < HEADER.size:
+        return None
+    magic, size, digest = HEADER.unpack_from(mapped, position)
+    start = position + HEADER.size
+    if magic != MAGIC or start + size > len(mapped):
+        return None
+    data = mapped[start : start + size]
+    if hashlib.sha256(data).digest() != digest:
+        return None
+    return Found(Record(start, size, digest.hex()), data)
 
 
 def _pwrite_all(fd: int, parts: tuple[bytes | memoryview, ...], offset: int) -> None:

@@ -281,6 +281,35 @@ def test_a_pack_reads_back_without_the_index_up_to_where_a_crash_cut_it(tmp_path
     assert [(r.offset, r.size) for r in packs.records(pack)] == expected[:3]
 
 
+def test_a_survey_reads_past_a_damaged_record_to_the_next_whole_one(tmp_path: Path) -> None:
+    writer = PackWriter(tmp_path)
+    # The third blob holds a record header of its own: magic bytes in a blob are no record.
+    fake = packs.HEADER.pack(packs.MAGIC, 4, bytes(32)) + b"abcd"
+    contents = [os.urandom(500), os.urandom(900), b"x" * 10 + fake + b"y" * 10, os.urandom(5)]
+    places = [_append(writer, data) for data in contents]
+    pack = tmp_path / places[0][0]
+    found = list(packs.survey(pack))
+    assert [(f.record.offset, f.data) for f in found if isinstance(f, packs.Found)] == [
+        (offset, data) for (_, offset), data in zip(places, contents, strict=True)
+    ]
+    whole = bytearray(pack.read_bytes())
+    whole[places[1][1] + 100] ^= 0xFF  # bit rot in the second blob
+    whole[places[0][1] - 40] ^= 0xFF  # and in the first one's header (its length)
+    pack.write_bytes(bytes(whole) + packs.MAGIC + b"\x01")  # and a crash's cut-short end
+    survey = list(packs.survey(pack))
+    second_end = places[1][1] + len(contents[1])
+    assert survey[0] == packs.Unreadable(0, second_end, end=False)
+    assert [(f.record.offset, f.data) for f in survey[1:3] if isinstance(f, packs.Found)] == [
+        (places[2][1], contents[2]),
+        (places[3][1], contents[3]),
+    ]
+    assert survey[3] == packs.Unreadable(len(whole), 9, end=True)
+    assert len(survey) == 4
+    empty = tmp_path / "empty.pack"
+    empty.touch()
+    assert list(packs.survey(empty)) == []
+
+
 def test_a_failed_write_answers_storage_full_and_the_next_blob_starts_a_new_pack(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,0 +1,229 @@
+"""Rebuilding the index from the blobs (ARCHITECTURE.md invariant 5).
+
+Every blob the hub writes can be read back without the index: a pack record carries
+the blob's length and SHA-256 (:mod:`pacs_hub.storage.packs`), a blob file is named
+by its SHA-256, and the blob is the Part 10 file as received. :func:`reindex` reads
+them all, checks each against its SHA-256, and indexes every instance the index does
+not hold, through the index step of the ingest path (:func:`~pacs_hub.storage.index.
+add_instance`: the same rows, counters and patient identity links as a C-STORE). So
+an index lost with its disk (an embedded SQLite file), or restored from an older
+backup (a PostgreSQL dump of last night), is made whole again; run on a whole index it
+changes nothing.
+
+What the blobs do not hold cannot come back: the AE title each instance came from
+(left empty), the establishment a study was recorded under, and the default Issuer of
+Patient ID given to a sender's patients that had none. An instance is stamped with
+its blob's modification time as its reception time, so that routing and the prefetch
+of priors (:mod:`pacs_hub.regional.arrivals`) do not take old studies for new ones.
+
+Blobs no index row should name are said, not indexed: one damaged (its bytes no longer
+hash to its SHA-256), and one whose SOP Instance UID is indexed with other bytes (a
+copy the duplicate policy kept out, or replaced). Packs are read oldest first, so of
+two unindexed blobs of one instance the one written first is indexed, as the default
+policy (keep the first) did. The hub must be stopped (the command takes the data
+folder as ``serve`` does).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import Connection
+
+from pacs_hub.dicom import dicomjson
+from pacs_hub.dicom.header import InstanceHeader, parse_instance
+from pacs_hub.errors import HubError
+from pacs_hub.storage import packs
+from pacs_hub.storage.blobs import PACKED_MAX, PACKS, BlobStore, pack_key, sha256_file
+from pacs_hub.storage.database import Database
+from pacs_hub.storage.index import Outcome, StoredBlob, add_instance, existing_instance
+
+LOGGER = logging.getLogger(__name__)
+BATCH = 200
+"""Instances indexed per transaction."""
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A blob, or stretch of a pack, that was not indexed, and why."""
+
+    where: str
+    """The blob key, or ``packs/<pack>@<start>+<length>`` for bytes that are no blob."""
+    reason: str
+    sop_instance_uid: str = ""
+    """The instance the bytes seem to hold, when they can still be read as one."""
+
+
+@dataclass(slots=True)
+class ReindexReport:
+    """What :func:`reindex` found and did."""
+
+    blobs: int = 0
+    """Whole blobs read."""
+    indexed: int = 0
+    """Instances added to the index."""
+    already: int = 0
+    """Blobs the index already named (same SOP Instance UID, same bytes)."""
+    damaged: list[Skipped] = field(default_factory=list)
+    """Blobs or stretches whose bytes are not what was written."""
+    conflicts: list[Skipped] = field(default_factory=list)
+    """Blobs of an instance the index holds with other bytes."""
+    unreadable: list[Skipped] = field(default_factory=list)
+    """Whole blobs that are no instance the hub can index."""
+    incomplete_ends: list[Skipped] = field(default_factory=list)
+    """Bytes after a pack's last record that stop short of one: a write a crash
+    interrupted (never acknowledged), or a damaged last record."""
+
+    @property
+    def problems(self) -> int:
+        """Blobs that should be indexed and are not: damaged, conflicting, unreadable."""
+        return len(self.damaged) + len(self.conflicts) + len(self.unreadable)
+
+
+@dataclass(frozen=True, slots=True)
+class _Blob:
+    key: str
+    sha256: str
+    size: int
+    written: datetime
+    data: bytes | Path
+    """The bytes (a pack's record), or the blob file."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Readable:
+    """A whole blob read as an instance: what indexing it needs (not its bytes)."""
+
+    blob: StoredBlob
+    written: datetime
+    header: InstanceHeader
+    metadata: bytes
+
+
+def blob_sources(blobs: BlobStore) -> list[Path]:
+    """Every pack and blob file under the store, oldest (last modified) first."""
+    files = list((blobs.blobs / PACKS).glob(f"*{packs.PACK_SUFFIX}"))
+    files += blobs.blobs.glob("[0-9a-f][0-9a-f]/*.dcm")
+    return sorted(files, key=lambda path: (path.stat().st_mtime_ns, path.name))
+
+
+def _modified(path: Path) -> datetime:
+    return datetime.fromtimestamp(path.stat().st_mtime, UTC).replace(tzinfo=None)
+
+
+def _seems(data: bytes) -> str:
+    """The SOP Instance UID damaged bytes seem to hold ('' when they cannot be read)."""
+    try:
+        return parse_instance(data)[0].sop_instance_uid
+    except Exception:  # damaged bytes: anything may fail
+        return ""
+
+
+def _blobs_of(path: Path, report: ReindexReport) -> Iterator[_Blob]:
+    """The whole blobs of one pack or blob file; what is not one goes to ``report``."""
+    written = _modified(path)
+    if path.suffix == packs.PACK_SUFFIX:
+        for item in packs.survey(path):
+            if isinstance(item, packs.Found):
+                key = pack_key(path.name, item.record.offset, item.record.size)
+                yield _Blob(key, item.record.sha256, item.record.size, written, item.data)
+                continue
+            where = f"{PACKS}/{path.name}@{item.start}+{item.length}"
+            with path.open("rb") as fp:
+                fp.seek(item.start + packs.HEADER.size)
+                seems = _seems(fp.read(min(item.length - packs.HEADER.size, PACKED_MAX)))
+            if item.end:
+                report.incomplete_ends.append(Skipped(where, "no whole record", seems))
+            else:
+                report.damaged.append(Skipped(where, "damaged record", seems))
+        return
+    key = f"{path.parent.name}/{path.name}"
+    sha256 = sha256_file(path)
+    if sha256 != path.stem:
+        report.damaged.append(Skipped(key, "checksum mismatch", _seems(path.read_bytes())))
+        return
+    yield _Blob(key, sha256, path.stat().st_size, written, path)
+
+
+def _readable(blob: _Blob, report: ReindexReport) -> _Readable | None:
+    """``blob`` read as an instance (None, said in ``report``, when it is not one)."""
+    try:
+        header, dataset = parse_instance(blob.data)
+        metadata = dicomjson.encode(dataset)
+    except HubError as exc:
+        report.unreadable.append(Skipped(blob.key, exc.message))
+        return None
+    except Exception as exc:  # a blob no ingest would have written: say it, go on
+        report.unreadable.append(Skipped(blob.key, f"{type(exc).__name__}: {exc}"))
+        return None
+    stored = StoredBlob(blob.key, blob.sha256, blob.size)
+    return _Readable(stored, blob.written, header, metadata)
+
+
+def _index(database: Database, batch: list[_Readable], report: ReindexReport) -> None:
+    """Index a batch in one transaction (one by one when it fails, to say which)."""
+    try:
+        with database.engine.begin() as conn:
+            outcomes = [_index_one(conn, item) for item in batch]
+    except Exception:
+        if len(batch) > 1:
+            for item in batch:
+                _index(database, [item], report)
+            return
+        LOGGER.exception("blob %s not indexed", batch[0].blob.key)
+        reason = "the index refused it (see the log)"
+        report.unreadable.append(
+            Skipped(batch[0].blob.key, reason, batch[0].header.sop_instance_uid)
+        )
+        return
+    for item, outcome in zip(batch, outcomes, strict=True):
+        if outcome is Outcome.STORED:
+            report.indexed += 1
+        elif outcome is Outcome.DUPLICATE:
+            report.already += 1
+        else:
+            reason = "its SOP Instance UID is indexed with other bytes"
+            report.conflicts.append(Skipped(item.blob.key, reason, item.header.sop_instance_uid))
+
+
+def _index_one(conn: Connection, item: _Readable) -> Outcome:
+    """Index one instance in the caller's transaction, unless its UID is indexed."""
+    known = existing_instance(conn, item.header.sop_instance_uid)
+    if known is not None:
+        return Outcome.DUPLICATE if known.sha256 == item.blob.sha256 else Outcome.CONFLICT
+    add_instance(conn, item.header, item.blob, "", item.written, item.metadata)
+    return Outcome.STORED
+
+
+def reindex(
+    database: Database,
+    blobs: BlobStore,
+    *,
+    on_source: Callable[[Path], None] | None = None,
+) -> ReindexReport:
+    """Index every whole blob of ``blobs`` the index does not hold (the hub stopped).
+
+    ``on_source`` is called with each pack or blob file once it has been read.
+    """
+    report = ReindexReport()
+    pending: list[_Readable] = []
+    for source in blob_sources(blobs):
+        for blob in _blobs_of(source, report):
+            report.blobs += 1
+            readable = _readable(blob, report)
+            if readable is not None:
+                pending.append(readable)
+            if len(pending) >= BATCH:
+                _index(database, pending, report)
+                pending = []
+        if on_source is not None:
+            on_source(source)
+    if pending:
+        _index(database, pending, report)
+    for skipped in report.damaged + report.conflicts + report.unreadable:
+        LOGGER.error("blob not indexed: %s: %s", skipped.where, skipped.reason)
+    return report
