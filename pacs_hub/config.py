@@ -167,6 +167,16 @@ class Settings(BaseSettings):
     backup_rpo_alert_minutes: float = Field(
         default=60.0, gt=0, description="RPO above which an establishment is in alert"
     )
+    integrity_rate: float = Field(
+        default=10.0,
+        ge=0,
+        description="MB/s the integrity sweep reads stored instances back at, at most; 0 = off",
+    )
+    integrity_cycle_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="Days from the start of one integrity sweep of the archive to the next",
+    )
     backup_interval: float = Field(
         default=5.0, ge=0, description="Seconds between turns of the backfill task; 0 = off"
     )

@@ -1,8 +1,9 @@
-"""``pacs-hub archive verify|reindex``: the archive's integrity from the command line.
+"""``pacs-hub archive verify|status|reindex``: the archive's integrity from the command line.
 
 ``verify`` reads every stored instance back and checks it against the SHA-256
-recorded when it was stored (:mod:`pacs_hub.storage.integrity`), beside a running hub;
-``reindex`` rebuilds the index from the blobs (:mod:`pacs_hub.storage.reindex`), the
+recorded when it was stored (:mod:`pacs_hub.archive.integrity`), beside a running hub;
+``status`` shows the running hub's integrity sweep (:mod:`pacs_hub.archive.sweep`);
+``reindex`` rebuilds the index from the blobs (:mod:`pacs_hub.archive.reindex`), the
 hub stopped. Both show a progress bar on standard error, so ``--json`` output on
 standard output stays clean.
 """
@@ -25,7 +26,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from pacs_hub.archive import integrity, reindex
+from pacs_hub.archive import integrity, reindex, sweep
 from pacs_hub.cli_common import AsJson, DataDir, console, echo_json, load_settings, print_table
 from pacs_hub.storage import data_lock
 from pacs_hub.storage.blobs import BlobStore
@@ -36,6 +37,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 progress_console = Console(stderr=True)
+DAMAGED_COLUMNS = ("found", "study_instance_uid", "sop_instance_uid", "blob", "problem")
 
 
 def _bar() -> Progress:
@@ -129,6 +131,63 @@ def verify(
         if study and instances == 0:
             console.print(f"no instance of study {study} is stored", markup=False)
     if report.damaged:
+        raise typer.Exit(1)
+
+
+@app.command("status")
+def status(as_json: AsJson = False, data_dir: DataDir = None) -> None:
+    """The integrity sweep of the running hub: the cycle in progress, the last one done,
+    damaged instances found, when the next cycle starts.
+
+    The sweep reads every stored instance back at most PACS_HUB_INTEGRITY_RATE MB/s,
+    one cycle every PACS_HUB_INTEGRITY_CYCLE_DAYS days.
+
+    Exit status: 0, or 1 when the current or last cycle found a damaged instance.
+    """
+    settings = load_settings(data_dir=data_dir)
+    described = sweep.describe(settings)
+    current, last = described["current"], described["last"]
+    if as_json:
+        echo_json(described)
+    else:
+        if not described["enabled"]:
+            console.print("integrity sweep: off (PACS_HUB_INTEGRITY_RATE=0)")
+        else:
+            console.print(
+                f"integrity sweep: up to {described['rate_mb_per_s']:g} MB/s,"
+                f" a cycle every {described['cycle_days']:g} day(s);"
+                f" {described['cycles_completed']} cycle(s) completed"
+            )
+        for name, cycle in (("current cycle", current), ("last cycle", last)):
+            if cycle:
+                ended = f", finished {cycle['finished']}" if "finished" in cycle else ""
+                console.print(
+                    f"{name}: started {cycle['started']}{ended}: {cycle['checked']} instance(s)"
+                    f" ({cycle['bytes'] / 1e6:.1f} MB) checked, {cycle['damaged_count']} damaged",
+                    markup=False,
+                    highlight=False,
+                )
+        if described["next_cycle"]:
+            console.print(f"next cycle: {described['next_cycle']}", markup=False)
+        damaged = [*(current or {}).get("damaged", []), *(last or {}).get("damaged", [])]
+        if damaged:
+            print_table(
+                ["found", "Study Instance UID", "SOP Instance UID", "blob", "problem"],
+                (
+                    tuple(
+                        escape(str(d[k]))
+                        for k in (
+                            "found",
+                            "study_instance_uid",
+                            "sop_instance_uid",
+                            "blob",
+                            "problem",
+                        )
+                    )
+                    for d in damaged
+                ),
+            )
+    if (current or {}).get("damaged_count") or (last or {}).get("damaged_count"):
         raise typer.Exit(1)
 
 

@@ -36,6 +36,8 @@ PAGE = 1000
 class Indexed:
     """What the index records of one instance's blob."""
 
+    id: int
+    """The instance's row id (the order instances were indexed in)."""
     study_instance_uid: str
     series_instance_uid: str
     sop_instance_uid: str
@@ -105,16 +107,18 @@ def extent(database: Database, study_instance_uid: str | None = None) -> tuple[i
     return int(count), int(size)
 
 
-def indexed(database: Database, study_instance_uid: str | None = None) -> Iterator[Indexed]:
-    """Every indexed instance (of one study), in the order they were indexed, read
-    :data:`PAGE` at a time."""
+def indexed(
+    database: Database, study_instance_uid: str | None = None, *, after: int = 0
+) -> Iterator[Indexed]:
+    """Every indexed instance (of one study) whose row id is above ``after``, in the
+    order they were indexed, read :data:`PAGE` at a time."""
     query = _query(study_instance_uid).order_by(Instance.id).limit(PAGE)
-    last = 0
+    last = after
     while True:
         with database.engine.connect() as conn:
             rows = conn.execute(query.where(Instance.id > last)).all()
         for row in rows:
-            yield Indexed(row[1], row[2], row[3], row[4], row[5], int(row[6]))
+            yield Indexed(int(row[0]), row[1], row[2], row[3], row[4], row[5], int(row[6]))
         if len(rows) < PAGE:
             return
         last = rows[-1][0]

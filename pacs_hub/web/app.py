@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from pacs_hub import __version__
+from pacs_hub.archive import api as archive_api
 from pacs_hub.backup import api as backup_api
 from pacs_hub.config import Settings
 from pacs_hub.dicomweb import metadata, problems, qido, rendered, stow, wado
@@ -52,6 +53,7 @@ def create_app(
     app.include_router(users_api.router, prefix=API_PREFIX, tags=["users"])
     app.include_router(audit_api.router, prefix=API_PREFIX, tags=["audit"])
     app.include_router(backup_api.router, prefix=API_PREFIX, tags=["backup"])
+    app.include_router(archive_api.router, prefix=API_PREFIX, tags=["archive"])
     app.include_router(processing_api.router, prefix=API_PREFIX, tags=["processing"])
     for module in (qido, metadata, wado, rendered, stow):
         app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=["dicomweb"])
