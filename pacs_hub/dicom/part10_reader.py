@@ -17,7 +17,8 @@ caller then gives to ``dcmread``:
 * a data set in Implicit VR Little Endian (PS3.5 A.1), Explicit VR Little Endian
   (A.2) or an encapsulated syntax (A.4, Explicit VR Little Endian), whose first
   element is encoded as the syntax says (pydicom would switch, with a warning);
-* top-level elements with defined lengths, all of their bytes present, known
+* top-level elements in ascending tag order, none repeated (PS3.5 7.1), with
+  defined lengths, all of their bytes present, known
   VRs (PS3.5 Table 6.2-1), no item or delimiter tags, no command elements; the one
   undefined length read is encapsulated Pixel Data (PS3.5 A.4: items, then the
   Sequence Delimitation Item), walked item by item as pydicom does.
@@ -68,6 +69,7 @@ def _elements(  # noqa: C901 - one loop: a call per element costs a third more h
     PS3.5 7.1.1 (explicit VR, 2- or 4-byte length) and 7.1.2 (implicit VR)."""
     found: dict[BaseTag, RawDataElement] = {}
     size = len(data)
+    last = -1
     while pos < size:
         if meta and data[pos : pos + 2] != b"\x02\x00":
             return found, pos
@@ -89,6 +91,9 @@ def _elements(  # noqa: C901 - one loop: a call per element costs a third more h
         if group == 0xFFFE or (group == 0 and not meta):
             raise _Odd("an item or a command element")
         tag = BaseTag(group << 16 | element)
+        if tag <= last:  # PS3.5 7.1: ascending order; pydicom keeps a repeated tag its own way
+            raise _Odd("an element out of order or repeated")
+        last = tag
         if length == UNDEFINED:
             if tag != PIXEL_DATA or vr not in ("OB", "OW") or meta:
                 raise _Odd("an undefined length other than encapsulated Pixel Data")

@@ -155,6 +155,21 @@ def test_big_endian_sequences_and_undefined_lengths_are_left_to_pydicom() -> Non
     assert read_part10(bytes(no_magic)) is None
 
 
+@pytest.mark.parametrize("uid", [enc.IMPLICIT_LE.uid, enc.EXPLICIT_LE.uid])
+def test_repeated_or_unordered_elements_are_left_to_pydicom(uid: str) -> None:
+    syntax = SYNTAXES[uid]
+    data = bytearray(enc.part10(syntax, _body(syntax)))
+    assert data[132:136] == b"\x02\x00\x00\x00"  # (0002,0000) File Meta group length
+    data[134] = 2  # now a second (0002,0002), before the first one (a damaged byte)
+    assert read_part10(bytes(data)) is None
+    body = _body(syntax)
+    patient = enc.element(syntax, 0x00100010, "PN", enc.text("Müller^Hélène"))
+    swapped = body.replace(patient, b"") + patient  # Patient's Name after Pixel Data
+    assert read_part10(enc.part10(syntax, swapped)) is None
+    repeated = body.replace(patient, patient + patient)
+    assert read_part10(enc.part10(syntax, repeated)) is None
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     syntax=st.sampled_from([enc.IMPLICIT_LE, enc.EXPLICIT_LE]),
