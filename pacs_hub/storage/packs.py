@@ -53,6 +53,8 @@ MAGIC = b"PHUBBLOB"
 HEADER = struct.Struct("<8sQ32s")
 """A record header: magic, blob length, SHA-256 of the blob (48 bytes)."""
 _sync = getattr(os, "fdatasync", os.fsync)
+_RELEASE_BYTES = 64 << 20
+"""A survey hands back the pages of a pack it has read past every this many bytes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,8 +290,12 @@ def survey(path: Path) -> Iterator[Found | Unreadable]:
         if os.fstat(fp.fileno()).st_size == 0:
             return
         with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            position, length = 0, len(mapped)
+            position, length, released = 0, len(mapped), 0
             while position < length:
+                if position - released >= _RELEASE_BYTES:  # pages read: not this process's
+                    done = position - position % mmap.PAGESIZE
+                    mapped.madvise(mmap.MADV_DONTNEED, released, done - released)
+                    released = done
                 found = _record_at(mapped, position)
                 if found is not None:
                     yield found

@@ -281,11 +281,15 @@ def test_a_pack_reads_back_without_the_index_up_to_where_a_crash_cut_it(tmp_path
     assert [(r.offset, r.size) for r in packs.records(pack)] == expected[:3]
 
 
-def test_a_survey_reads_past_a_damaged_record_to_the_next_whole_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("release_bytes", [64 << 20, 1])  # 1: pages handed back every record
+def test_a_survey_reads_past_a_damaged_record_to_the_next_whole_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, release_bytes: int
+) -> None:
+    monkeypatch.setattr(packs, "_RELEASE_BYTES", release_bytes)
     writer = PackWriter(tmp_path)
     # The third blob holds a record header of its own: magic bytes in a blob are no record.
     fake = packs.HEADER.pack(packs.MAGIC, 4, bytes(32)) + b"abcd"
-    contents = [os.urandom(500), os.urandom(900), b"x" * 10 + fake + b"y" * 10, os.urandom(5)]
+    contents = [os.urandom(500), os.urandom(9000), b"x" * 10 + fake + b"y" * 10, os.urandom(5)]
     places = [_append(writer, data) for data in contents]
     pack = tmp_path / places[0][0]
     found = list(packs.survey(pack))
