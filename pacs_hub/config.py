@@ -167,6 +167,11 @@ class Settings(BaseSettings):
     backup_rpo_alert_minutes: float = Field(
         default=60.0, gt=0, description="RPO above which an establishment is in alert"
     )
+    metrics_token: str = Field(
+        default="",
+        description="Bearer token of the Prometheus scraper on GET /metrics"
+        " (without it: regional administrators only)",
+    )
     integrity_rate: float = Field(
         default=10.0,
         ge=0,

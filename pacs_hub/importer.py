@@ -224,7 +224,7 @@ def run_import(
     console = console or Console()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = Database(settings.index_url)
-    ingestor = Ingestor(database, BlobStore(settings.data_dir), settings.duplicate_policy)
+    ingestor = Ingestor(database, BlobStore(settings.data_dir), settings.duplicate_policy, "import")
     try:
         with contextlib.ExitStack() as stack:
             sources = collect_sources(paths, stack)

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from pydicom.dataset import Dataset
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from pacs_hub import metrics
 from pacs_hub.config import DuplicatePolicy
 from pacs_hub.dicom import dicomjson
 from pacs_hub.dicom.header import InstanceHeader, parse_instance
@@ -80,10 +81,14 @@ class Ingestor:
         database: Database,
         blobs: BlobStore,
         duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST,
+        door: str = "dicom",
     ) -> None:
         self.database = database
         self.blobs = blobs
         self.duplicate_policy = duplicate_policy
+        self.door = door
+        """How instances reach this ingestor (dicom, dicomweb, import, c-get, processing),
+        the label of the ingest metrics (:mod:`pacs_hub.metrics`)."""
         self.senders = NodeDirectory(database)
         self._hot_path = IndexHotPath(database)
 
@@ -101,17 +106,7 @@ class Ingestor:
         full, index down); in every such case nothing already stored changes.
         ``establishment_pk``, ``parsed`` and ``sha256`` as for :meth:`ingest_file`.
         """
-        header, dataset = parsed or parse_instance(part10)
-        digest = sha256 or sha256_hex(part10)
-        blob = StoredBlob("", digest, len(part10))  # the key is the write's
-        return self._store(
-            header,
-            dataset,
-            blob,
-            lambda: self.blobs.put(part10, digest),
-            received_from_ae,
-            establishment_pk,
-        )
+        return self._ingest_one(part10, received_from_ae, establishment_pk, parsed, sha256)
 
     def ingest_file(
         self,
@@ -131,17 +126,35 @@ class Ingestor:
         :func:`parse_instance` of ``path`` when the caller already has it, ``sha256``
         the file's SHA-256 when the caller computed it while writing the file.
         """
-        header, dataset = parsed or parse_instance(path)
-        sha256 = sha256 or sha256_file(path)
-        blob = StoredBlob("", sha256, path.stat().st_size)
-        return self._store(
-            header,
-            dataset,
-            blob,
-            lambda: self.blobs.put_file(path, sha256),
-            received_from_ae,
-            establishment_pk,
-        )
+        return self._ingest_one(path, received_from_ae, establishment_pk, parsed, sha256)
+
+    def _ingest_one(
+        self,
+        source: bytes | Path,
+        received_from_ae: str,
+        establishment_pk: int | None,
+        parsed: tuple[InstanceHeader, Dataset] | None,
+        sha256: str | None,
+    ) -> IngestResult:
+        """:meth:`ingest` (``source`` in memory) or :meth:`ingest_file` (spooled to a
+        file), its outcome counted in the metrics."""
+        try:
+            header, dataset = parsed or parse_instance(source)
+            write: Callable[[], str]
+            if isinstance(source, Path):
+                path, digest = source, sha256 or sha256_file(source)
+                blob = StoredBlob("", digest, path.stat().st_size)
+                write = lambda: self.blobs.put_file(path, digest)  # noqa: E731
+            else:
+                data, digest = source, sha256 or sha256_hex(source)
+                blob = StoredBlob("", digest, len(data))  # the key is the write's
+                write = lambda: self.blobs.put(data, digest)  # noqa: E731
+            result = self._store(header, dataset, blob, write, received_from_ae, establishment_pk)
+        except HubError as exc:
+            self._count(exc)
+            raise
+        self._count(result)
+        return result
 
     def ingest_batch(
         self,
@@ -175,7 +188,18 @@ class Ingestor:
         if ready:
             for n, outcome in self._store_batch(ready, received_from_ae, establishment_pk):
                 outcomes[n] = outcome
-        return all_decided(outcomes)
+        decided: list[IngestResult | HubError] = all_decided(outcomes)
+        for outcome in decided:
+            self._count(outcome)
+        return decided
+
+    def _count(self, outcome: IngestResult | HubError) -> None:
+        """Count ``outcome`` (a result, or why the instance was refused) in the metrics."""
+        if isinstance(outcome, IngestResult):
+            stored = outcome.outcome in (Outcome.STORED, Outcome.REPLACED)
+            metrics.ingested(self.door, outcome.outcome.value, outcome.size if stored else 0)
+        else:
+            metrics.ingested(self.door, "rejected")
 
     def _store_batch(
         self,

@@ -35,7 +35,7 @@ from typing import Any
 
 import uvicorn
 
-from pacs_hub import listeners
+from pacs_hub import listeners, metrics
 from pacs_hub.config import Settings
 from pacs_hub.gateway.context import GatewayContext
 from pacs_hub.gateway.server import (
@@ -287,6 +287,7 @@ def serve(settings: Settings) -> None:
     listener = open_listener(settings.host, settings.dicom_port, wait)  # shared by the gateways
     http_listener = listeners.claim("HTTP", settings.host, settings.http_port, HTTP_BACKLOG, wait)
     data_lock.claim(settings.data_dir, wait)
+    metrics.enable(settings)  # before any process starts: they count into its folder
     database = prepare_storage(settings)
     spawn = multiprocessing.get_context("spawn")
     stop = _StopSignals()  # from here a signal stops the hub at the next wait

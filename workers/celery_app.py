@@ -76,7 +76,7 @@ class HubCelery(Celery):
     @cached_property
     def ingestor(self) -> Ingestor:
         """The one ingest path (results are stored like any received instance)."""
-        return Ingestor(self.database, self.blobs, self.hub_settings.duplicate_policy)
+        return Ingestor(self.database, self.blobs, self.hub_settings.duplicate_policy, "processing")
 
 
 def _config(settings: Settings) -> dict[str, Any]:

@@ -34,6 +34,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pynetdicom
@@ -42,7 +43,7 @@ from pynetdicom import sop_class as sc
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
-from pacs_hub import listeners
+from pacs_hub import listeners, metrics
 from pacs_hub.backup import commit, standin
 from pacs_hub.gateway import (
     access,
@@ -295,14 +296,39 @@ def handlers(ctx: GatewayContext, dedicated: str = "") -> list[evt.EventHandlerT
     return [
         *CallerPolicy.for_gateway(ctx).handlers(),  # unknown callers: PS3.8 9.3.4
         *(on_port if dedicated else []),  # after the caller policy
-        (evt.EVT_C_ECHO, handle_echo, []),
-        (evt.EVT_C_STORE, standin.handle_store, [ctx, dedicated]),  # stand-in: marked for return
-        (evt.EVT_C_FIND, standin.handle_find, [ctx, dedicated]),  # stand-in, local or federated
-        (evt.EVT_C_MOVE, standin.handle_move, [ctx, dedicated]),  # stand-in: its establishment
-        (evt.EVT_C_GET, standin.handle_get, [ctx, dedicated]),
-        (evt.EVT_N_ACTION, commitment.handle_n_action, [ctx]),
-        (evt.EVT_N_EVENT_REPORT, commit.handle_n_event_report, [ctx.settings]),  # restores
+        (evt.EVT_C_ECHO, counted("C-ECHO", handle_echo), []),
+        # stand-in: marked for return
+        (evt.EVT_C_STORE, counted("C-STORE", standin.handle_store), [ctx, dedicated]),
+        # stand-in, local or federated
+        (evt.EVT_C_FIND, counted("C-FIND", standin.handle_find), [ctx, dedicated]),
+        # stand-in: its establishment
+        (evt.EVT_C_MOVE, counted("C-MOVE", standin.handle_move), [ctx, dedicated]),
+        (evt.EVT_C_GET, counted("C-GET", standin.handle_get), [ctx, dedicated]),
+        (evt.EVT_N_ACTION, counted("N-ACTION", commitment.handle_n_action), [ctx]),
+        # restores: the PACS's storage commitment reports
+        (
+            evt.EVT_N_EVENT_REPORT,
+            counted("N-EVENT-REPORT", commit.handle_n_event_report),
+            [ctx.settings],
+        ),
     ]
+
+
+def counted(service: str, handler: Callable[..., Any]) -> Callable[..., Any]:
+    """``handler``, each request it gets counted in the metrics (:mod:`pacs_hub.metrics`),
+    and its answer's status when it answers at once (C-FIND, C-MOVE, C-GET answer
+    through a generator, not consumed here)."""
+
+    @functools.wraps(handler)
+    def counting(event: evt.Event, *args: Any) -> Any:
+        metrics.dimse_request(service)
+        answer = handler(event, *args)
+        code = metrics.with_status(answer)
+        if code is not None:
+            metrics.dimse_response(service, code)
+        return answer
+
+    return counting
 
 
 def handle_echo(event: evt.Event) -> int:

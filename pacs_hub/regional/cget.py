@@ -160,7 +160,7 @@ def get_study(
     comment)`` of the final response."""
     classes = study_sop_classes(settings, node, study)
     ae, roles = _get_ae(settings, classes)
-    ingestor = Ingestor(database, BlobStore(settings.data_dir), settings.duplicate_policy)
+    ingestor = Ingestor(database, BlobStore(settings.data_dir), settings.duplicate_policy, "c-get")
     failures: list[str] = []
     handlers: list[evt.EventHandlerType] = [
         (evt.EVT_C_STORE, _store_handler(ingestor, node, failures))

@@ -10,7 +10,8 @@ every route:
 - a page opened with a valid ``?token=`` gets the session cookie and is reloaded
   without the token, so the address bar, history and the viewer's own requests never
   carry it;
-- ``/auth``, ``/health``, the OpenAPI document and the viewer's static files stay open.
+- ``/auth``, ``/health``, the OpenAPI document and the viewer's static files stay open;
+  ``/metrics`` checks its scraper's token itself (:mod:`pacs_hub.web.metrics_api`).
 
 What each caller may do is decided later, per request, by the access policy.
 """
@@ -37,8 +38,9 @@ from pacs_hub.trust.requests import (
 )
 
 API_PREFIXES = ("/dicom-web", "/api")
-PUBLIC_PREFIXES = ("/auth", "/health", "/docs", "/redoc", "/openapi.json", "/share")
-"""Open without a session (``/share``: share links open their own session)."""
+PUBLIC_PREFIXES = ("/auth", "/health", "/docs", "/redoc", "/openapi.json", "/share", "/metrics")
+"""Open without a session (``/share``: share links open their own session; ``/metrics``:
+its route takes the scraper's token or an administrator's credentials itself)."""
 
 
 def _page(path: str) -> bool:

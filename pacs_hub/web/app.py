@@ -20,6 +20,7 @@ from pacs_hub.regional import establishments_api, federation_api, identity_api, 
 from pacs_hub.storage.blobs import BlobStore
 from pacs_hub.storage.database import Database
 from pacs_hub.trust import audit_api, auth_api, sharing, users_api
+from pacs_hub.web import metrics_api
 from pacs_hub.web.viewer import mount_viewer
 from pacs_hub.web.viewer_access import ViewerAccess
 from workers import api as processing_api
@@ -43,13 +44,14 @@ def create_app(
     app = FastAPI(title="PACS Hub", version=__version__)
     blobs = BlobStore(settings.data_dir)
     app.state.hub = HubState(
-        settings, database, blobs, Ingestor(database, blobs, settings.duplicate_policy)
+        settings, database, blobs, Ingestor(database, blobs, settings.duplicate_policy, "dicomweb")
     )
     problems.install(app)
     auth_api.install(app, settings, database)  # /auth, app.state.auth, sign-in gate
     sharing.install(app)  # /api/consents, /api/shares, /share/{token}, /patient
     app.add_middleware(ViewerAccess)  # the policy for studies named in a viewer page
     app.add_middleware(problems.EncodedSlash, prefix=DICOMWEB_PREFIX)  # 1.2%2F3: 400, not 404
+    metrics_api.install(app, app.state.hub, gateways_alive)  # outermost: counts every request
     app.include_router(users_api.router, prefix=API_PREFIX, tags=["users"])
     app.include_router(audit_api.router, prefix=API_PREFIX, tags=["audit"])
     app.include_router(backup_api.router, prefix=API_PREFIX, tags=["backup"])
