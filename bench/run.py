@@ -1,5 +1,5 @@
-"""``python -m bench.run``: PACS Hub vs Orthanc (ingest, C-FIND, C-MOVE, DICOMweb, ceilings),
-and the hub alone (backup, post-processing).
+"""``python -m bench.run``: PACS Hub vs Orthanc (ingest, C-FIND, C-MOVE, DICOMweb, ceilings,
+archive integrity), and the hub alone (backup, post-processing).
 
 Writes bench/RESULTS.md (``--quick``: bench/out/RESULTS.quick.md) and the raw
 numbers to bench/out/results.json. It reports; it asserts nothing.
@@ -54,10 +54,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--skip",
         action="append",
         default=[],
-        choices=("ingest", "index", "dicomweb", "backup", "federation", "processing"),
+        choices=("ingest", "index", "dicomweb", "backup", "federation", "processing", "archive"),
         help="skip a section (index: C-FIND and C-MOVE; dicomweb: QIDO/WADO/STOW-RS;"
         " federation: federated C-FIND and retrieve on demand;"
-        " backup: backfill and restore; processing: MPR, MIP, surfaces, rendering)",
+        " backup: backfill and restore; processing: MPR, MIP, surfaces, rendering;"
+        " archive: check every instance, rebuild the index)",
     )
     parser.add_argument(
         "--backup-slices", type=int, default=1000, help="ct512 slices per study for backup (x2)"
@@ -237,12 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "dicomweb" not in args.skip:
         res.web_series = ct512.count // 2
         run_stow(args, res, ct512)
-    section_lines: list[str] = []
-    if "backup" not in args.skip:
-        from bench.backup import run_backup
-
-        corpus = data.corpus(args.out, "ct512", args.backup_slices)
-        section_lines = run_backup(args.out, corpus, args.hub_processes, log)
+    section_lines = run_hub_sections(args, [ct512, ct64])
     if "federation" not in args.skip:
         res.federation = run_federation(args, log)
     if "processing" not in args.skip:
@@ -255,6 +251,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     (args.out / "results.json").write_text(json.dumps(_jsonable(res), indent=1, default=str))
     log(f"wrote {args.results} ({(time.monotonic() - t0) / 60:.1f} min)")
     return 0
+
+
+def run_hub_sections(args: argparse.Namespace, corpora: list[data.Corpus]) -> list[str]:
+    """The backup and archive sections' markdown lines."""
+    lines: list[str] = []
+    if "backup" not in args.skip:
+        from bench.backup import run_backup
+
+        corpus = data.corpus(args.out, "ct512", args.backup_slices)
+        lines += run_backup(args.out, corpus, args.hub_processes, log)
+    if "archive" not in args.skip:
+        from bench.archive import run_archive
+
+        lines += run_archive(args.out, corpora, args.hub_processes, log)
+    return lines
 
 
 def ceilings_dd(args: argparse.Namespace) -> tuple[float, float, float]:

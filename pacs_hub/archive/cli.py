@@ -192,7 +192,14 @@ def status(as_json: AsJson = False, data_dir: DataDir = None) -> None:
 
 
 @app.command("reindex")
-def reindex_(as_json: AsJson = False, data_dir: DataDir = None) -> None:
+def reindex_(
+    jobs: Annotated[
+        int,
+        typer.Option(min=0, max=64, help="Processes reading blobs as instances; 0 = one per core"),
+    ] = 0,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+) -> None:
     """Rebuild the index from the blobs: index every stored instance it does not hold.
 
     For an index lost (its SQLite file) or restored from an older backup;
@@ -229,6 +236,7 @@ def reindex_(as_json: AsJson = False, data_dir: DataDir = None) -> None:
             report = reindex.reindex(
                 database,
                 blobs,
+                jobs=jobs,
                 on_source=lambda path: progress.advance(task, path.stat().st_size),
             )
     finally:

@@ -27,7 +27,11 @@ folder as ``serve`` does).
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +42,7 @@ from pacs_hub.dicom import dicomjson
 from pacs_hub.dicom.header import InstanceHeader, parse_instance
 from pacs_hub.errors import HubError
 from pacs_hub.storage import packs
+from pacs_hub.storage.blob_ref import BlobRef
 from pacs_hub.storage.blobs import PACKED_MAX, PACKS, BlobStore, pack_key, sha256_file
 from pacs_hub.storage.database import Database
 from pacs_hub.storage.index import Outcome, StoredBlob, add_instance, existing_instance
@@ -45,6 +50,8 @@ from pacs_hub.storage.index import Outcome, StoredBlob, add_instance, existing_i
 LOGGER = logging.getLogger(__name__)
 BATCH = 200
 """Instances indexed per transaction."""
+TASK = 64
+"""Blobs handed to a reading process at a time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +93,14 @@ class ReindexReport:
 
 @dataclass(frozen=True, slots=True)
 class _Blob:
+    """A whole blob found, to be read as an instance (by a reading process)."""
+
     key: str
     sha256: str
-    size: int
+    ref: BlobRef
+    own_file: bool
+    """A blob file (read as a file: pixel data left unread), not a pack's record."""
     written: datetime
-    data: bytes | Path
-    """The bytes (a pack's record), or the blob file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,13 +138,15 @@ def _blobs_of(path: Path, report: ReindexReport) -> Iterator[_Blob]:
     if path.suffix == packs.PACK_SUFFIX:
         for item in packs.survey(path):
             if isinstance(item, packs.Found):
-                key = pack_key(path.name, item.record.offset, item.record.size)
-                yield _Blob(key, item.record.sha256, item.record.size, written, item.data)
+                record = item.record
+                key = pack_key(path.name, record.offset, record.size)
+                ref = BlobRef(path, record.offset, record.size)
+                yield _Blob(key, record.sha256, ref, False, written)
                 continue
             where = f"{PACKS}/{path.name}@{item.start}+{item.length}"
             with path.open("rb") as fp:
                 fp.seek(item.start + packs.HEADER.size)
-                seems = _seems(fp.read(min(item.length - packs.HEADER.size, PACKED_MAX)))
+                seems = _seems(fp.read(max(0, min(item.length - packs.HEADER.size, PACKED_MAX))))
             if item.end:
                 report.incomplete_ends.append(Skipped(where, "no whole record", seems))
             else:
@@ -146,22 +157,26 @@ def _blobs_of(path: Path, report: ReindexReport) -> Iterator[_Blob]:
     if sha256 != path.stem:
         report.damaged.append(Skipped(key, "checksum mismatch", _seems(path.read_bytes())))
         return
-    yield _Blob(key, sha256, path.stat().st_size, written, path)
+    yield _Blob(key, sha256, BlobRef.whole(path), True, written)
 
 
-def _readable(blob: _Blob, report: ReindexReport) -> _Readable | None:
-    """``blob`` read as an instance (None, said in ``report``, when it is not one)."""
+def _read(blob: _Blob) -> _Readable | Skipped:
+    """``blob`` read as an instance, or why it is not one."""
     try:
-        header, dataset = parse_instance(blob.data)
+        source = blob.ref.file if blob.own_file else blob.ref.read_bytes()
+        header, dataset = parse_instance(source)
         metadata = dicomjson.encode(dataset)
     except HubError as exc:
-        report.unreadable.append(Skipped(blob.key, exc.message))
-        return None
+        return Skipped(blob.key, exc.message)
     except Exception as exc:  # a blob no ingest would have written: say it, go on
-        report.unreadable.append(Skipped(blob.key, f"{type(exc).__name__}: {exc}"))
-        return None
-    stored = StoredBlob(blob.key, blob.sha256, blob.size)
+        return Skipped(blob.key, f"{type(exc).__name__}: {exc}")
+    stored = StoredBlob(blob.key, blob.sha256, blob.ref.size)
     return _Readable(stored, blob.written, header, metadata)
+
+
+def _read_all(blobs: list[_Blob]) -> list[_Readable | Skipped]:
+    """One reading task: :func:`_read` of each blob, in order."""
+    return [_read(blob) for blob in blobs]
 
 
 def _index(database: Database, batch: list[_Readable], report: ReindexReport) -> None:
@@ -199,29 +214,67 @@ def _index_one(conn: Connection, item: _Readable) -> Outcome:
     return Outcome.STORED
 
 
+def _tasks(
+    blobs: BlobStore, report: ReindexReport, on_source: Callable[[Path], None] | None
+) -> Iterator[list[_Blob]]:
+    """The whole blobs of every pack and blob file, oldest first, :data:`TASK` at a time."""
+    task: list[_Blob] = []
+    for source in blob_sources(blobs):
+        for blob in _blobs_of(source, report):
+            report.blobs += 1
+            task.append(blob)
+            if len(task) >= TASK:
+                yield task
+                task = []
+        if on_source is not None:
+            on_source(source)
+    if task:
+        yield task
+
+
+def _read_in_order(tasks: Iterator[list[_Blob]], jobs: int) -> Iterator[list[_Readable | Skipped]]:
+    """Each task's blobs read as instances, in the tasks' order: here when ``jobs`` is 1,
+    else by ``jobs`` processes, at most two tasks each ahead."""
+    if jobs <= 1:
+        yield from map(_read_all, tasks)
+        return
+    spawn = multiprocessing.get_context("spawn")  # no fork of a process with threads
+    with ProcessPoolExecutor(jobs, mp_context=spawn) as pool:
+        ahead: deque[Future[list[_Readable | Skipped]]] = deque()
+        for task in tasks:
+            ahead.append(pool.submit(_read_all, task))
+            if len(ahead) >= 2 * jobs:
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
+
+
 def reindex(
     database: Database,
     blobs: BlobStore,
     *,
+    jobs: int = 1,
     on_source: Callable[[Path], None] | None = None,
 ) -> ReindexReport:
     """Index every whole blob of ``blobs`` the index does not hold (the hub stopped).
 
-    ``on_source`` is called with each pack or blob file once it has been read.
+    This process finds the blobs (and checks their SHA-256) and indexes them, in the
+    order they were found; ``jobs`` processes read them as instances meanwhile (0: one
+    per core). ``on_source`` is called with each pack or blob file once its blobs are
+    found.
     """
+    jobs = jobs or len(os.sched_getaffinity(0))
     report = ReindexReport()
     pending: list[_Readable] = []
-    for source in blob_sources(blobs):
-        for blob in _blobs_of(source, report):
-            report.blobs += 1
-            readable = _readable(blob, report)
-            if readable is not None:
-                pending.append(readable)
-            if len(pending) >= BATCH:
-                _index(database, pending, report)
-                pending = []
-        if on_source is not None:
-            on_source(source)
+    for results in _read_in_order(_tasks(blobs, report, on_source), jobs):
+        for result in results:
+            if isinstance(result, Skipped):
+                report.unreadable.append(result)
+            else:
+                pending.append(result)
+        if len(pending) >= BATCH:
+            _index(database, pending, report)
+            pending = []
     if pending:
         _index(database, pending, report)
     for skipped in report.damaged + report.conflicts + report.unreadable:

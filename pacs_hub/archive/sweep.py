@@ -18,6 +18,10 @@ so far, at most :data:`DAMAGED_KEPT`) and the last cycle completed. ``pacs-hub a
 status`` and ``GET /api/archive/integrity`` show it; each damaged instance is also
 logged at ERROR with its UIDs and blob (no patient data). A whole check on demand is
 ``pacs-hub archive verify``.
+
+Each hub sweeps what its index names: hubs sharing one PostgreSQL index and one blob
+store (replicas) would each read it all, so all but one of them run with
+``PACS_HUB_INTEGRITY_RATE=0``.
 """
 
 from __future__ import annotations

@@ -331,7 +331,10 @@ def test_reindex_reads_past_a_damaged_record_and_says_what_it_could_not_index(
     assert indexed == set(stored) - {stored[5]}
 
 
-def test_reindex_keeps_the_indexed_instance_over_a_blob_with_other_bytes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("jobs", [1, 2])  # read here, or by two processes: the same order
+def test_reindex_keeps_the_indexed_instance_over_a_blob_with_other_bytes(
+    tmp_path: Path, jobs: int
+) -> None:
     database = index_of(tmp_path)
     blobs = BlobStore(tmp_path)
     try:
@@ -346,7 +349,7 @@ def test_reindex_keeps_the_indexed_instance_over_a_blob_with_other_bytes(tmp_pat
             )
         )
         stray = blobs.put(other, blobs_module.sha256_hex(other))  # written, never indexed
-        report = reindex(database, blobs)
+        report = reindex(database, blobs, jobs=jobs)
         assert (report.blobs, report.indexed, report.already) == (2, 0, 1)
         assert [(s.where, s.sop_instance_uid) for s in report.conflicts] == [
             (stray, first.SOPInstanceUID)
