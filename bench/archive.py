@@ -31,7 +31,7 @@ from pathlib import Path
 
 from bench import data
 from bench.backup import MB, Rate
-from bench.procs import run_parallel, storescu, sync
+from bench.procs import run_parallel, storescu, sync, wait_for
 from bench.targets import HubTarget, OrthancTarget
 
 PARALLEL = 4
@@ -88,7 +88,9 @@ def hub_reindex(hub: HubTarget, size: float) -> Rate:
     from pacs_hub.storage.blobs import BlobStore
     from pacs_hub.storage.database import Database
 
+    processes = hub.server_pids()
     hub.stop()
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in processes), 30, "hub exit")
     for name in ("index.sqlite3", "index.sqlite3-wal", "index.sqlite3-shm"):
         (hub.data_dir / name).unlink(missing_ok=True)
     database = Database(f"sqlite:///{hub.data_dir / 'index.sqlite3'}")  # migrated: untimed
@@ -143,11 +145,17 @@ def run_archive(
         rebuilt = hub_reindex(hub, size)
         rows.append(("rebuild the index", rebuilt, orthanc_reconstruct(orthanc, instances, size)))
         _said(log, rows[-1])
+    except Exception as exc:  # this section lost, not the whole run's results
+        log(f"archive: failed: {exc!r}")
+        error = f"{type(exc).__name__}: {str(exc)[:300]}"
+    else:
+        error = ""
     finally:
         hub.stop()
         orthanc.stop()
         shutil.rmtree(work, ignore_errors=True)
-    return render(rows, instances, size)
+    lines = render(rows, instances, size)
+    return lines + (["", f"Section failed: {error}"] if error else [])
 
 
 def _said(log: Callable[[str], None], row: tuple[str, Rate, Rate]) -> None:

@@ -195,7 +195,11 @@ def status(as_json: AsJson = False, data_dir: DataDir = None) -> None:
 def reindex_(
     jobs: Annotated[
         int,
-        typer.Option(min=0, max=64, help="Processes reading blobs as instances; 0 = one per core"),
+        typer.Option(
+            min=0,
+            max=64,
+            help="Processes reading blobs as instances; 0 = one per core from 256 MB of blobs",
+        ),
     ] = 0,
     as_json: AsJson = False,
     data_dir: DataDir = None,

@@ -52,6 +52,8 @@ BATCH = 200
 """Instances indexed per transaction."""
 TASK = 64
 """Blobs handed to a reading process at a time."""
+POOL_MIN_BYTES = 256 << 20
+"""Blobs below this size in all are read here (starting reading processes costs seconds)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,11 +217,11 @@ def _index_one(conn: Connection, item: _Readable) -> Outcome:
 
 
 def _tasks(
-    blobs: BlobStore, report: ReindexReport, on_source: Callable[[Path], None] | None
+    sources: list[Path], report: ReindexReport, on_source: Callable[[Path], None] | None
 ) -> Iterator[list[_Blob]]:
-    """The whole blobs of every pack and blob file, oldest first, :data:`TASK` at a time."""
+    """The whole blobs of every pack and blob file, in order, :data:`TASK` at a time."""
     task: list[_Blob] = []
-    for source in blob_sources(blobs):
+    for source in sources:
         for blob in _blobs_of(source, report):
             report.blobs += 1
             task.append(blob)
@@ -260,13 +262,16 @@ def reindex(
 
     This process finds the blobs (and checks their SHA-256) and indexes them, in the
     order they were found; ``jobs`` processes read them as instances meanwhile (0: one
-    per core). ``on_source`` is called with each pack or blob file once its blobs are
-    found.
+    per core for :data:`POOL_MIN_BYTES` of blobs or more, else none). ``on_source`` is
+    called with each pack or blob file once its blobs are found.
     """
-    jobs = jobs or len(os.sched_getaffinity(0))
+    sources = blob_sources(blobs)
+    if not jobs:  # starting the processes costs seconds: worth it for a large archive only
+        large = sum(path.stat().st_size for path in sources) >= POOL_MIN_BYTES
+        jobs = len(os.sched_getaffinity(0)) if large else 1
     report = ReindexReport()
     pending: list[_Readable] = []
-    for results in _read_in_order(_tasks(blobs, report, on_source), jobs):
+    for results in _read_in_order(_tasks(sources, report, on_source), jobs):
         for result in results:
             if isinstance(result, Skipped):
                 report.unreadable.append(result)
