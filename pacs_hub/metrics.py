@@ -39,6 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+from sqlalchemy import text
 
 from pacs_hub.config import Settings
 from pacs_hub.storage.database import Database
@@ -218,8 +219,6 @@ class HubCollector(Collector):
     def _archive_totals(self) -> Iterator[GaugeMetricFamily]:
         cached = self._archive
         if cached is None or time.monotonic() - cached[0] > ARCHIVE_CACHE_SECONDS:
-            from sqlalchemy import text
-
             with self.database.engine.connect() as conn:
                 row = conn.execute(
                     text(
@@ -284,8 +283,6 @@ class HubCollector(Collector):
         yield alert
 
     def _routing_and_nodes(self) -> Iterator[GaugeMetricFamily]:
-        from sqlalchemy import text
-
         queue = GaugeMetricFamily(
             "pacs_hub_routing_queue", "Studies in the routing queue, by state", labels=["state"]
         )

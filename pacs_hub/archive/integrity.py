@@ -92,19 +92,24 @@ def _query(
 
 def extent(database: Database, study_instance_uid: str | None = None) -> tuple[int, int]:
     """(instances, bytes) a check of the archive (or of one study) will read."""
-    query = select(func.count(), func.coalesce(func.sum(Instance.size_bytes), 0))
-    if study_instance_uid is not None:
-        query = (
-            query.select_from(Instance)
-            .join(Series, Series.id == Instance.series_pk)
-            .join(Study, Study.id == Series.study_pk)
-            .where(Study.study_instance_uid == study_instance_uid)
-        )
-    else:
-        query = query.select_from(Instance)
+    rows = _query(study_instance_uid).subquery()
+    query = select(func.count(), func.coalesce(func.sum(rows.c.size_bytes), 0))
     with database.engine.connect() as conn:
         count, size = conn.execute(query).one()
     return int(count), int(size)
+
+
+def log_damage(item: Indexed, problem: str, by: str) -> None:
+    """Say at ERROR that ``item``'s blob is damaged (its UIDs and blob, no patient data)."""
+    LOGGER.error(
+        "%s: damaged blob %s (%s): study %s, series %s, instance %s",
+        by,
+        item.blob_key,
+        problem,
+        item.study_instance_uid,
+        item.series_instance_uid,
+        item.sop_instance_uid,
+    )
 
 
 def indexed(
@@ -150,14 +155,7 @@ def check_archive(
                 report.bytes_checked += item.size
                 if problem is not None:
                     report.damaged.append(Damage(item, problem))
-                    LOGGER.error(
-                        "damaged blob %s (%s): study %s, series %s, instance %s",
-                        item.blob_key,
-                        problem,
-                        item.study_instance_uid,
-                        item.series_instance_uid,
-                        item.sop_instance_uid,
-                    )
+                    log_damage(item, problem, "integrity check")
                 if on_checked is not None:
                     on_checked(item)
     return report

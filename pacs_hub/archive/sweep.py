@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pacs_hub.archive.integrity import Indexed, indexed
+from pacs_hub.archive.integrity import Indexed, indexed, log_damage
 from pacs_hub.config import Settings
 from pacs_hub.regional.worker import PeriodicTask, WorkerContext, register
 
@@ -157,14 +157,7 @@ class Sweep:
                     "found": _iso(_now()),
                 }
             )
-        LOGGER.error(
-            "integrity sweep: damaged blob %s (%s): study %s, series %s, instance %s",
-            item.blob_key,
-            problem,
-            item.study_instance_uid,
-            item.series_instance_uid,
-            item.sop_instance_uid,
-        )
+        log_damage(item, problem, "integrity sweep")
 
     @staticmethod
     def _close_cycle(state: State) -> None:

@@ -241,19 +241,10 @@ def records(path: Path) -> Iterator[Record]:
     """Every whole blob of the pack at ``path``, in order, each checked against its
     recorded SHA-256; stops at the first place that is not a whole, intact record
     (the end a crash or a failed write left, after which a writer wrote nothing)."""
-    with path.open("rb") as fp:
-        while True:
-            start = fp.tell()
-            head = fp.read(HEADER.size)
-            if len(head) < HEADER.size:
-                return
-            magic, size, digest = HEADER.unpack(head)
-            if magic != MAGIC:
-                return
-            data = fp.read(size)
-            if len(data) < size or hashlib.sha256(data).digest() != digest:
-                return
-            yield Record(start + HEADER.size, size, digest.hex())
+    for item in survey(path):
+        if isinstance(item, Unreadable):
+            return
+        yield item.record
 
 
 @dataclass(frozen=True, slots=True)
