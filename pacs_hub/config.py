@@ -182,6 +182,13 @@ class Settings(BaseSettings):
         ge=0,
         description="Days from the start of one integrity sweep of the archive to the next",
     )
+    retention_years: int = Field(
+        default=20,
+        ge=1,
+        le=200,
+        description="Years records are kept after the patient's last contact (CSP R. 1112-7),"
+        " for establishments without a period of their own",
+    )
     backup_interval: float = Field(
         default=5.0, ge=0, description="Seconds between turns of the backfill task; 0 = off"
     )

@@ -84,6 +84,14 @@ class InvalidQuery(HubError):
     title = "Invalid query"
 
 
+class StudyDestroyed(HubError):
+    """A study destroyed at the end of its legal retention (pacs_hub.archive.destruction):
+    the hub does not pull it from an establishment's PACS again."""
+
+    http_status = 410
+    title = "Study destroyed"
+
+
 class UnknownDestination(HubError):
     """C-MOVE destination AE title is not a registered node (PS3.4 C.4.2.1.4: 0xA801)."""
 

@@ -4,6 +4,14 @@
   whether it runs and at what rate, the current cycle (started, instances and bytes
   checked, damaged instances found so far with their UIDs, blob and problem), the last
   cycle completed, and when the next one starts.
+* ``GET /api/archive/retention/due[?establishment=CODE&as_of=YYYYMMDD]``: the studies
+  whose legal retention has ended (:mod:`pacs_hub.archive.retention`);
+  ``GET /api/archive/retention/studies/{study}``: one study's retention.
+* ``GET /api/archive/destructions``, ``GET /api/archive/destructions/{id}`` (its record)
+  and ``POST /api/archive/destructions/{id}/signatures`` (``{"capacity": "director" |
+  "dim" | "archives", "reference": "..."}``): the signed-in user signs a destruction
+  (:mod:`pacs_hub.archive.destruction`). Proposing and executing are the operator's
+  (``pacs-hub archive destruction``).
 """
 
 from __future__ import annotations
@@ -11,16 +19,78 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
 
-from pacs_hub.archive import sweep
+from pacs_hub.archive import destruction, retention, sweep
 from pacs_hub.dicomweb.state import HubState, hub_state
+from pacs_hub.errors import HubError
+from pacs_hub.trust.principal import Kind, Principal
 from pacs_hub.trust.users_api import admin_caller
 
 router = APIRouter(prefix="/archive", dependencies=[Depends(admin_caller)])
 Hub = Annotated[HubState, Depends(hub_state)]
+Admin = Annotated[Principal, Depends(admin_caller)]
+
+
+class SignatureIn(BaseModel):
+    """A signature of a destruction, by the signed-in user."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    capacity: str = Field(description="director, dim, or archives (the archives' visa)")
+    reference: str = Field(default="", max_length=128, description="The visa's reference")
 
 
 @router.get("/integrity")
 def integrity(hub: Hub) -> dict[str, Any]:
     """The integrity sweep's progress and findings."""
     return sweep.describe(hub.settings)
+
+
+@router.get("/retention/due")
+def retention_due(
+    hub: Hub, establishment: str | None = None, as_of: str | None = None
+) -> list[dict[str, Any]]:
+    """The studies whose retention has ended (not held, in no open destruction)."""
+    day = retention.parse_day(as_of) if as_of else retention.now().date()
+    with hub.database.reader() as session:
+        found = retention.due(session.connection(), hub.settings, day, establishment=establishment)
+    return [s.as_dict() for s in found]
+
+
+@router.get("/retention/studies/{study}")
+def retention_of(study: str, hub: Hub) -> dict[str, Any]:
+    """One study's retention: last contact, end, held."""
+    with hub.database.reader() as session:
+        found = retention.studies(session.connection(), hub.settings, study_uids=[study])
+    if not found:
+        raise retention.UnknownStudy(f"no study {study[:64]!r} in the archive")
+    return found[0].as_dict()
+
+
+@router.get("/destructions")
+def destructions(hub: Hub) -> list[dict[str, Any]]:
+    """Every destruction: id, state, studies, size."""
+    return destruction.listing(hub.database)
+
+
+@router.get("/destructions/{destruction_id}")
+def destruction_record(destruction_id: int, hub: Hub) -> dict[str, Any]:
+    """A destruction's record: state, signatures, studies."""
+    return destruction.record(hub.database, destruction_id)
+
+
+class NotAUser(HubError):
+    title = "Signature refused"
+    http_status = 403
+
+
+@router.post("/destructions/{destruction_id}/signatures")
+def destruction_sign(
+    destruction_id: int, body: SignatureIn, hub: Hub, caller: Admin
+) -> dict[str, Any]:
+    """The signed-in user signs the destruction in ``capacity``; its record after it."""
+    if caller.kind is not Kind.USER:
+        raise NotAUser("a destruction is signed by a signed-in user")
+    destruction.sign(hub.database, destruction_id, body.capacity, caller.subject, body.reference)
+    return destruction.record(hub.database, destruction_id)

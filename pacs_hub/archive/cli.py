@@ -26,16 +26,19 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from pacs_hub.archive import integrity, reindex, sweep
+from pacs_hub.archive import destruction, integrity, reindex, retention_cli, sweep
 from pacs_hub.cli_common import AsJson, DataDir, console, echo_json, load_settings, print_table
 from pacs_hub.storage import data_lock
 from pacs_hub.storage.blobs import BlobStore
 from pacs_hub.storage.database import Database
 
 app = typer.Typer(
-    help="The archive's integrity: check every stored instance, rebuild the index from the blobs.",
+    help="The archive: check every stored instance, rebuild the index from the blobs;"
+    " legal retention and destruction.",
     no_args_is_help=True,
 )
+app.add_typer(retention_cli.retention_app, name="retention")
+app.add_typer(retention_cli.destruction_app, name="destruction")
 progress_console = Console(stderr=True)
 DAMAGED_COLUMNS = ("found", "study_instance_uid", "sop_instance_uid", "blob", "problem")
 
@@ -210,7 +213,8 @@ def reindex_(
     on a whole index it changes nothing. The hub must be stopped.
     Each pack record and blob file is checked against its SHA-256 first.
     Not indexed, and named: damaged blobs, and blobs of an instance
-    the index holds with other bytes.
+    the index holds with other bytes. Instances destroyed at the end of their
+    retention stay destroyed.
     What the blobs do not hold stays lost: the AE title each instance came from
     and the establishment a study was recorded under.
 
@@ -242,6 +246,7 @@ def reindex_(
                 blobs,
                 jobs=jobs,
                 on_source=lambda path: progress.advance(task, path.stat().st_size),
+                destroyed=destruction.destroyed_digests(settings.data_dir),
             )
     finally:
         database.dispose()
@@ -257,6 +262,7 @@ def reindex_(
                 "blobs": report.blobs,
                 "indexed": report.indexed,
                 "already_indexed": report.already,
+                "destroyed": report.destroyed + report.erased,
                 "skipped": [
                     {
                         "kind": kind,
@@ -277,9 +283,11 @@ def reindex_(
                     for kind, s in skipped
                 ),
             )
+        gone = report.destroyed + report.erased
         console.print(
             f"{report.blobs} blob(s) read: {report.indexed} instance(s) indexed,"
             f" {report.already} already indexed, {report.problems} not indexed"
+            f"{f', {gone} destroyed at the end of their retention' if gone else ''}"
             f" ({len(report.damaged)} damaged, {len(report.conflicts)} other bytes indexed,"
             f" {len(report.unreadable)} not an instance)",
             markup=False,

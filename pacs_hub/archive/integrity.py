@@ -112,6 +112,14 @@ def log_damage(item: Indexed, problem: str, by: str) -> None:
     )
 
 
+def still_indexed(database: Database, item: Indexed) -> bool:
+    """True when ``item``'s row still names its blob: a problem found in a blob whose
+    instance was destroyed (or replaced) while it was read is no damage."""
+    query = select(Instance.id).where(Instance.id == item.id, Instance.blob_key == item.blob_key)
+    with database.engine.connect() as conn:
+        return conn.execute(query).first() is not None
+
+
 def indexed(
     database: Database, study_instance_uid: str | None = None, *, after: int = 0
 ) -> Iterator[Indexed]:
@@ -153,7 +161,7 @@ def check_archive(
             for item, problem in zip(page, problems, strict=True):
                 report.checked += 1
                 report.bytes_checked += item.size
-                if problem is not None:
+                if problem is not None and still_indexed(database, item):
                     report.damaged.append(Damage(item, problem))
                     log_damage(item, problem, "integrity check")
                 if on_checked is not None:

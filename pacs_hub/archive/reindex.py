@@ -16,6 +16,9 @@ Patient ID given to a sender's patients that had none. An instance is stamped wi
 its blob's modification time as its reception time, so that routing and the prefetch
 of priors (:mod:`pacs_hub.regional.arrivals`) do not take old studies for new ones.
 
+Blobs of instances destroyed at the end of their retention are not brought back:
+their pack records are erased, and the destruction's record file names their SHA-256
+(for a destruction interrupted between deleting the rows and erasing the bytes).
 Blobs no index row should name are said, not indexed: one damaged (its bytes no longer
 hash to its SHA-256), and one whose SOP Instance UID is indexed with other bytes (a
 copy the duplicate policy kept out, or replaced). Packs are read oldest first, so of
@@ -86,6 +89,11 @@ class ReindexReport:
     incomplete_ends: list[Skipped] = field(default_factory=list)
     """Bytes after a pack's last record that stop short of one: a write a crash
     interrupted (never acknowledged), or a damaged last record."""
+    erased: int = 0
+    """Pack records erased by a destruction (stepped over)."""
+    destroyed: int = 0
+    """Whole blobs of instances a destruction's record names as destroyed (a destruction
+    interrupted before it erased them): not indexed again."""
 
     @property
     def problems(self) -> int:
@@ -139,6 +147,9 @@ def _blobs_of(path: Path, report: ReindexReport) -> Iterator[_Blob]:
     written = _modified(path)
     if path.suffix == packs.PACK_SUFFIX:
         for item in packs.survey(path):
+            if isinstance(item, packs.Erased):
+                report.erased += 1
+                continue
             if isinstance(item, packs.Found):
                 record = item.record
                 key = pack_key(path.name, record.offset, record.size)
@@ -217,13 +228,20 @@ def _index_one(conn: Connection, item: _Readable) -> Outcome:
 
 
 def _tasks(
-    sources: list[Path], report: ReindexReport, on_source: Callable[[Path], None] | None
+    sources: list[Path],
+    report: ReindexReport,
+    on_source: Callable[[Path], None] | None,
+    destroyed: frozenset[str],
 ) -> Iterator[list[_Blob]]:
-    """The whole blobs of every pack and blob file, in order, :data:`TASK` at a time."""
+    """The whole blobs of every pack and blob file, in order, :data:`TASK` at a time
+    (those ``destroyed`` names by SHA-256 counted, left out)."""
     task: list[_Blob] = []
     for source in sources:
         for blob in _blobs_of(source, report):
             report.blobs += 1
+            if blob.sha256 in destroyed:
+                report.destroyed += 1
+                continue
             task.append(blob)
             if len(task) >= TASK:
                 yield task
@@ -257,8 +275,11 @@ def reindex(
     *,
     jobs: int = 1,
     on_source: Callable[[Path], None] | None = None,
+    destroyed: frozenset[str] = frozenset(),
 ) -> ReindexReport:
-    """Index every whole blob of ``blobs`` the index does not hold (the hub stopped).
+    """Index every whole blob of ``blobs`` the index does not hold (the hub stopped),
+    but those whose SHA-256 is in ``destroyed`` (:func:`pacs_hub.archive.destruction.
+    destroyed_digests`: instances destroyed at the end of their retention).
 
     This process finds the blobs (and checks their SHA-256) and indexes them, in the
     order they were found; ``jobs`` processes read them as instances meanwhile (0: one
@@ -271,7 +292,7 @@ def reindex(
         jobs = len(os.sched_getaffinity(0)) if large else 1
     report = ReindexReport()
     pending: list[_Readable] = []
-    for results in _read_in_order(_tasks(sources, report, on_source), jobs):
+    for results in _read_in_order(_tasks(sources, report, on_source, destroyed), jobs):
         for result in results:
             if isinstance(result, Skipped):
                 report.unreadable.append(result)

@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pacs_hub.archive.integrity import Indexed, indexed, log_damage
+from pacs_hub.archive.integrity import Indexed, indexed, log_damage, still_indexed
 from pacs_hub.config import Settings
 from pacs_hub.regional.worker import PeriodicTask, WorkerContext, register
 
@@ -130,7 +130,7 @@ class Sweep:
             current["checked"] += 1
             current["bytes"] += item.size
             done_bytes += item.size
-            if problem is not None:
+            if problem is not None and still_indexed(ctx.database, item):
                 self._damaged(current, item, problem)
             # At most ``rate`` bytes a second, averaged over the turn.
             ahead = done_bytes / rate - (time.monotonic() - turn_started)

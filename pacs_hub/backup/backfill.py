@@ -35,7 +35,7 @@ from sqlalchemy import update
 
 from pacs_hub.backup import inventory, remote, state
 from pacs_hub.config import Settings
-from pacs_hub.errors import HubError
+from pacs_hub.errors import HubError, StudyDestroyed
 from pacs_hub.regional.pull import ACTIVE, _now, get_job, pull_study
 from pacs_hub.storage.database import Database
 from pacs_hub.storage.models import RetrieveJob
@@ -180,6 +180,11 @@ def _pull_one(
             database, pull_study(settings, database, client.node.ae_title, uid, kind=KIND)
         )
         error = job.error if job is not None else "job vanished"
+    except StudyDestroyed:  # its retention ended here: settled, never pulled back
+        LOGGER.info(
+            "backfill %s: study %s was destroyed at the end of its retention", client.code, uid
+        )
+        return {"done": True, "bytes": 0, "error": "", "got": 0}
     except HubError as exc:
         error = exc.message
     count, size = inventory.study_counts(database, [uid]).get(uid, (0, 0))

@@ -37,7 +37,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from pacs_hub.config import Settings
-from pacs_hub.errors import HubError
+from pacs_hub.errors import HubError, StudyDestroyed
 from pacs_hub.regional.arrivals import ArrivalWatch
 from pacs_hub.regional.pull import get_job, pull_study
 from pacs_hub.regional.scu import PENDING, PacsNode, associate, requestor_ae
@@ -303,7 +303,11 @@ def prefetch_priors(settings: Settings, database: Database, study_instance_uid: 
     for uid, node_ae in _candidates(settings, lookups, study_instance_uid, today).items():
         if already_handled(database, uid):
             continue
-        job_id = pull_study(settings, database, node_ae, uid, kind="prefetch")
+        try:
+            job_id = pull_study(settings, database, node_ae, uid, kind="prefetch")
+        except StudyDestroyed:
+            LOGGER.info("prefetch: prior %s was destroyed at the end of its retention", uid)
+            continue
         job = get_job(database, job_id)
         LOGGER.info(
             "prefetch: prior %s of the patient of %s from %s: job %d %s",

@@ -48,9 +48,10 @@ from pynetdicom import sop_class as sc
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
+from pacs_hub.archive.models import destroyed_in
 from pacs_hub.config import Settings
 from pacs_hub.dicom.header import is_valid_uid
-from pacs_hub.errors import HubError, InvalidQuery
+from pacs_hub.errors import HubError, InvalidQuery, StudyDestroyed
 from pacs_hub.regional.cget import get_study
 from pacs_hub.regional.move_scu import MODEL as MOVE_MODEL
 from pacs_hub.regional.move_scu import MoveResult, send_move
@@ -406,10 +407,19 @@ def pull_study(
     active job and get its id. The job's final state (:func:`get_job`) says whether
     the pull succeeded; a remote failure is recorded there, not raised. Raises
     :class:`~pacs_hub.errors.InvalidQuery` for a bad UID and
-    :class:`~pacs_hub.errors.UnknownNode` for a node that is not a registered PACS.
+    :class:`~pacs_hub.errors.UnknownNode` for a node that is not a registered PACS,
+    :class:`~pacs_hub.errors.StudyDestroyed` for a study destroyed at the end of its
+    retention (:mod:`pacs_hub.archive.destruction`).
     """
     study = check_study_uid(study_instance_uid)
     node = pacs_node(database, node_ae)
+    with database.read_connection() as conn:
+        destroyed = destroyed_in(conn, study)
+    if destroyed is not None:
+        raise StudyDestroyed(
+            f"study {study} was destroyed at the end of its retention (destruction"
+            f" {destroyed}): it is not pulled again"
+        )
     job_id, owner = claim_job(database, study, node, kind)
     if owner:
         run_job(settings, database, job_id, progress)

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pacs_hub.errors import OutOfResources
+from pacs_hub.storage import packs
 from pacs_hub.storage.blob_ref import BlobRef
 from pacs_hub.storage.packs import PackWriter, sync_folder
 
@@ -206,6 +207,25 @@ class BlobStore:
         if digest.hexdigest() != sha256:
             return "checksum mismatch"
         return None
+
+    def erase(self, key: str) -> bool:
+        """Destroy blob ``key`` durably (:mod:`pacs_hub.archive.destruction`): a pack
+        record erased in place (:func:`packs.erase`), a blob file removed and its folder
+        synced. True when destroyed now, False when it already was. The caller makes
+        sure no indexed instance names the blob any more."""
+        if key.startswith(f"{PACKS}/"):
+            name, offset, size = _pack_range(key)
+            try:
+                return packs.erase(self.blobs / PACKS / name, offset, size)
+            except FileNotFoundError:
+                return False
+        path = _blob_file(self.blobs, key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        sync_folder(path.parent)
+        return True
 
     def clean_temp(self) -> int:
         """Remove temp files left by a crash; return how many were removed."""

@@ -184,6 +184,9 @@ class Establishment(Base):
     default_issuer: Mapped[str] = mapped_column(String(64), default="")
     """Issuer of Patient ID given to instances of its nodes that carry none."""
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    retention_years: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Years its records are kept after the last contact (revision 0006); None: the
+    hub's ``retention_years`` (:mod:`pacs_hub.archive.retention_rules`)."""
 
 
 class EstablishmentIssuer(Base):
@@ -211,6 +214,9 @@ class RegionalPatient(Base):
         ForeignKey("regional_patients.id"), nullable=True
     )
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    death_date: Mapped[str] = mapped_column(String(8), default="")
+    """Date of death (DA) when an administrator recorded it (revision 0006): the
+    retention of the patient's records (:mod:`pacs_hub.archive.retention_rules`)."""
 
 
 class IdentityEvent(Base):

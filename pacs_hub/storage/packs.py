@@ -28,11 +28,17 @@ blob's length, its SHA-256), so a pack can be read back without the index
 (:func:`records`, :func:`survey`): the index can be rebuilt from the blobs
 (:mod:`pacs_hub.archive.reindex`, ARCHITECTURE.md invariant 5), and a pack's end
 left by a crash is seen as such (short, or not a record).
+
+A blob destroyed at the end of its retention (:mod:`pacs_hub.archive.destruction`) is
+*erased* in place (:func:`erase`): its bytes are zeroed (a hole punched where the file
+system can, so the space is freed) and its header's magic becomes ``PHUBGONE`` (same
+length, no checksum), so a survey steps over it and no rebuild brings it back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import mmap
@@ -50,6 +56,12 @@ PACK_BYTES = 1 << 30
 """A pack takes no new blob once it holds this many bytes."""
 PACK_SUFFIX = ".pack"
 MAGIC = b"PHUBBLOB"
+ERASED = b"PHUBGONE"
+"""Magic of an erased record's header (its length kept, its checksum zero)."""
+_PREFIX = MAGIC[:4]
+_NO_DIGEST = bytes(32)
+_PUNCH_HOLE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE (fallocate(2))
+_ZEROS = bytes(1 << 20)
 HEADER = struct.Struct("<8sQ32s")
 """A record header: magic, blob length, SHA-256 of the blob (48 bytes)."""
 _sync = getattr(os, "fdatasync", os.fsync)
@@ -239,12 +251,14 @@ class PackWriter:
 
 def records(path: Path) -> Iterator[Record]:
     """Every whole blob of the pack at ``path``, in order, each checked against its
-    recorded SHA-256; stops at the first place that is not a whole, intact record
-    (the end a crash or a failed write left, after which a writer wrote nothing)."""
+    recorded SHA-256 (erased ones left out); stops at the first place that is not a
+    whole, intact record (the end a crash or a failed write left, after which a writer
+    wrote nothing)."""
     for item in survey(path):
         if isinstance(item, Unreadable):
             return
-        yield item.record
+        if isinstance(item, Found):
+            yield item.record
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +283,15 @@ class Unreadable:
     end: bool
 
 
-def survey(path: Path) -> Iterator[Found | Unreadable]:
+@dataclass(frozen=True, slots=True)
+class Erased:
+    """A record erased by :func:`erase`: ``size`` zeroed bytes at ``offset``."""
+
+    offset: int
+    size: int
+
+
+def survey(path: Path) -> Iterator[Found | Erased | Unreadable]:
     """Every record of the pack at ``path`` in order, whole ones with their bytes, and
     each stretch that is not one.
 
@@ -288,30 +310,81 @@ def survey(path: Path) -> Iterator[Found | Unreadable]:
                     mapped.madvise(mmap.MADV_DONTNEED, released, done - released)
                     released = done
                 found = _record_at(mapped, position)
-                if found is not None:
+                if isinstance(found, Found):
                     yield found
                     position = found.record.offset + found.record.size
                     continue
-                following = mapped.find(MAGIC, position + 1)
+                if isinstance(found, Erased):
+                    yield found
+                    position = found.offset + found.size
+                    continue
+                following = mapped.find(_PREFIX, position + 1)
                 while following >= 0 and _record_at(mapped, following) is None:
-                    following = mapped.find(MAGIC, following + 1)
+                    following = mapped.find(_PREFIX, following + 1)
                 stop = length if following < 0 else following
                 yield Unreadable(position, stop - position, end=following < 0)
                 position = stop
 
 
-def _record_at(mapped: mmap.mmap, position: int) -> Found | None:
-    """The whole, intact record at ``position`` of a mapped pack, if there is one."""
+def _record_at(mapped: mmap.mmap, position: int) -> Found | Erased | None:
+    """The whole, intact (or erased) record at ``position`` of a mapped pack, if any."""
     if len(mapped) - position < HEADER.size:
         return None
     magic, size, digest = HEADER.unpack_from(mapped, position)
     start = position + HEADER.size
+    if magic == ERASED and digest == _NO_DIGEST and start + size <= len(mapped):
+        return Erased(start, size)
     if magic != MAGIC or start + size > len(mapped):
         return None
     data = mapped[start : start + size]
     if hashlib.sha256(data).digest() != digest:
         return None
     return Found(Record(start, size, digest.hex()), data)
+
+
+def erase(path: Path, offset: int, size: int) -> bool:
+    """Erase the blob of ``size`` bytes at ``offset`` of the pack at ``path``: zero its
+    bytes (punching a hole where the file system can), then mark its header erased,
+    and make both durable. True when erased now, False when it already was.
+
+    Raises ValueError when no record of that size starts there (nothing is written).
+    """
+    fd = os.open(path, os.O_RDWR)
+    try:
+        header = os.pread(fd, HEADER.size, offset - HEADER.size) if offset >= HEADER.size else b""
+        if len(header) != HEADER.size:
+            raise ValueError(f"no record at {path.name}:{offset}")
+        magic, length, _digest = HEADER.unpack(header)
+        if length != size or magic not in (MAGIC, ERASED):
+            raise ValueError(f"no record of {size} bytes at {path.name}:{offset}")
+        if magic == ERASED:
+            return False
+        _zero(fd, offset, size)
+        os.pwrite(fd, HEADER.pack(ERASED, size, _NO_DIGEST), offset - HEADER.size)
+        _sync(fd)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _zero(fd: int, offset: int, size: int) -> None:
+    """Zero ``size`` bytes at ``offset``: a punched hole, else written zeros."""
+    if size and _punch_hole(fd, offset, size):
+        return
+    end = offset + size
+    while offset < end:
+        offset += os.pwrite(fd, _ZEROS[: min(len(_ZEROS), end - offset)], offset)
+
+
+def _punch_hole(fd: int, offset: int, size: int) -> bool:
+    """``fallocate(PUNCH_HOLE | KEEP_SIZE)``; False where it is not available."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fallocate = libc.fallocate
+    except (OSError, AttributeError):
+        return False
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    return int(fallocate(fd, _PUNCH_HOLE, offset, size)) == 0
 
 
 def _pwrite_all(fd: int, parts: tuple[bytes | memoryview, ...], offset: int) -> None:

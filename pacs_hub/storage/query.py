@@ -443,7 +443,9 @@ def _modalities_clause(condition: Condition) -> ColumnElement[bool] | None:
 
 
 def _where(query: Query, level: Level) -> list[ColumnElement[bool]]:
-    clauses = []
+    clauses: list[ColumnElement[bool]] = []
+    if level is Level.PATIENT:  # an identity whose studies were all destroyed is no match
+        clauses.append(Patient.num_studies > 0)
     for keyword, condition in query.conditions.items():
         attribute = ATTRIBUTES.get(keyword)
         if attribute is None or attribute.match is None or attribute.level.depth > level.depth:

@@ -257,6 +257,7 @@ def test_reindex_rebuilds_a_lost_index_as_ingest_made_it(archive: tuple[Path, li
         "blobs": len(stored),
         "indexed": 0,
         "already_indexed": len(stored),
+        "destroyed": 0,
         "skipped": [],
     }
 

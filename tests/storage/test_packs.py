@@ -444,3 +444,46 @@ def test_when_a_shared_data_sync_fails_every_append_waiting_on_it_fails(
     for thread in threads:
         thread.join()
     assert outcomes == [errno.EIO] * 6  # none reported durable
+
+
+def test_an_erased_record_is_zeroed_stepped_over_and_never_read_again(tmp_path: Path) -> None:
+    writer = packs.PackWriter(tmp_path)
+    blobs = [bytes([n]) * (5000 + n) for n in range(3)]
+    places = [writer.append(b, sha256_hex(b)) for b in blobs]
+    writer.close()
+    pack = tmp_path / places[0][0]
+    size = pack.stat().st_size
+    assert packs.erase(pack, places[1][1], len(blobs[1])) is True
+    assert packs.erase(pack, places[1][1], len(blobs[1])) is False  # already erased
+    whole = pack.read_bytes()
+    assert len(whole) == size  # the pack keeps its length (a hole, not a cut)
+    start = places[1][1]
+    assert whole[start : start + len(blobs[1])] == bytes(len(blobs[1]))
+    assert whole[start - packs.HEADER.size : start - packs.HEADER.size + 8] == packs.ERASED
+    found = list(packs.survey(pack))
+    assert found[1] == packs.Erased(start, len(blobs[1]))
+    assert [f.data for f in found if isinstance(f, packs.Found)] == [blobs[0], blobs[2]]
+    assert [r.offset for r in packs.records(pack)] == [places[0][1], places[2][1]]
+
+
+def test_erase_refuses_a_place_where_no_record_starts(tmp_path: Path) -> None:
+    writer = packs.PackWriter(tmp_path)
+    data = b"x" * 4000
+    name, offset = writer.append(data, sha256_hex(data))
+    writer.close()
+    pack = tmp_path / name
+    before = pack.read_bytes()
+    for where, size in ((offset + 1, len(data)), (offset, len(data) - 1), (10, 5)):
+        with pytest.raises(ValueError):
+            packs.erase(pack, where, size)
+    assert pack.read_bytes() == before
+
+
+def test_a_blob_file_is_erased_by_removing_it(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    data = b"\x01" * (blobs_module.PACKED_MAX + 1)
+    key = store.put(data, sha256_hex(data))
+    assert not key.startswith("packs/")
+    assert store.erase(key) is True
+    assert store.problem(key, sha256_hex(data)) == "missing"
+    assert store.erase(key) is False

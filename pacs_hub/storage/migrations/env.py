@@ -2,6 +2,7 @@
 
 from alembic import context
 
+from pacs_hub.archive import models as archive_models  # noqa: F401 (tables of revision 0006)
 from pacs_hub.storage.models import Base
 from pacs_hub.trust import models as trust_models  # noqa: F401 (tables of revision 0004)
 
