@@ -8,10 +8,11 @@
   whose legal retention has ended (:mod:`pacs_hub.archive.retention`);
   ``GET /api/archive/retention/studies/{study}``: one study's retention.
 * ``GET /api/archive/destructions``, ``GET /api/archive/destructions/{id}`` (its record)
-  and ``POST /api/archive/destructions/{id}/signatures`` (``{"capacity": "director" |
-  "dim" | "archives", "reference": "..."}``): the signed-in user signs a destruction
-  (:mod:`pacs_hub.archive.destruction`). Proposing and executing are the operator's
-  (``pacs-hub archive destruction``).
+  (regional administrators), and ``POST /api/archive/destructions/{id}/signatures``
+  (``{"capacity": "director" | "dim" | "archives", "reference": "..."}``): the signed-in
+  user signs a destruction, a regional administrator or an administrator of its
+  establishment (:mod:`pacs_hub.archive.destruction`; a refusal is audited too).
+  Proposing and executing are the operator's (``pacs-hub archive destruction``).
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pacs_hub.archive import destruction, retention, sweep
 from pacs_hub.dicomweb.state import HubState, hub_state
-from pacs_hub.errors import HubError
+from pacs_hub.trust.policy import NotAuthenticated
 from pacs_hub.trust.principal import Kind, Principal
+from pacs_hub.trust.requests import principal_of
 from pacs_hub.trust.users_api import admin_caller
 
 router = APIRouter(prefix="/archive", dependencies=[Depends(admin_caller)])
+signing = APIRouter(prefix="/archive")
+"""Signatures: any signed-in user may try; :func:`destruction.sign` decides (and audits)."""
 Hub = Annotated[HubState, Depends(hub_state)]
-Admin = Annotated[Principal, Depends(admin_caller)]
+Caller = Annotated[Principal, Depends(principal_of)]
 
 
 class SignatureIn(BaseModel):
@@ -80,17 +84,15 @@ def destruction_record(destruction_id: int, hub: Hub) -> dict[str, Any]:
     return destruction.record(hub.database, destruction_id)
 
 
-class NotAUser(HubError):
-    title = "Signature refused"
-    http_status = 403
-
-
-@router.post("/destructions/{destruction_id}/signatures")
+@signing.post("/destructions/{destruction_id}/signatures")
 def destruction_sign(
-    destruction_id: int, body: SignatureIn, hub: Hub, caller: Admin
+    destruction_id: int, body: SignatureIn, hub: Hub, caller: Caller
 ) -> dict[str, Any]:
-    """The signed-in user signs the destruction in ``capacity``; its record after it."""
+    """The signed-in user signs the destruction in ``capacity`` (a regional administrator,
+    or an administrator of the destruction's establishment); its record after it."""
+    if caller.kind is Kind.ANONYMOUS:
+        raise NotAuthenticated("no credentials: a destruction is signed by a signed-in user")
     if caller.kind is not Kind.USER:
-        raise NotAUser("a destruction is signed by a signed-in user")
+        raise destruction.SignerNotAllowed("a destruction is signed by a signed-in user")
     destruction.sign(hub.database, destruction_id, body.capacity, caller.subject, body.reference)
     return destruction.record(hub.database, destruction_id)

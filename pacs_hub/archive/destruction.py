@@ -61,6 +61,11 @@ class DestructionRefused(HubError):
     http_status = 409
 
 
+class SignerNotAllowed(HubError):
+    title = "Signature refused"
+    http_status = 403
+
+
 class UnknownDestruction(HubError):
     title = "Unknown destruction"
     http_status = 404
@@ -86,7 +91,13 @@ def propose(
     public: bool = True,
     note: str = "",
 ) -> int:
-    """List the studies due by ``as_of`` in a new destruction; its id. Audited."""
+    """List the studies due by ``as_of`` (today at the latest) in a new destruction; its
+    id. Audited."""
+    if as_of > retention.now().date():
+        raise InvalidQuery(
+            f"as of {retention.da(as_of)}: a destruction lists studies due by today at the"
+            " latest ('retention due --as-of' shows what a later day will bring)"
+        )
     with database.session() as session:
         conn = session.connection()
         est_pk = retention.establishment_pk(conn, establishment) if establishment else None
@@ -167,11 +178,34 @@ def sign(
     """Record ``username``'s signature in ``capacity``; the destruction's state after it.
 
     The caller has authenticated ``username`` (the API's signed-in user, the CLI's
-    password check). Audited as that user.
+    password check). Audited as that user, a refused signature too.
     """
+    try:
+        return _sign(database, destruction_id, capacity, username, reference)
+    except HubError as exc:
+        with database.session() as session:
+            retention._audit(
+                session.connection(),
+                f"user:{username}",
+                "destruction-sign",
+                outcome="deny",
+                reason=exc.message,
+                detail={"destruction": destruction_id, "capacity": capacity},
+            )
+        raise
+
+
+def _sign(
+    database: Database, destruction_id: int, capacity: str, username: str, reference: str
+) -> str:
     with database.session() as session:
         conn = session.connection()
         row = _get(session, destruction_id)
+        if not signer_allowed(conn, username, row.establishment_pk):
+            raise SignerNotAllowed(
+                f"{username[:64]!r} may not sign: a regional administrator or an administrator"
+                " of the establishment signs"
+            )
         if row.state != "proposed":
             raise DestructionRefused(
                 f"destruction {destruction_id} is {row.state}: no more signatures"
@@ -181,11 +215,6 @@ def sign(
             raise InvalidQuery(f"capacity {capacity[:20]!r}: one of {', '.join(due)}")
         if capacity == "archives" and not reference.strip():
             raise InvalidQuery("the archives' visa needs its reference")
-        if not signer_allowed(conn, username, row.establishment_pk):
-            raise DestructionRefused(
-                f"{username[:64]!r} may not sign: a regional administrator or an administrator"
-                " of the establishment signs"
-            )
         signed = {
             s.capacity: s.signer
             for s in session.scalars(
@@ -318,12 +347,46 @@ def _delete_study(conn: Connection, uid: str) -> int | None:
     return int(regional) if regional is not None else None
 
 
+def _delete_recorded(
+    database: Database, journal: Path, uid: str, item_id: int, destruction_id: int, actor: str
+) -> None:
+    """Delete study ``uid``'s rows once every instance they name is in the record file
+    (appended and synced first, so a rebuild never brings one back); an instance that
+    arrived in between is recorded too, then the deletion tried again. Audited."""
+    recorded: set[str] = set()
+    while True:
+        with database.reader() as session:
+            instances = _instances(session.connection(), uid)
+        _append_line(journal, {"study_instance_uid": uid, "instances": instances})
+        recorded |= {i["sop_instance_uid"] for i in instances}
+        with database.session() as session:
+            conn = session.connection()
+            now = _instances(conn, uid)
+            if not {i["sop_instance_uid"] for i in now} <= recorded:
+                continue  # one arrived since: record it first (the transaction rolls back)
+            regional = _delete_study(conn, uid)
+            item = session.get(DestructionStudy, item_id)
+            assert item is not None
+            item.state = "erasing"
+            retention._audit(
+                conn,
+                actor,
+                "delete",
+                regional_pk=regional,
+                study_uid=uid,
+                detail={"destruction": destruction_id, "instances": len(now)},
+            )
+            return
+
+
 def _erase(database: Database, blobs: BlobStore, instances: list[dict[str, Any]]) -> None:
     """Erase the blobs of ``instances`` that no indexed instance names any more."""
     for inst in instances:
         with database.read_connection() as conn:
-            shared = conn.execute(
-                select(func.count()).select_from(Instance).where(Instance.blob_key == inst["blob"])
+            shared = conn.execute(  # by the indexed SHA-256: a blob key is its bytes' place
+                select(func.count())
+                .select_from(Instance)
+                .where(Instance.sha256 == inst["sha256"], Instance.blob_key == inst["blob"])
             ).scalar_one()
         if not shared:
             blobs.erase(inst["blob"])
@@ -370,21 +433,7 @@ def execute(
                     if on_study is not None:
                         on_study(uid, "kept")
                     continue
-            with database.reader() as session:  # the instances recorded first, durably
-                instances = _instances(session.connection(), uid)
-            _append_line(journal, {"study_instance_uid": uid, "instances": instances})
-            with database.session() as session:
-                conn = session.connection()
-                regional = _delete_study(conn, uid)
-                session.get(DestructionStudy, item_id).state = "erasing"  # type: ignore[union-attr]
-                retention._audit(
-                    conn,
-                    actor,
-                    "delete",
-                    regional_pk=regional,
-                    study_uid=uid,
-                    detail={"destruction": destruction_id, "instances": len(instances)},
-                )
+            _delete_recorded(database, journal, uid, item_id, destruction_id, actor)
         recorded = [line for line in _lines(journal) if line.get("study_instance_uid") == uid]
         _erase(database, blobs, [i for line in recorded for i in line["instances"]])
         with database.session() as session:

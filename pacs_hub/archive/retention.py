@@ -254,14 +254,16 @@ def _regional_pk(conn: Connection, regional_id: str) -> int:
     return int(pk)
 
 
-def _audit(conn: Connection, actor: str, action: str, **fields: Any) -> None:
+def _audit(
+    conn: Connection, actor: str, action: str, *, outcome: str = "ok", **fields: Any
+) -> None:
     audit.record(
         conn,
         audit.AuditEntry(
             actor_kind=actor.split(":", 1)[0],
             actor_id=actor,
             action=action,
-            outcome="ok",
+            outcome=outcome,
             purpose="admin",
             rule="retention",
             **fields,

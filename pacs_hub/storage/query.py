@@ -33,7 +33,7 @@ from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
 from sqlalchemy.orm import DeclarativeBase, Session, aliased
 
 from pacs_hub.dicom.ins import INS_ISSUERS
@@ -445,7 +445,7 @@ def _modalities_clause(condition: Condition) -> ColumnElement[bool] | None:
 def _where(query: Query, level: Level) -> list[ColumnElement[bool]]:
     clauses: list[ColumnElement[bool]] = []
     if level is Level.PATIENT:  # an identity whose studies were all destroyed is no match
-        clauses.append(Patient.num_studies > 0)
+        clauses.append(exists().where(Study.patient_pk == Patient.id))
     for keyword, condition in query.conditions.items():
         attribute = ATTRIBUTES.get(keyword)
         if attribute is None or attribute.match is None or attribute.level.depth > level.depth:

@@ -56,6 +56,7 @@ def create_app(
     app.include_router(audit_api.router, prefix=API_PREFIX, tags=["audit"])
     app.include_router(backup_api.router, prefix=API_PREFIX, tags=["backup"])
     app.include_router(archive_api.router, prefix=API_PREFIX, tags=["archive"])
+    app.include_router(archive_api.signing, prefix=API_PREFIX, tags=["archive"])
     app.include_router(processing_api.router, prefix=API_PREFIX, tags=["processing"])
     for module in (qido, metadata, wado, rendered, stow):
         app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=["dicomweb"])

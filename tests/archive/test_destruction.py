@@ -196,12 +196,21 @@ def test_signatures_each_capacity_once_by_another_allowed_user(world: World) -> 
         ("director", "nobody", ""),
     ]
     for capacity, user, reference in refused:
-        with pytest.raises(destruction.DestructionRefused):
+        with pytest.raises(destruction.SignerNotAllowed):
             destruction.sign(world.database, new, capacity, user, reference)
+    with world.database.reader() as s:
+        denied = s.scalars(
+            select(AuditEvent.actor_id).where(
+                AuditEvent.action == "destruction-sign", AuditEvent.outcome == "deny"
+            )
+        ).all()
+    assert denied == ["user:rad", "user:other", "user:nobody"]  # refusals are traced too
     with pytest.raises(InvalidQuery):
         destruction.sign(world.database, new, "archives", "arch", "")  # the visa's reference
     with pytest.raises(InvalidQuery):
         destruction.sign(world.database, new, "janitor", "arch")
+    with pytest.raises(InvalidQuery):  # studies not yet due are never listed
+        destruction.propose(world.database, world.settings, OPERATOR, date(2999, 1, 1))
     destruction.sign(world.database, new, "director", "dir")
     with pytest.raises(destruction.DestructionRefused):
         destruction.sign(world.database, new, "director", "arch")  # signed already
@@ -353,3 +362,33 @@ def test_an_interrupted_execution_finishes_and_a_hold_placed_since_keeps_a_study
     assert sum(isinstance(i, packs.Erased) for i in packs_found) == 6
     assert not any(isinstance(i, packs.Unreadable) for i in packs_found)
     assert len(world.keys_of("S5")) == 3
+
+
+def test_an_instance_arriving_while_its_study_is_destroyed_is_recorded_and_erased(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    new = destruction.propose(
+        world.database, world.settings, OPERATOR, date(2019, 1, 1), establishment="ESTA"
+    )
+    sign_all(world, new, dim="dim")
+    late = synthetic_dataset(world.uids["S3"], patient_id="P2", pixel_bytes=2000)
+    late.StudyDate, late.PatientBirthDate = "19950301", "19500101"
+    append = destruction._append_line
+    arrived: list[str] = []
+
+    def then_one_arrives(path: Path, line: dict) -> None:  # type: ignore[type-arg]
+        append(path, line)
+        if line["study_instance_uid"] == world.uids["S3"] and not arrived:
+            arrived.append(Ingestor(world.database, world.blobs).ingest(as_part10(late)).sha256)
+
+    monkeypatch.setattr(destruction, "_append_line", then_one_arrives)
+    done = destruction.execute(world.settings, world.database, world.blobs, new, OPERATOR)
+    assert {s["state"] for s in done["studies"]} == {"destroyed"}
+    assert arrived and arrived[0] in destruction.destroyed_digests(world.settings.data_dir)
+    assert world.keys_of("S3") == []
+    pack_items = [
+        item
+        for pack in (world.settings.data_dir / "blobs" / "packs").glob("*.pack")
+        for item in packs.survey(pack)
+    ]
+    assert sum(isinstance(i, packs.Erased) for i in pack_items) == 7  # S3's 3 + 1, S5's 3

@@ -1,9 +1,10 @@
 """A destruction on a running hub with its access policy on: studies stored by a node
 of the establishment with dcmtk's storescu, the studies due listed, the destruction
 proposed and executed by the operator's ``pacs-hub archive`` commands (processes of
-their own, as an operator runs them) and signed by signed-in users over the API (and
-one with the CLI's password check); then the study is gone for every DICOMweb reader
-and the other one is whole.
+their own, as an operator runs them) and signed by signed-in users over the API (a
+regional administrator as director, the establishment's administrator as DIM) and at the
+command line with the user's password (the archives' visa); then the study is gone for
+every DICOMweb and DICOM reader and the other one is whole.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def test_destroyed_by_the_operator_after_three_signatures(hub: Hub, tmp_path: Pa
     proposed = hub.cli("archive", "destruction", "propose", "--establishment", "ESTA")
     assert "destruction 1 proposed: 1 stud(ies)" in proposed.stdout
 
-    director, archives, rad = login(hub, "dir"), login(hub, "arch"), login(hub, "rad")
+    director, dim, rad = login(hub, "dir"), login(hub, "dim"), login(hub, "rad")
     url = "/api/archive/destructions/1/signatures"
     refused = rad.post(url, json={"capacity": "director"})
     assert refused.status_code == 403
@@ -67,16 +68,17 @@ def test_destroyed_by_the_operator_after_three_signatures(hub: Hub, tmp_path: Pa
     assert signed.status_code == 200 and signed.json()["state"] == "proposed"
     twice = director.post(url, json={"capacity": "dim"})
     assert twice.status_code == 409 and "signed this destruction already" in twice.json()["detail"]
-    wrong = hub.cli("archive", "destruction", "sign", "1", "--as", "dim", "--user", "dim",
-                    "--password", "not it", check=False)  # fmt: skip
-    assert wrong.returncode == 2 and "wrong password" in wrong.stdout
-    by_cli = hub.cli("archive", "destruction", "sign", "1", "--as", "dim", "--user", "dim",
-                     "--password", PASSWORD)  # fmt: skip
-    assert "signed as dim by dim: proposed" in by_cli.stdout
+    # the establishment's administrator (not a regional one) signs as its DIM
+    by_dim = dim.post(url, json={"capacity": "dim"})
+    assert by_dim.status_code == 200 and by_dim.json()["state"] == "proposed"
     early = hub.cli("archive", "destruction", "execute", "1", check=False)
     assert early.returncode == 2 and "only an approved one" in early.stdout
-    visa = archives.post(url, json={"capacity": "archives", "reference": "AD-2026-17"})
-    assert visa.status_code == 200 and visa.json()["state"] == "approved"
+    wrong = hub.cli("archive", "destruction", "sign", "1", "--as", "archives", "--user", "arch",
+                    "--reference", "AD-2026-17", "--password", "not it", check=False)  # fmt: skip
+    assert wrong.returncode == 2 and "wrong password" in wrong.stdout
+    visa = hub.cli("archive", "destruction", "sign", "1", "--as", "archives", "--user", "arch",
+                   "--reference", "AD-2026-17", "--password", PASSWORD)  # fmt: skip
+    assert "signed as archives by arch: approved" in visa.stdout
 
     assert director.get(f"/dicom-web/studies/{old}/metadata").status_code == 200
     assert patients_found(hub, "PAT-OLD") == 1
