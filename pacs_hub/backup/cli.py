@@ -184,7 +184,8 @@ def reconcile(
     else:
         console.print(
             f"{code}: PACS {found.pacs_studies} studies, hub {found.hub_studies}; missing "
-            f"{len(found.missing)}, different {len(found.different)}, extra {len(found.extra)};"
+            f"{len(found.missing)}, different {len(found.different)}, extra {len(found.extra)},"
+            f" destroyed at the end of their retention {len(found.destroyed)};"
             f" RPO {found.rpo_seconds / 60:.0f} min{' ALERT' if found.rpo_alert else ''};"
             f" last matched {found.last_matched or 'never'}"
         )

@@ -8,7 +8,10 @@ the hub side is read from the index. The report lists:
 * *different*: studies both hold whose series or instance counts differ (each series
   named with both counts);
 * *extra*: studies of the establishment in the hub that the PACS does not hold (sent
-  during an outage and not yet restored, or deleted on the PACS).
+  during an outage and not yet restored, or deleted on the PACS);
+* *destroyed*: studies on the PACS that the hub destroyed at the end of their legal
+  retention (:mod:`pacs_hub.archive.destruction`): not missing (never pulled again),
+  listed so the establishment destroys its own copies.
 
 It *matches* when nothing is missing or different; the time it last matched is kept
 in the state file. RPO is the age of the oldest study not yet safe in the hub (its
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pacs_hub.archive.models import destroyed_in
 from pacs_hub.backup import inventory, remote, state
 from pacs_hub.config import Settings
 from pacs_hub.storage.database import Database
@@ -52,6 +56,7 @@ class Reconciliation:
     last_matched: str | None
     rpo_seconds: float
     rpo_alert: bool
+    destroyed: list[str] = field(default_factory=list)
 
     @property
     def matched(self) -> bool:
@@ -68,6 +73,7 @@ class Reconciliation:
             "hub_studies": self.hub_studies,
             "missing": self.missing,
             "extra": self.extra,
+            "destroyed": self.destroyed,
             "different": [
                 {
                     "study": d.study,
@@ -108,16 +114,25 @@ def compare_study(
     return Difference(study.study_instance_uid, study.instances, held, series)
 
 
+def destroyed_here(database: Database, uids: list[str]) -> list[str]:
+    """Those of ``uids`` the hub destroyed at the end of their retention."""
+    with database.read_connection() as conn:
+        return [uid for uid in uids if destroyed_in(conn, uid) is not None]
+
+
 def compare(
     settings: Settings,
     database: Database,
     client: inventory.Client,
     pacs: dict[str, remote.RemoteStudy],
-) -> tuple[list[str], list[str], list[Difference]]:
-    """``(missing, extra, different)`` between ``pacs`` and the hub."""
+) -> tuple[list[str], list[str], list[Difference], list[str]]:
+    """``(missing, extra, different, destroyed)`` between ``pacs`` and the hub (studies
+    the hub destroyed at the end of their retention are not missing)."""
     ours = inventory.hub_studies(database, client.establishment_pk)
     held = inventory.study_counts(database, pacs)
-    missing = sorted(uid for uid in pacs if uid not in held)
+    absent = sorted(uid for uid in pacs if uid not in held)
+    gone = set(destroyed_here(database, absent))
+    missing = [uid for uid in absent if uid not in gone]
     extra = sorted(uid for uid in ours if uid not in pacs)
     different = []
     with remote.series_finder(settings, client.node) as finder:
@@ -126,7 +141,7 @@ def compare(
                 found = compare_study(database, finder, study, held[uid][0])
                 if found is not None:
                     different.append(found)
-    return missing, extra, different
+    return missing, extra, different, sorted(gone)
 
 
 def reconcile(
@@ -138,7 +153,7 @@ def reconcile(
     pacs = remote.find_all_studies(
         settings, client.node, since or settings.backup_since, until or now.strftime("%Y%m%d")
     )
-    missing, extra, different = compare(settings, database, client, pacs)
+    missing, extra, different, destroyed = compare(settings, database, client, pacs)
     unsafe = [pacs[uid] for uid in missing] + [pacs[d.study] for d in different]
     times = [t for t in (_when(s) for s in unsafe) if t is not None]
     rpo = max(0.0, (now - min(times)).total_seconds()) if times else 0.0
@@ -153,6 +168,7 @@ def reconcile(
             "missing": len(missing),
             "extra": len(extra),
             "different": len(different),
+            "destroyed": len(destroyed),
             "rpo_seconds": rpo,
         }
 
@@ -169,4 +185,5 @@ def reconcile(
         recorded.get("last_matched"),
         rpo,
         rpo > settings.backup_rpo_alert_minutes * 60,
+        destroyed,
     )

@@ -554,3 +554,36 @@ def test_a_stand_in_on_a_port_of_its_own_serves_any_called_ae_title(tmp_path: Pa
         assert json.loads(shown)[0]["standin_port"] == own_port
     finally:
         hub.stop()
+
+
+def test_a_study_destroyed_at_the_end_of_its_retention_is_not_pulled_back(
+    scenario: Scenario,
+) -> None:
+    """Destroyed in the hub (its retention ended) while the hospital's PACS still holds
+    it: the reconciliation says so (not missing), and a new backfill leaves it out."""
+    scenario.cli("archive", "retention", "period", "H1", "1")  # studies of 2023-25 are due
+    due = json.loads(
+        scenario.cli("archive", "retention", "due", "--establishment", "H1", "--json").stdout
+    )
+    target = due[0]["study_instance_uid"]
+    assert target in scenario.studies and len(due) < STUDIES  # the undated one is new here
+    for user in ("dirh1", "dimh1"):
+        scenario.cli("users", "add", user, "--role", "regional-admin", "--password", "pw-" * 4)
+    proposed = scenario.cli(
+        "archive", "destruction", "propose", "--establishment", "H1", "--limit", "1", "--private"
+    )
+    number = proposed.stdout.split()[1]
+    for capacity, user in (("director", "dirh1"), ("dim", "dimh1")):
+        scenario.cli("archive", "destruction", "sign", number, "--as", capacity, "--user", user,
+                     "--password", "pw-" * 4)  # fmt: skip
+    scenario.cli("archive", "destruction", "execute", number)
+    found = scenario.reconcile()
+    assert found["missing"] == [] and found["destroyed"] == [target] and found["matched"]
+    assert found["hub_studies"] == STUDIES  # of STUDIES + 1 (the outage's)
+    shown = scenario.cli("backup", "backfill", "H1")
+    assert "backfill done" in shown.stdout
+    held = httpx.get(
+        f"{scenario.hub.url}/dicom-web/studies", params={"StudyInstanceUID": target}, timeout=60
+    )
+    assert held.status_code == 200 and held.json() == []
+    assert scenario.reconcile()["destroyed"] == [target]
