@@ -189,6 +189,11 @@ class Settings(BaseSettings):
         description="Years records are kept after the patient's last contact (CSP R. 1112-7),"
         " for establishments without a period of their own",
     )
+    retention_sweep_hours: float = Field(
+        default=24.0,
+        ge=0,
+        description="Hours between counts of the studies whose retention ended; 0 = off",
+    )
     backup_interval: float = Field(
         default=5.0, ge=0, description="Seconds between turns of the backfill task; 0 = off"
     )

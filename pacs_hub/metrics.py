@@ -207,6 +207,7 @@ class HubCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         yield from self._archive_totals()
         yield from self._integrity()
+        yield from self._retention()
         yield from self._backups()
         yield from self._routing_and_nodes()
         if self.gateways_alive is not None:
@@ -257,6 +258,26 @@ class HubCollector(Collector):
             "Cycles of the integrity sweep completed (in this data folder)",
             int(state.get("cycles", 0)),
         )
+
+    def _retention(self) -> Iterator[GaugeMetricFamily]:
+        from pacs_hub.archive import retention_sweep
+
+        due = retention_sweep.load(self.settings).get("due") or {}
+        studies = GaugeMetricFamily(
+            "pacs_hub_retention_due_studies",
+            "Studies whose legal retention has ended (last daily count), per establishment",
+            labels=["establishment"],
+        )
+        size = GaugeMetricFamily(
+            "pacs_hub_retention_due_bytes",
+            "Bytes of the studies whose legal retention has ended, per establishment",
+            labels=["establishment"],
+        )
+        for code, counts in sorted(due.items()):
+            studies.add_metric([code], int(counts.get("studies", 0)))
+            size.add_metric([code], int(counts.get("bytes", 0)))
+        yield studies
+        yield size
 
     def _backups(self) -> Iterator[GaugeMetricFamily]:
         from pacs_hub.backup import state

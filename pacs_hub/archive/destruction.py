@@ -44,6 +44,7 @@ from pacs_hub.archive.models import (
     DestructionSignature,
     DestructionStudy,
 )
+from pacs_hub.archive.sweep import write_json
 from pacs_hub.config import Settings
 from pacs_hub.errors import HubError, InvalidQuery
 from pacs_hub.storage.blobs import BlobStore
@@ -453,11 +454,7 @@ def execute(
 
 def _write_record(data_dir: Path, destruction_id: int, kept: dict[str, Any]) -> None:
     path = folder(data_dir) / f"{destruction_id}.json"
-    temp = path.with_suffix(".json.tmp")
-    temp.write_text(json.dumps(kept, indent=2, sort_keys=True))
-    with temp.open("rb") as fp:
-        os.fsync(fp.fileno())
-    os.replace(temp, path)
+    write_json(path, kept)
     sync_folder(path.parent)
 
 

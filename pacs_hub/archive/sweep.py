@@ -54,20 +54,29 @@ def state_path(settings: Settings) -> Path:
 
 def load(settings: Settings) -> State:
     """The sweep's saved progress ({} before its first turn)."""
+    return load_json(state_path(settings))
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    """A JSON object saved by :func:`write_json` ({} when absent or unreadable)."""
     try:
-        loaded = json.loads(state_path(settings).read_text())
+        loaded = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     return loaded if isinstance(loaded, dict) else {}
 
 
 def save(settings: Settings, state: State) -> None:
-    """Write ``state`` atomically (temp file, fsync, rename)."""
-    path = state_path(settings)
+    """Write ``state`` atomically."""
+    write_json(state_path(settings), state)
+
+
+def write_json(path: Path, value: object) -> None:
+    """Write ``value`` as JSON to ``path`` atomically (temp file, fsync, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_suffix(".tmp")
     with temp.open("w") as fp:
-        json.dump(state, fp, indent=1)
+        json.dump(value, fp, indent=1, sort_keys=True)
         fp.flush()
         os.fsync(fp.fileno())
     temp.replace(path)

@@ -392,3 +392,26 @@ def test_an_instance_arriving_while_its_study_is_destroyed_is_recorded_and_erase
         for item in packs.survey(pack)
     ]
     assert sum(isinstance(i, packs.Erased) for i in pack_items) == 7  # S3's 3 + 1, S5's 3
+
+
+def test_the_daily_count_of_what_is_due_reaches_the_metrics(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pacs_hub.archive import retention_sweep
+    from pacs_hub.metrics import HubCollector
+
+    with caplog.at_level("INFO", logger="pacs_hub.archive.retention_sweep"):
+        counted = retention_sweep.sweep(world.settings, world.database)
+    # as of today every study is due: ESTA's four and ESTB's one, 3 instances each
+    assert {code: c["studies"] for code, c in counted["due"].items()} == {"ESTA": 4, "ESTB": 1}
+    assert retention_sweep.load(world.settings)["due"] == counted["due"]
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "4 stud(ies)" in said and "establishment ESTA" in said and "P1" not in said
+    families = {f.name: f for f in HubCollector(world.settings, world.database, None).collect()}
+    samples = {
+        (s.name, s.labels["establishment"]): s.value
+        for s in families["pacs_hub_retention_due_studies"].samples
+        + families["pacs_hub_retention_due_bytes"].samples
+    }
+    assert samples[("pacs_hub_retention_due_studies", "ESTA")] == 4
+    assert samples[("pacs_hub_retention_due_bytes", "ESTB")] == counted["due"]["ESTB"]["bytes"] > 0
