@@ -16,14 +16,20 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, and_, case, func, select, update
 from sqlalchemy.engine import Connection
 
 from pacs_hub.archive.models import Destruction, DestructionStudy, LegalHold
-from pacs_hub.archive.retention_rules import Hold, parse_da, retention_end
+from pacs_hub.archive.retention_rules import (
+    AFTER_DEATH_YEARS,
+    Hold,
+    add_years,
+    parse_da,
+    retention_end,
+)
 from pacs_hub.config import Settings
 from pacs_hub.errors import HubError, InvalidQuery
 from pacs_hub.storage.database import Database
@@ -119,20 +125,59 @@ def _holds(conn: Connection) -> tuple[dict[str, list[Hold]], dict[int, list[Hold
     return by_study, by_patient
 
 
+def _contact_day(conn: Connection) -> ColumnElement[str]:
+    """A study's day of contact (DA): its Study Date, else the day it was received."""
+    if conn.dialect.name == "postgresql":
+        received = func.to_char(Study.created_at, "YYYYMMDD")
+    else:
+        received = func.strftime("%Y%m%d", Study.created_at)
+    return case((func.length(Study.study_date) == 8, Study.study_date), else_=received)
+
+
+def _person() -> ColumnElement[int]:
+    """Whose record a study is in: its regional patient, else its local identity."""
+    return func.coalesce(Patient.regional_patient_pk, -Patient.id)
+
+
 def studies(
     conn: Connection,
     settings: Settings,
     *,
     establishment: str | None = None,
     study_uids: Iterable[str] | None = None,
+    ended_by: date | None = None,
 ) -> list[StudyRetention]:
-    """The retention of every study (of one establishment, or the listed ones)."""
+    """The retention of every study (of one establishment, or the listed ones; with
+    ``ended_by``, only those whose retention may have ended by that day).
+
+    The last contact of each patient at each establishment is one grouped query, and
+    the studies are read as a stream, so memory holds the answer, not the archive; with
+    ``ended_by`` the database leaves out every study whose patient's last contact is
+    too recent for any period (the shortest of the periods and the 10 years after a
+    death) to have ended.
+    """
     est_pk = establishment_pk(conn, establishment) if establishment else None
     codes: dict[int | None, tuple[str, int]] = {None: ("", settings.retention_years)}
     for est in conn.execute(
         select(Establishment.id, Establishment.code, Establishment.retention_years)
     ):
         codes[est.id] = (est.code, est.retention_years or settings.retention_years)
+    place, person = func.coalesce(Study.establishment_pk, 0), _person()
+    contact = (
+        select(
+            place.label("place"), person.label("person"), func.max(_contact_day(conn)).label("last")
+        )
+        .select_from(Study)
+        .join(Patient, Study.patient_pk == Patient.id)
+        .group_by(place, person)
+    )
+    wanted = sorted(set(study_uids)) if study_uids is not None else None
+    if est_pk is not None:  # the last contact is per establishment: its studies suffice
+        contact = contact.where(Study.establishment_pk == est_pk)
+    if wanted is not None:  # the listed studies' patients' studies suffice
+        theirs = select(person).join(Study, Study.patient_pk == Patient.id)
+        contact = contact.where(person.in_(theirs.where(Study.study_instance_uid.in_(wanted))))
+    last = contact.subquery()
     query = (
         select(
             Study.study_instance_uid,
@@ -143,63 +188,36 @@ def studies(
             Study.study_description,
             Study.num_instances,
             Study.size_bytes,
-            Patient.id.label("patient_pk"),
             Patient.patient_id,
             Patient.issuer_of_patient_id,
             Patient.patient_birth_date,
             Patient.regional_patient_pk,
             RegionalPatient.regional_id,
             RegionalPatient.death_date,
+            last.c.last,
         )
         .join(Patient, Study.patient_pk == Patient.id)
         .outerjoin(RegionalPatient, Patient.regional_patient_pk == RegionalPatient.id)
+        .join(last, and_(last.c.place == place, last.c.person == person))
     )
-    if est_pk is not None:  # the last contact is per establishment: its studies suffice
+    if est_pk is not None:
         query = query.where(Study.establishment_pk == est_pk)
-    wanted = set(study_uids) if study_uids is not None else None
-    if wanted is not None:  # the listed studies' patients' studies suffice
-        people = conn.execute(
-            select(Patient.id, Patient.regional_patient_pk)
-            .join(Study, Study.patient_pk == Patient.id)
-            .where(Study.study_instance_uid.in_(sorted(wanted)))
-        ).all()
-        query = query.where(
-            or_(
-                Patient.id.in_([p[0] for p in people]),
-                Patient.regional_patient_pk.in_([p[1] for p in people if p[1] is not None]),
-            )
-        )
-    rows = conn.execute(query).all()
-    contact: dict[tuple[int | None, object], date] = {}
-
-    def group(row: Any) -> tuple[int | None, object]:
-        person = (
-            row.regional_patient_pk
-            if row.regional_patient_pk is not None
-            else ("p", row.patient_pk)
-        )
-        return row.establishment_pk, person
-
-    def day_of(row: Any) -> date:
-        return parse_da(row.study_date) or row.created_at.date()
-
-    for row in rows:  # the last contact of each patient at each establishment
-        key = group(row)
-        contact[key] = max(contact.get(key, date.min), day_of(row))
+    if wanted is not None:
+        query = query.where(Study.study_instance_uid.in_(wanted))
+    if ended_by is not None:
+        shortest = min([AFTER_DEATH_YEARS, *(years for _code, years in codes.values())])
+        cutoff = add_years(ended_by, -shortest) + timedelta(days=1)  # 29 February: a day more
+        query = query.where(last.c.last <= da(cutoff))
     held_studies, held_patients = _holds(conn)
     found = []
-    for row in rows:
-        if est_pk is not None and row.establishment_pk != est_pk:
-            continue
-        if wanted is not None and row.study_instance_uid not in wanted:
-            continue
+    for row in conn.execute(query.execution_options(yield_per=2000)):
         holds = held_studies.get(row.study_instance_uid, []) + (
             held_patients.get(row.regional_patient_pk, []) if row.regional_patient_pk else []
         )
         code, years = codes.get(row.establishment_pk, codes[None])
-        last = contact[group(row)]
+        contacted = parse_da(row.last) or row.created_at.date()
         end = retention_end(
-            last, years, parse_da(row.patient_birth_date), parse_da(row.death_date), holds
+            contacted, years, parse_da(row.patient_birth_date), parse_da(row.death_date), holds
         )
         found.append(
             StudyRetention(
@@ -213,7 +231,7 @@ def studies(
                 row.study_description,
                 int(row.num_instances),
                 int(row.size_bytes),
-                da(last),
+                da(contacted),
                 da(end),
                 any(h.active for h in holds),
             )
@@ -240,7 +258,7 @@ def due(
     taken = listed_elsewhere(conn)
     return [
         s
-        for s in studies(conn, settings, establishment=establishment)
+        for s in studies(conn, settings, establishment=establishment, ended_by=as_of)
         if not s.held and s.retention_end <= da(as_of) and s.study_instance_uid not in taken
     ]
 

@@ -415,3 +415,22 @@ def test_the_daily_count_of_what_is_due_reaches_the_metrics(
     }
     assert samples[("pacs_hub_retention_due_studies", "ESTA")] == 4
     assert samples[("pacs_hub_retention_due_bytes", "ESTB")] == counted["due"]["ESTB"]["bytes"] > 0
+
+
+def test_a_29_february_and_a_study_without_date(world: World) -> None:
+    ingestor = Ingestor(world.database, world.blobs)
+    leap, undated = generate_uid(), generate_uid()
+    for uid, day in ((leap, "20000229"), (undated, "")):
+        ds = synthetic_dataset(uid, patient_id=f"P-{day or 'none'}", pixel_bytes=1000)
+        ds.StudyDate, ds.PatientBirthDate = day, "19500101"
+        ingestor.ingest(as_part10(ds), received_from_ae="CT_A")
+    world.uids.update(LEAP=leap, UNDATED=undated)
+    retention.set_period(world.database, OPERATOR, "ESTA", 1)
+    # 1 year after 29 February 2000 is 28 February 2001: due that very day
+    assert "LEAP" in world.due(date(2001, 2, 28), "ESTA")
+    assert "LEAP" not in world.due(date(2001, 2, 27), "ESTA")
+    # no Study Date: the day the hub received it is the contact (today: not due)
+    with world.database.reader() as s:
+        (shown,) = retention.studies(s.connection(), world.settings, study_uids=[undated])
+    assert shown.last_contact == retention.da(retention.now().date())
+    assert "UNDATED" not in world.due(retention.now().date(), "ESTA")
