@@ -28,9 +28,11 @@ establishment's to destroy.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -393,6 +395,25 @@ def _erase(database: Database, blobs: BlobStore, instances: list[dict[str, Any]]
             blobs.erase(inst["blob"])
 
 
+@contextmanager
+def _executing_alone(data_dir: Path, destruction_id: int) -> Iterator[None]:
+    """Hold the destruction's lock file (``<id>.lock``) while it is executed: a second
+    ``execute`` of it, in any process, is refused rather than run beside the first."""
+    path = folder(data_dir) / f"{destruction_id}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DestructionRefused(
+                f"destruction {destruction_id} is being executed by another process"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def execute(
     settings: Settings,
     database: Database,
@@ -402,7 +423,20 @@ def execute(
     on_study: Callable[[str, str], None] | None = None,
 ) -> dict[str, Any]:
     """Destroy the studies of an approved destruction (or finish an interrupted one);
-    its record. ``on_study(uid, state)`` is called as each study is done."""
+    its record. ``on_study(uid, state)`` is called as each study is done. One process
+    at a time executes a destruction."""
+    with _executing_alone(settings.data_dir, destruction_id):
+        return _execute(settings, database, blobs, destruction_id, actor, on_study)
+
+
+def _execute(
+    settings: Settings,
+    database: Database,
+    blobs: BlobStore,
+    destruction_id: int,
+    actor: str,
+    on_study: Callable[[str, str], None] | None,
+) -> dict[str, Any]:
     with database.session() as session:
         row = _get(session, destruction_id)
         if row.state not in ("approved", "executing"):

@@ -347,6 +347,9 @@ def test_an_interrupted_execution_finishes_and_a_hold_placed_since_keeps_a_study
     finally:
         fresh.dispose()
     monkeypatch.setattr(BlobStore, "erase", erase)
+    running = destruction._executing_alone(world.settings.data_dir, new)  # another one runs it
+    with running, pytest.raises(destruction.DestructionRefused, match="another process"):
+        destruction.execute(world.settings, world.database, world.blobs, new, OPERATOR)
     done = destruction.execute(world.settings, world.database, world.blobs, new, OPERATOR)
     by_name = {world.name_of(s["study_instance_uid"]): s for s in done["studies"]}
     assert by_name["S5"]["state"] == "kept"
