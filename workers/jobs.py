@@ -17,6 +17,7 @@ submitted again.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -24,6 +25,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from kombu.exceptions import KombuError
 from sqlalchemy import select
 
 from pacs_hub.storage.database import Database
@@ -31,6 +33,8 @@ from pacs_hub.storage.models import Series, Study
 from workers.board import Board, JobSpec, JobState
 from workers.celery_app import PROCESS_TASK, HubCelery, jobs_dir
 from workers.tasks import pipeline_options, read_series
+
+LOGGER = logging.getLogger(__name__)
 
 RECOVERY_WINDOW = 7 * 86400.0
 """Jobs submitted this recently (s) are watched for a silent worker."""
@@ -120,17 +124,44 @@ def describe(
     return JobSpec(str(study_uid), series_uid, tuple(steps), dict(parameters), instances)
 
 
+SEND_TRIES = 3
+
+
 def _send(app: HubCelery, board: Board, spec: JobSpec, attempt: int) -> None:
     board.clear_cancel(spec.key)
     board.write(
         spec.key, "QUEUED", percent=0.0, stage="queued", attempt=attempt, heartbeat=time.time()
     )
-    app.send_task(
-        PROCESS_TASK,
-        args=[spec.to_json()],
-        task_id=spec.key,
-        queue=app.hub_settings.processing_queue,
-    )
+    _publish(app, spec)
+
+
+def _publish(app: HubCelery, spec: JobSpec) -> None:
+    """Send the job's message, on a connection of its own, up to :data:`SEND_TRIES` times.
+
+    kombu's own retry of a failed publish revives the connection, which closes the
+    producer's channel, and then publishes on that closed channel (AttributeError:
+    'NoneType' object has no attribute 'client'; seen once in a full test run when the
+    first job of a hub met the embedded worker creating the SQLite broker's tables).
+    So kombu does not retry here: a failed try is given up with its connection and the
+    next one starts afresh.
+    """
+    for tries in range(1, SEND_TRIES + 1):
+        try:
+            with app.connection_for_write() as connection:
+                app.send_task(
+                    PROCESS_TASK,
+                    args=[spec.to_json()],
+                    task_id=spec.key,
+                    queue=app.hub_settings.processing_queue,
+                    connection=connection,
+                    retry=False,
+                )
+            return
+        except (AttributeError, OSError, KombuError) as exc:
+            if tries == SEND_TRIES:
+                raise
+            LOGGER.warning("job %s: sending failed (%s), trying again", spec.key, exc)
+            time.sleep(0.2 * tries)
 
 
 def submit(app: HubCelery, spec: JobSpec, submitted_by: str) -> tuple[Job, bool]:
