@@ -29,10 +29,10 @@ establishment's to destroy.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -46,13 +46,12 @@ from pacs_hub.archive.models import (
     DestructionSignature,
     DestructionStudy,
 )
-from pacs_hub.archive.sweep import write_json
 from pacs_hub.config import Settings
 from pacs_hub.errors import HubError, InvalidQuery
 from pacs_hub.storage.blobs import BlobStore
 from pacs_hub.storage.database import Database
+from pacs_hub.storage.durable import append_line, read_lines, write_json
 from pacs_hub.storage.models import Establishment, Instance, Patient, Series, Study
-from pacs_hub.storage.packs import sync_folder
 from pacs_hub.trust.models import User, UserEstablishment
 from pacs_hub.trust.principal import Role
 
@@ -118,37 +117,19 @@ def propose(
             note=note[:256],
             proposed_by=actor,
             proposed_at=retention.now(),
-            executed_by="",
-            cancelled_by="",
-            cancel_reason="",
         )
         session.add(row)
         session.flush()
-        for s in listed:
-            session.add(
-                DestructionStudy(
-                    destruction_pk=row.id,
-                    study_instance_uid=s.study_instance_uid,
-                    regional_id=s.regional_id,
-                    patient_id=s.patient_id,
-                    issuer_of_patient_id=s.issuer_of_patient_id,
-                    study_date=s.study_date,
-                    accession_number=s.accession_number,
-                    study_description=s.study_description,
-                    last_contact=s.last_contact,
-                    retention_end=s.retention_end,
-                    num_instances=s.num_instances,
-                    size_bytes=s.size_bytes,
-                    state="listed",
-                    kept_reason="",
-                )
-            )
+        for study in listed:  # as it is now: what the record keeps of it
+            snapshot = asdict(study)
+            del snapshot["establishment"], snapshot["held"]
+            session.add(DestructionStudy(destruction_pk=row.id, state="listed", **snapshot))
         _audit(conn, actor, "destruction-propose", row.id, studies=len(listed))
         return int(row.id)
 
 
 def _audit(conn: Connection, actor: str, action: str, destruction_id: int, **detail: Any) -> None:
-    retention._audit(conn, actor, action, detail={"destruction": destruction_id, **detail})
+    retention.audit_change(conn, actor, action, detail={"destruction": destruction_id, **detail})
 
 
 def _get(session: Any, destruction_id: int) -> Destruction:
@@ -187,7 +168,7 @@ def sign(
         return _sign(database, destruction_id, capacity, username, reference)
     except HubError as exc:
         with database.session() as session:
-            retention._audit(
+            retention.audit_change(
                 session.connection(),
                 f"user:{username}",
                 "destruction-sign",
@@ -260,38 +241,12 @@ def cancel(database: Database, destruction_id: int, actor: str, reason: str) -> 
         _audit(session.connection(), actor, "destruction-cancel", row.id)
 
 
-def _append_line(path: Path, line: dict[str, Any]) -> None:
-    """Append one JSON line to the record file and make it durable."""
-    created = not path.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, (json.dumps(line, sort_keys=True) + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if created:
-        sync_folder(path.parent)
-
-
-def _lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    found = []
-    for text in path.read_text().splitlines():
-        try:
-            found.append(json.loads(text))
-        except json.JSONDecodeError:  # a line cut short by a crash: its study was not deleted
-            continue
-    return found
-
-
 def destroyed_digests(data_dir: Path) -> frozenset[str]:
     """The SHA-256 of every instance a destruction's record file names."""
     return frozenset(
         inst["sha256"]
         for path in folder(data_dir).glob("*.jsonl")
-        for line in _lines(path)
+        for line in read_lines(path)
         for inst in line.get("instances", [])
     )
 
@@ -352,26 +307,27 @@ def _delete_study(conn: Connection, uid: str) -> int | None:
 
 def _delete_recorded(
     database: Database, journal: Path, uid: str, item_id: int, destruction_id: int, actor: str
-) -> None:
+) -> list[dict[str, Any]]:
     """Delete study ``uid``'s rows once every instance they name is in the record file
     (appended and synced first, so a rebuild never brings one back); an instance that
-    arrived in between is recorded too, then the deletion tried again. Audited."""
-    recorded: set[str] = set()
+    arrived in between is recorded too, then the deletion tried again. Audited. The
+    instances recorded."""
+    recorded: dict[str, dict[str, Any]] = {}
     while True:
         with database.reader() as session:
             instances = _instances(session.connection(), uid)
-        _append_line(journal, {"study_instance_uid": uid, "instances": instances})
-        recorded |= {i["sop_instance_uid"] for i in instances}
+        append_line(journal, {"study_instance_uid": uid, "instances": instances})
+        recorded.update((i["sop_instance_uid"], i) for i in instances)
         with database.session() as session:
             conn = session.connection()
             now = _instances(conn, uid)
-            if not {i["sop_instance_uid"] for i in now} <= recorded:
+            if not {i["sop_instance_uid"] for i in now} <= recorded.keys():
                 continue  # one arrived since: record it first (the transaction rolls back)
             regional = _delete_study(conn, uid)
             item = session.get(DestructionStudy, item_id)
             assert item is not None
             item.state = "erasing"
-            retention._audit(
+            retention.audit_change(
                 conn,
                 actor,
                 "delete",
@@ -379,19 +335,18 @@ def _delete_recorded(
                 study_uid=uid,
                 detail={"destruction": destruction_id, "instances": len(now)},
             )
-            return
+            return list(recorded.values())
 
 
 def _erase(database: Database, blobs: BlobStore, instances: list[dict[str, Any]]) -> None:
     """Erase the blobs of ``instances`` that no indexed instance names any more."""
+    digests = sorted({inst["sha256"] for inst in instances})
+    with database.read_connection() as conn:  # by the indexed SHA-256
+        named = set(
+            conn.execute(select(Instance.blob_key).where(Instance.sha256.in_(digests))).scalars()
+        )
     for inst in instances:
-        with database.read_connection() as conn:
-            shared = conn.execute(  # by the indexed SHA-256: a blob key is its bytes' place
-                select(func.count())
-                .select_from(Instance)
-                .where(Instance.sha256 == inst["sha256"], Instance.blob_key == inst["blob"])
-            ).scalar_one()
-        if not shared:
+        if inst["blob"] not in named:
             blobs.erase(inst["blob"])
 
 
@@ -429,6 +384,39 @@ def execute(
         return _execute(settings, database, blobs, destruction_id, actor, on_study)
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """Destroying one study of a destruction being executed."""
+
+    settings: Settings
+    database: Database
+    blobs: BlobStore
+    journal: Path
+    destruction_id: int
+    actor: str
+
+    def run(self, item_id: int, uid: str, recorded: list[dict[str, Any]] | None) -> str:
+        """Destroy study ``uid`` (``recorded``: its instances, when an interrupted run
+        deleted its rows already); its state now, ``destroyed`` or ``kept``."""
+        if recorded is None:
+            with self.database.session() as session:
+                why = _still_due(session.connection(), self.settings, uid)
+                item = session.get(DestructionStudy, item_id)
+                if why and item is not None:
+                    item.state, item.kept_reason = "kept", why
+            if why:
+                return "kept"
+            recorded = _delete_recorded(
+                self.database, self.journal, uid, item_id, self.destruction_id, self.actor
+            )
+        _erase(self.database, self.blobs, recorded)
+        with self.database.session() as session:
+            item = session.get(DestructionStudy, item_id)
+            assert item is not None
+            item.state, item.destroyed_at = "destroyed", retention.now()
+        return "destroyed"
+
+
 def _execute(
     settings: Settings,
     database: Database,
@@ -455,28 +443,17 @@ def _execute(
             )
         ]
     journal = folder(settings.data_dir) / f"{destruction_id}.jsonl"
+    resumed: dict[str, list[dict[str, Any]]] = {}  # studies an interrupted run recorded
+    if any(state == "erasing" for _id, _uid, state in items):
+        for line in read_lines(journal):
+            resumed.setdefault(line["study_instance_uid"], []).extend(line["instances"])
+    step = Step(settings, database, blobs, journal, destruction_id, actor)
     for item_id, uid, state in items:
         if state in ("destroyed", "kept"):
             continue
-        if state == "listed":
-            with database.session() as session:
-                conn = session.connection()
-                why = _still_due(conn, settings, uid)
-                if why:
-                    session.get(DestructionStudy, item_id).kept_reason = why  # type: ignore[union-attr]
-                    session.get(DestructionStudy, item_id).state = "kept"  # type: ignore[union-attr]
-                    if on_study is not None:
-                        on_study(uid, "kept")
-                    continue
-            _delete_recorded(database, journal, uid, item_id, destruction_id, actor)
-        recorded = [line for line in _lines(journal) if line.get("study_instance_uid") == uid]
-        _erase(database, blobs, [i for line in recorded for i in line["instances"]])
-        with database.session() as session:
-            item = session.get(DestructionStudy, item_id)
-            assert item is not None
-            item.state, item.destroyed_at = "destroyed", retention.now()
+        done = step.run(item_id, uid, resumed.get(uid, []) if state == "erasing" else None)
         if on_study is not None:
-            on_study(uid, "destroyed")
+            on_study(uid, done)
     with database.session() as session:
         row = _get(session, destruction_id)
         row.state, row.executed_at = "done", retention.now()
@@ -487,9 +464,7 @@ def _execute(
 
 
 def _write_record(data_dir: Path, destruction_id: int, kept: dict[str, Any]) -> None:
-    path = folder(data_dir) / f"{destruction_id}.json"
-    write_json(path, kept)
-    sync_folder(path.parent)
+    write_json(folder(data_dir) / f"{destruction_id}.json", kept, indent=1)
 
 
 def record(database: Database, destruction_id: int) -> dict[str, Any]:

@@ -272,7 +272,7 @@ def _regional_pk(conn: Connection, regional_id: str) -> int:
     return int(pk)
 
 
-def _audit(
+def audit_change(
     conn: Connection, actor: str, action: str, *, outcome: str = "ok", **fields: Any
 ) -> None:
     audit.record(
@@ -316,7 +316,7 @@ def place_hold(
         )
         session.add(hold)
         session.flush()
-        _audit(
+        audit_change(
             conn,
             actor,
             "legal-hold",
@@ -335,7 +335,7 @@ def release_hold(database: Database, actor: str, hold_id: int) -> None:
         if hold is None or hold.released_at is not None:
             raise UnknownHold(f"no legal hold {hold_id} in place")
         hold.released_at, hold.released_by = now(), actor
-        _audit(
+        audit_change(
             conn,
             actor,
             "legal-hold",
@@ -378,7 +378,9 @@ def record_death(database: Database, actor: str, regional_id: str, day: date | N
             .where(RegionalPatient.id == pk)
             .values(death_date=da(day) if day else "")
         )
-        _audit(conn, actor, "patient-death", regional_pk=pk, detail={"recorded": day is not None})
+        audit_change(
+            conn, actor, "patient-death", regional_pk=pk, detail={"recorded": day is not None}
+        )
 
 
 def set_period(database: Database, actor: str, code: str, years: int | None) -> None:
@@ -391,4 +393,6 @@ def set_period(database: Database, actor: str, code: str, years: int | None) -> 
         conn.execute(
             update(Establishment).where(Establishment.id == pk).values(retention_years=years)
         )
-        _audit(conn, actor, "retention-period", detail={"establishment": code, "years": years})
+        audit_change(
+            conn, actor, "retention-period", detail={"establishment": code, "years": years}
+        )

@@ -26,9 +26,7 @@ store (replicas) would each read it all, so all but one of them run with
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,6 +35,7 @@ from typing import Any
 from pacs_hub.archive.integrity import Indexed, indexed, log_damage, still_indexed
 from pacs_hub.config import Settings
 from pacs_hub.regional.worker import PeriodicTask, WorkerContext, register
+from pacs_hub.storage.durable import read_json, write_json
 
 LOGGER = logging.getLogger(__name__)
 DAMAGED_KEPT = 1000
@@ -54,32 +53,12 @@ def state_path(settings: Settings) -> Path:
 
 def load(settings: Settings) -> State:
     """The sweep's saved progress ({} before its first turn)."""
-    return load_json(state_path(settings))
-
-
-def load_json(path: Path) -> dict[str, Any]:
-    """A JSON object saved by :func:`write_json` ({} when absent or unreadable)."""
-    try:
-        loaded = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
+    return read_json(state_path(settings))
 
 
 def save(settings: Settings, state: State) -> None:
     """Write ``state`` atomically."""
-    write_json(state_path(settings), state)
-
-
-def write_json(path: Path, value: object) -> None:
-    """Write ``value`` as JSON to ``path`` atomically (temp file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_suffix(".tmp")
-    with temp.open("w") as fp:
-        json.dump(value, fp, indent=1, sort_keys=True)
-        fp.flush()
-        os.fsync(fp.fileno())
-    temp.replace(path)
+    write_json(state_path(settings), state, indent=1)
 
 
 def _now() -> datetime:

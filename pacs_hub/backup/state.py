@@ -34,6 +34,7 @@ from typing import Any
 
 from pacs_hub.config import Settings
 from pacs_hub.errors import HubError
+from pacs_hub.storage.durable import write_json
 
 State = dict[str, Any]
 COMPACT_BYTES = 1 << 20
@@ -131,17 +132,7 @@ def record(
 
 
 def _write(path: Path, state: State) -> None:
-    temporary = path.with_suffix(f".tmp{os.getpid()}")
-    with temporary.open("w") as fp:
-        json.dump(state, fp, separators=(",", ":"), sort_keys=True)
-        fp.flush()
-        os.fsync(fp.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_json(path, state)
 
 
 @contextmanager

@@ -376,7 +376,7 @@ def test_an_instance_arriving_while_its_study_is_destroyed_is_recorded_and_erase
     sign_all(world, new, dim="dim")
     late = synthetic_dataset(world.uids["S3"], patient_id="P2", pixel_bytes=2000)
     late.StudyDate, late.PatientBirthDate = "19950301", "19500101"
-    append = destruction._append_line
+    append = destruction.append_line
     arrived: list[str] = []
 
     def then_one_arrives(path: Path, line: dict) -> None:  # type: ignore[type-arg]
@@ -384,7 +384,7 @@ def test_an_instance_arriving_while_its_study_is_destroyed_is_recorded_and_erase
         if line["study_instance_uid"] == world.uids["S3"] and not arrived:
             arrived.append(Ingestor(world.database, world.blobs).ingest(as_part10(late)).sha256)
 
-    monkeypatch.setattr(destruction, "_append_line", then_one_arrives)
+    monkeypatch.setattr(destruction, "append_line", then_one_arrives)
     done = destruction.execute(world.settings, world.database, world.blobs, new, OPERATOR)
     assert {s["state"] for s in done["studies"]} == {"destroyed"}
     assert arrived and arrived[0] in destruction.destroyed_digests(world.settings.data_dir)
@@ -408,6 +408,9 @@ def test_the_daily_count_of_what_is_due_reaches_the_metrics(
     # as of today every study is due: ESTA's four and ESTB's one, 3 instances each
     assert {code: c["studies"] for code, c in counted["due"].items()} == {"ESTA": 4, "ESTB": 1}
     assert retention_sweep.load(world.settings)["due"] == counted["due"]
+    assert not retention_sweep.due_now(world.settings)  # a restart does not count again
+    soon = world.settings.model_copy(update={"retention_sweep_hours": 1e-9})
+    assert retention_sweep.due_now(soon)
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "4 stud(ies)" in said and "establishment ESTA" in said and "P1" not in said
     families = {f.name: f for f in HubCollector(world.settings, world.database, None).collect()}
