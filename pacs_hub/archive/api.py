@@ -28,6 +28,7 @@ from pacs_hub.trust.policy import NotAuthenticated
 from pacs_hub.trust.principal import Kind, Principal
 from pacs_hub.trust.requests import principal_of
 from pacs_hub.trust.users_api import admin_caller
+from pacs_hub.web.params import RowId
 
 router = APIRouter(prefix="/archive", dependencies=[Depends(admin_caller)])
 signing = APIRouter(prefix="/archive")
@@ -79,14 +80,14 @@ def destructions(hub: Hub) -> list[dict[str, Any]]:
 
 
 @router.get("/destructions/{destruction_id}")
-def destruction_record(destruction_id: int, hub: Hub) -> dict[str, Any]:
+def destruction_record(destruction_id: RowId, hub: Hub) -> dict[str, Any]:
     """A destruction's record: state, signatures, studies."""
     return destruction.record(hub.database, destruction_id)
 
 
 @signing.post("/destructions/{destruction_id}/signatures")
 def destruction_sign(
-    destruction_id: int, body: SignatureIn, hub: Hub, caller: Caller
+    destruction_id: RowId, body: SignatureIn, hub: Hub, caller: Caller
 ) -> dict[str, Any]:
     """The signed-in user signs the destruction in ``capacity`` (a regional administrator,
     or an administrator of the destruction's establishment); its record after it."""

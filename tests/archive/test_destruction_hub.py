@@ -61,6 +61,9 @@ def test_destroyed_by_the_operator_after_three_signatures(hub: Hub, tmp_path: Pa
 
     director, dim, rad = login(hub, "dir"), login(hub, "dim"), login(hub, "rad")
     url = "/api/archive/destructions/1/signatures"
+    huge = director.post(f"/api/archive/destructions/{2**79}/signatures", json={"capacity": "dim"})
+    assert huge.status_code == 400  # not a row id (schemathesis found a 500 here)
+    assert huge.headers["content-type"].startswith("application/problem+json")
     refused = rad.post(url, json={"capacity": "director"})
     assert refused.status_code == 403
     assert refused.headers["content-type"].startswith("application/problem+json")
