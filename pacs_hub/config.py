@@ -189,6 +189,22 @@ class Settings(BaseSettings):
         description="Years records are kept after the patient's last contact (CSP R. 1112-7),"
         " for establishments without a period of their own",
     )
+    cold_after_days: int = Field(
+        default=0,
+        ge=0,
+        description="Days without a new instance after which the hub moves a study to the"
+        " cold tier (lossless compression); 0 = never",
+    )
+    tier_sweep_hours: float = Field(
+        default=24.0,
+        ge=0,
+        description="Hours between the hub's passes moving studies to the cold tier",
+    )
+    cold_cache_mb: int = Field(
+        default=2048,
+        ge=0,
+        description="Most MB of decompressed cold instances kept for their readers",
+    )
     retention_sweep_hours: float = Field(
         default=24.0,
         ge=0,

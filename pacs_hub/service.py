@@ -46,7 +46,7 @@ from pacs_hub.gateway.server import (
 )
 from pacs_hub.regional import tasks  # noqa: F401 (registers the background tasks)
 from pacs_hub.regional.worker import RegionalWorker, WorkerContext
-from pacs_hub.storage import data_lock
+from pacs_hub.storage import cold, data_lock
 from pacs_hub.storage.blobs import BlobStore
 from pacs_hub.storage.database import Database
 from pacs_hub.supervisor import Supervisor
@@ -234,10 +234,13 @@ def run_http(
 
 
 def prepare_storage(settings: Settings) -> Database:
-    """Create the data folder, migrate the index, clean temp files of a crash."""
+    """Create the data folder, migrate the index, clean temp files of a crash and the
+    cold tier's cache (the hub holds the data folder: no other hub reads from it)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = Database(settings.index_url, run_migrations=True)
-    BlobStore(settings.data_dir).clean_temp()
+    store = BlobStore(settings.data_dir)
+    store.clean_temp()
+    cold.clear_cache(store.blobs)  # a copy a power cut tore is never served
     return database
 
 

@@ -13,6 +13,9 @@
   user signs a destruction, a regional administrator or an administrator of its
   establishment (:mod:`pacs_hub.archive.destruction`; a refusal is audited too).
   Proposing and executing are the operator's (``pacs-hub archive destruction``).
+* ``GET /api/archive/tiers``: the storage tiers (:mod:`pacs_hub.archive.tiers`): instances
+  and bytes in the hot and cold tiers, the cold tier's size on disk and compression
+  ratio, its cache, the replaced copies waiting to be erased, the last move pass.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from pacs_hub.archive import destruction, retention, sweep
+from pacs_hub.archive import destruction, retention, sweep, tier_sweep, tiers
 from pacs_hub.dicomweb.state import HubState, hub_state
 from pacs_hub.trust.policy import NotAuthenticated
 from pacs_hub.trust.principal import Kind, Principal
@@ -71,6 +74,13 @@ def retention_of(study: str, hub: Hub) -> dict[str, Any]:
     if not found:
         raise retention.UnknownStudy(f"no study {study[:64]!r} in the archive")
     return found[0].as_dict()
+
+
+@router.get("/tiers")
+def tier_status(hub: Hub) -> dict[str, Any]:
+    """Both storage tiers: counts, sizes, the cold tier's ratio and cache, the last pass."""
+    found = tiers.describe(hub.database, hub.blobs, hub.settings.cold_cache_mb << 20)
+    return {**found, "last_pass": tier_sweep.load(hub.settings) or None}
 
 
 @router.get("/destructions")

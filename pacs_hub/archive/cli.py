@@ -26,7 +26,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from pacs_hub.archive import destruction, integrity, reindex, retention_cli, sweep
+from pacs_hub.archive import destruction, integrity, reindex, retention_cli, sweep, tier_cli
 from pacs_hub.cli_common import AsJson, DataDir, console, echo_json, load_settings, print_table
 from pacs_hub.storage import data_lock
 from pacs_hub.storage.blobs import BlobStore
@@ -39,6 +39,7 @@ app = typer.Typer(
 )
 app.add_typer(retention_cli.retention_app, name="retention")
 app.add_typer(retention_cli.destruction_app, name="destruction")
+app.add_typer(tier_cli.app, name="tier")
 progress_console = Console(stderr=True)
 DAMAGED_COLUMNS = ("found", "study_instance_uid", "sop_instance_uid", "blob", "problem")
 

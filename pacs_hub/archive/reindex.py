@@ -1,8 +1,9 @@
 """Rebuilding the index from the blobs (ARCHITECTURE.md invariant 5).
 
 Every blob the hub writes can be read back without the index: a pack record carries
-the blob's length and SHA-256 (:mod:`pacs_hub.storage.packs`), a blob file is named
-by its SHA-256, and the blob is the Part 10 file as received. :func:`reindex` reads
+the blob's length and SHA-256 (:mod:`pacs_hub.storage.packs`; a cold pack's, the
+compressed blob's lengths and SHA-256, :mod:`pacs_hub.storage.cold`), a blob file is
+named by its SHA-256, and the blob is the Part 10 file as received. :func:`reindex` reads
 them all, checks each against its SHA-256, and indexes every instance the index does
 not hold, through the index step of the ingest path (:func:`~pacs_hub.storage.index.
 add_instance`: the same rows, counters and patient identity links as a C-STORE). So
@@ -44,7 +45,7 @@ from sqlalchemy import Connection
 from pacs_hub.dicom import dicomjson
 from pacs_hub.dicom.header import InstanceHeader, parse_instance
 from pacs_hub.errors import HubError
-from pacs_hub.storage import packs
+from pacs_hub.storage import cold, packs
 from pacs_hub.storage.blob_ref import BlobRef
 from pacs_hub.storage.blobs import PACKED_MAX, PACKS, BlobStore, pack_key, sha256_file
 from pacs_hub.storage.database import Database
@@ -90,7 +91,7 @@ class ReindexReport:
     """Bytes after a pack's last record that stop short of one: a write a crash
     interrupted (never acknowledged), or a damaged last record."""
     erased: int = 0
-    """Pack records erased by a destruction (stepped over)."""
+    """Pack records erased by a destruction or a tier move (stepped over)."""
     destroyed: int = 0
     """Whole blobs of instances a destruction's record names as destroyed (a destruction
     interrupted before it erased them): not indexed again."""
@@ -111,6 +112,8 @@ class _Blob:
     own_file: bool
     """A blob file (read as a file: pixel data left unread), not a pack's record."""
     written: datetime
+    data: bytes | None = None
+    """The bytes of a cold blob, decompressed and checked as it was found."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +127,11 @@ class _Readable:
 
 
 def blob_sources(blobs: BlobStore) -> list[Path]:
-    """Every pack and blob file under the store, oldest (last modified) first."""
+    """Every pack, blob file and cold pack under the store, oldest (last modified)
+    first (a cold copy is newer than the hot one it replaced)."""
     files = list((blobs.blobs / PACKS).glob(f"*{packs.PACK_SUFFIX}"))
     files += blobs.blobs.glob("[0-9a-f][0-9a-f]/*.dcm")
+    files += cold.cold_packs(blobs.blobs)
     return sorted(files, key=lambda path: (path.stat().st_mtime_ns, path.name))
 
 
@@ -145,6 +150,9 @@ def _seems(data: bytes) -> str:
 def _blobs_of(path: Path, report: ReindexReport) -> Iterator[_Blob]:
     """The whole blobs of one pack or blob file; what is not one goes to ``report``."""
     written = _modified(path)
+    if path.suffix == cold.SUFFIX:
+        yield from _cold_blobs_of(path, written, report)
+        return
     if path.suffix == packs.PACK_SUFFIX:
         for item in packs.survey(path):
             if isinstance(item, packs.Erased):
@@ -173,10 +181,27 @@ def _blobs_of(path: Path, report: ReindexReport) -> Iterator[_Blob]:
     yield _Blob(key, sha256, BlobRef.whole(path), True, written)
 
 
+def _cold_blobs_of(path: Path, written: datetime, report: ReindexReport) -> Iterator[_Blob]:
+    """The whole blobs of a cold pack (:func:`cold.survey`)."""
+    for item in cold.survey(path):
+        if isinstance(item, packs.Erased):
+            report.erased += 1
+        elif isinstance(item, cold.Found):
+            ref = BlobRef(path, 0, len(item.data))
+            yield _Blob(item.key, item.sha256, ref, False, written, item.data)
+        else:
+            where = f"{cold.COLD}/{path.name}@{item.start}+{item.length}"
+            skipped = Skipped(where, "no whole record" if item.end else "damaged record")
+            (report.incomplete_ends if item.end else report.damaged).append(skipped)
+
+
 def _read(blob: _Blob) -> _Readable | Skipped:
     """``blob`` read as an instance, or why it is not one."""
     try:
-        source = blob.ref.file if blob.own_file else blob.ref.read_bytes()
+        if blob.data is not None:
+            source: Path | bytes = blob.data
+        else:
+            source = blob.ref.file if blob.own_file else blob.ref.read_bytes()
         header, dataset = parse_instance(source)
         metadata = dicomjson.encode(dataset)
     except HubError as exc:

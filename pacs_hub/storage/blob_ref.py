@@ -67,7 +67,7 @@ class BlobRef:
         length = max(0, min(length, self.size - start))
         fd = os.open(self.file, os.O_RDONLY)
         try:
-            return _pread_all(fd, length, self.offset + start)
+            return pread_all(fd, length, self.offset + start)
         finally:
             os.close(fd)
 
@@ -81,7 +81,7 @@ class BlobRef:
         try:
             done = 0
             while done < self.size:
-                chunk = _pread_all(fd, min(size, self.size - done), self.offset + done)
+                chunk = pread_all(fd, min(size, self.size - done), self.offset + done)
                 if not chunk:
                     return
                 done += len(chunk)
@@ -90,7 +90,7 @@ class BlobRef:
             os.close(fd)
 
 
-def _pread_all(fd: int, length: int, position: int) -> bytes:
+def pread_all(fd: int, length: int, position: int) -> bytes:
     """``length`` bytes at ``position`` of ``fd``, fewer only at the end of the file."""
     data = os.pread(fd, length, position)
     if len(data) == length or not data:
@@ -168,10 +168,10 @@ class BlobReader(io.RawIOBase):
             self._position += size
             return self._buffer[start : start + size]
         if size >= READ_AHEAD:
-            data = _pread_all(self._fd, size, self._ref.offset + self._position)
+            data = pread_all(self._fd, size, self._ref.offset + self._position)
         else:
             ahead = min(READ_AHEAD, remaining)
-            self._buffer = _pread_all(self._fd, ahead, self._ref.offset + self._position)
+            self._buffer = pread_all(self._fd, ahead, self._ref.offset + self._position)
             self._buffer_at = self._position
             data = self._buffer[:size]
         self._position += len(data)

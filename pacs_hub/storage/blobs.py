@@ -10,7 +10,10 @@ Each stored instance is a blob, named by a key the index keeps (``instances.blob
   :meth:`BlobStore.put_file`), and for every blob written before pack files existed.
   Written atomically and durably: temp file in the same file system, ``fsync``,
   ``rename``, ``fsync`` of the folder; a crash leaves at worst a temp file, removed by
-  :meth:`BlobStore.clean_temp`.
+  :meth:`BlobStore.clean_temp`;
+* ``cold/<pack>:<offset>:<stored>:<size>``: a blob moved to the cold tier, compressed
+  losslessly in a cold pack under ``cold/`` (:mod:`pacs_hub.storage.cold`), read
+  through a decompressed copy.
 
 A blob never changes once written. Readers get a :class:`~pacs_hub.storage.blob_ref.BlobRef`
 from :meth:`BlobStore.ref`, the same for both kinds.
@@ -30,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pacs_hub.errors import OutOfResources
-from pacs_hub.storage import packs
+from pacs_hub.storage import cold, packs
 from pacs_hub.storage.blob_ref import BlobRef
 from pacs_hub.storage.packs import PackWriter, sync_folder
 
@@ -78,6 +81,7 @@ class BlobStore:
         (self.blobs / PACKS).mkdir(exist_ok=True)
         sync_folder(self.blobs)  # the folders' entries are durable before any blob in them
         self._packs = _pack_writer(self.blobs / PACKS)
+        self._cold: PackWriter | None = None
 
     @staticmethod
     def key_for(sha256: str) -> str:
@@ -90,6 +94,8 @@ class BlobStore:
 
     def exists(self, key: str) -> bool:
         """True when blob ``key`` is on disk, whole."""
+        if cold.is_cold(key):
+            return cold.exists(self.blobs, key)
         try:
             ref = self.ref(key)
             return ref.offset + ref.size <= ref.file.stat().st_size
@@ -135,6 +141,13 @@ class BlobStore:
             if not keys[n]:
                 keys[n] = self.put(data, sha256)
         return keys
+
+    def put_cold(self, blobs: Sequence[tuple[bytes, str]]) -> list[str]:
+        """Write ``(data, sha256)`` blobs to the cold tier, compressed, with one data sync
+        (:func:`cold.put_many`); their keys. Raises as :meth:`put`."""
+        if self._cold is None:
+            self._cold = cold.writer(self.blobs)
+        return cold.put_many(self._cold, blobs)
 
     def temp_path(self) -> Path:
         """A fresh temp file name on the blobs' file system (removed by :meth:`clean_temp`)."""
@@ -191,6 +204,8 @@ class BlobStore:
         ``missing``, ``truncated (N of M bytes)``, ``checksum mismatch`` or
         ``unreadable: <reason>``. ``size`` is the recorded size (default: the key's
         range, or the blob file's length)."""
+        if cold.is_cold(key):
+            return cold.problem(self.blobs, key, sha256)
         digest = hashlib.sha256()
         got = 0
         try:
@@ -213,6 +228,8 @@ class BlobStore:
         record erased in place (:func:`packs.erase`), a blob file removed and its folder
         synced. True when destroyed now, False when it already was. The caller makes
         sure no indexed instance names the blob any more."""
+        if cold.is_cold(key):
+            return cold.erase(self.blobs, key)
         if key.startswith(f"{PACKS}/"):
             name, offset, size = _pack_range(key)
             try:
@@ -251,7 +268,13 @@ def sha256_file(path: Path) -> str:
 def blob_ref(blobs: Path, key: str, size: int | None = None) -> BlobRef:
     """Where blob ``key`` of the blobs folder ``blobs`` is; ``size``, when the caller
     knows it, spares a ``stat`` of a blob file. Raises :class:`BadBlobKey` for a key no
-    store writes (nothing outside ``blobs`` can be named)."""
+    store writes (nothing outside ``blobs`` can be named). A cold blob is decompressed
+    into the cold tier's cache when it is not there yet (:func:`cold.cached_ref`)."""
+    if cold.is_cold(key):
+        try:
+            return cold.cached_ref(blobs, key)
+        except ValueError as exc:
+            raise BadBlobKey(str(exc)) from None
     if key.startswith(f"{PACKS}/"):
         name, offset, length = _pack_range(key)
         return BlobRef(blobs / PACKS / name, offset, length)

@@ -2,11 +2,12 @@
 
 * :func:`write_json`: a whole JSON document, written to a temporary file, fsynced,
   renamed over the old one, and the folder synced (the rename is durable too);
-* :func:`append_line` / :func:`read_lines`: a journal of JSON lines, each appended and
-  fsynced; a line a crash cut short is skipped when read back.
+* :func:`append_line`, :func:`append_lines` / :func:`read_lines`: a journal of JSON
+  lines, appended and fsynced; a line a crash cut short is skipped when read back;
+  :func:`write_lines` replaces a journal atomically.
 
 Used by the backup state (:mod:`pacs_hub.backup.state`), the integrity sweep, the
-retention count and the destruction records (:mod:`pacs_hub.archive`).
+retention count, the destruction records and the tiers' journal (:mod:`pacs_hub.archive`).
 """
 
 from __future__ import annotations
@@ -44,16 +45,42 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def append_line(path: Path, line: dict[str, Any]) -> None:
     """Append one JSON line to ``path`` and make it durable (the file's creation too)."""
+    append_lines(path, [line])
+
+
+def append_lines(path: Path, lines: list[dict[str, Any]]) -> None:
+    """Append JSON lines to ``path`` with one write and one fsync (the file's creation
+    made durable too)."""
+    if not lines:
+        return
     created = not path.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.write(fd, (json.dumps(line, sort_keys=True) + "\n").encode())
+        view = memoryview(_as_lines(lines))
+        while view:
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
     if created:
         sync_folder(path.parent)
+
+
+def write_lines(path: Path, lines: list[dict[str, Any]]) -> None:
+    """Replace ``path`` by these JSON lines, atomically and durably (:func:`write_json`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".tmp{os.getpid()}")
+    with temporary.open("wb") as fp:
+        fp.write(_as_lines(lines))
+        fp.flush()
+        os.fsync(fp.fileno())
+    os.replace(temporary, path)
+    sync_folder(path.parent)
+
+
+def _as_lines(lines: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines).encode()
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:

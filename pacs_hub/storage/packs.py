@@ -97,9 +97,20 @@ class _Pack:
 class PackWriter:
     """Appends blobs to pack files under ``folder``; thread-safe, one per process use."""
 
-    def __init__(self, folder: Path, pack_bytes: int = PACK_BYTES) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        pack_bytes: int = PACK_BYTES,
+        *,
+        suffix: str = PACK_SUFFIX,
+        framed: bool = True,
+    ) -> None:
+        """``framed`` False: the blobs appended carry their own record header (the cold
+        tier's, :mod:`pacs_hub.storage.cold`) and the offsets returned are theirs."""
         self.folder = folder
         self.pack_bytes = pack_bytes
+        self.suffix = suffix
+        self.framed = framed
         self._lock = threading.Lock()
         self._synced = threading.Condition(self._lock)
         self._pack: _Pack | None = None
@@ -180,7 +191,9 @@ class PackWriter:
         with self._lock:
             try:
                 for data, sha256 in blobs:
-                    header = HEADER.pack(MAGIC, len(data), bytes.fromhex(sha256))
+                    header = (
+                        HEADER.pack(MAGIC, len(data), bytes.fromhex(sha256)) if self.framed else b""
+                    )
                     pack = self._current(len(header) + len(data))
                     if pack not in ends:
                         pack.writers += 1
@@ -225,7 +238,7 @@ class PackWriter:
         if not self.folder.is_dir():
             self.folder.mkdir(parents=True, exist_ok=True)
             sync_folder(self.folder.parent)  # the folder's own entry, before any pack in it
-        name = f"{uuid.uuid4().hex}{PACK_SUFFIX}"
+        name = f"{uuid.uuid4().hex}{self.suffix}"
         fd = os.open(self.folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             sync_folder(self.folder)  # the pack's entry is durable before any blob in it
@@ -359,7 +372,7 @@ def erase(path: Path, offset: int, size: int) -> bool:
             raise ValueError(f"no record of {size} bytes at {path.name}:{offset}")
         if magic == ERASED:
             return False
-        _zero(fd, offset, size)
+        zero(fd, offset, size)
         os.pwrite(fd, HEADER.pack(ERASED, size, _NO_DIGEST), offset - HEADER.size)
         _sync(fd)
         return True
@@ -367,7 +380,7 @@ def erase(path: Path, offset: int, size: int) -> bool:
         os.close(fd)
 
 
-def _zero(fd: int, offset: int, size: int) -> None:
+def zero(fd: int, offset: int, size: int) -> None:
     """Zero ``size`` bytes at ``offset``: a punched hole, else written zeros."""
     if size and _punch_hole(fd, offset, size):
         return
