@@ -1,5 +1,5 @@
 """``python -m bench.run``: PACS Hub vs Orthanc (ingest, C-FIND, C-MOVE, DICOMweb, ceilings,
-archive integrity), and the hub alone (backup, post-processing).
+archive integrity, compressed storage), and the hub alone (backup, post-processing).
 
 Writes bench/RESULTS.md (``--quick``: bench/out/RESULTS.quick.md) and the raw
 numbers to bench/out/results.json. It reports; it asserts nothing.
@@ -54,11 +54,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--skip",
         action="append",
         default=[],
-        choices=("ingest", "index", "dicomweb", "backup", "federation", "processing", "archive"),
+        choices=(
+            "ingest",
+            "index",
+            "dicomweb",
+            "backup",
+            "federation",
+            "processing",
+            "archive",
+            "tiers",
+        ),
         help="skip a section (index: C-FIND and C-MOVE; dicomweb: QIDO/WADO/STOW-RS;"
         " federation: federated C-FIND and retrieve on demand;"
         " backup: backfill and restore; processing: MPR, MIP, surfaces, rendering;"
-        " archive: check every instance, rebuild the index)",
+        " archive: check every instance, rebuild the index; tiers: cold tier vs Orthanc's"
+        " StorageCompression)",
     )
     parser.add_argument(
         "--backup-slices", type=int, default=1000, help="ct512 slices per study for backup (x2)"
@@ -265,6 +275,10 @@ def run_hub_sections(args: argparse.Namespace, corpora: list[data.Corpus]) -> li
         from bench.archive import run_archive
 
         lines += run_archive(args.out, corpora, args.hub_processes, log)
+    if "tiers" not in args.skip:
+        from bench.tiers import run_tiers
+
+        lines += run_tiers(args.out, corpora[0], args.hub_processes, log)
     return lines
 
 

@@ -162,6 +162,8 @@ class OrthancTarget:
 
     workdir: Path
     dicomweb: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+    """More configuration keys (``{"StorageCompression": True}``)."""
     name: str = "orthanc"
     ae_title: str = ORTHANC_AE
     dicom_port: int = field(default_factory=free_port)
@@ -184,6 +186,7 @@ class OrthancTarget:
                 "DicomAlwaysAllowGet": True,
                 "DicomCheckModalityHost": False,
                 **(self.web_config() if self.dicomweb else {}),
+                **self.extra,
             },
         )
         wait_quiet(self.server_pids())
