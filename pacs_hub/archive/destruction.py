@@ -28,10 +28,8 @@ establishment's to destroy.
 
 from __future__ import annotations
 
-import fcntl
-import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
@@ -50,7 +48,7 @@ from pacs_hub.config import Settings
 from pacs_hub.errors import HubError, InvalidQuery
 from pacs_hub.storage.blobs import BlobStore
 from pacs_hub.storage.database import Database
-from pacs_hub.storage.durable import append_line, read_lines, write_json
+from pacs_hub.storage.durable import append_line, held_alone, read_lines, write_json
 from pacs_hub.storage.models import Establishment, Instance, Patient, Series, Study
 from pacs_hub.trust.models import User, UserEstablishment
 from pacs_hub.trust.principal import Role
@@ -350,23 +348,13 @@ def _erase(database: Database, blobs: BlobStore, instances: list[dict[str, Any]]
             blobs.erase(inst["blob"])
 
 
-@contextmanager
-def _executing_alone(data_dir: Path, destruction_id: int) -> Iterator[None]:
+def _executing_alone(data_dir: Path, destruction_id: int) -> AbstractContextManager[None]:
     """Hold the destruction's lock file (``<id>.lock``) while it is executed: a second
     ``execute`` of it, in any process, is refused rather than run beside the first."""
-    path = folder(data_dir) / f"{destruction_id}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DestructionRefused(
-                f"destruction {destruction_id} is being executed by another process"
-            ) from None
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+    refused = DestructionRefused(
+        f"destruction {destruction_id} is being executed by another process"
+    )
+    return held_alone(folder(data_dir) / f"{destruction_id}.lock", refused)
 
 
 def execute(

@@ -27,11 +27,9 @@ unnamed one journaled; :func:`free_garbage` erases each after
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -44,7 +42,7 @@ from pacs_hub.errors import HubError
 from pacs_hub.storage import cold
 from pacs_hub.storage.blobs import BadBlobKey, BlobStore, sha256_hex
 from pacs_hub.storage.database import Database
-from pacs_hub.storage.durable import append_lines, read_lines, write_lines
+from pacs_hub.storage.durable import append_lines, held_alone, read_lines, write_lines
 from pacs_hub.storage.models import Instance, Series, Study
 
 __all__ = [
@@ -87,20 +85,10 @@ def garbage_path(data_dir: Path) -> Path:
     return folder(data_dir) / "tier-garbage.jsonl"
 
 
-@contextmanager
-def alone(data_dir: Path) -> Iterator[None]:
+def alone(data_dir: Path) -> AbstractContextManager[None]:
     """Hold the tier lock; another tier operation, in any process, is refused."""
-    path = folder(data_dir) / "tier.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise TierBusy("another tier operation is running (move, recall or free)") from None
-        yield
-    finally:
-        os.close(fd)
+    busy = TierBusy("another tier operation is running (move, recall or free)")
+    return held_alone(folder(data_dir) / "tier.lock", busy)
 
 
 @dataclass
@@ -277,9 +265,11 @@ def free_garbage(database: Database, store: BlobStore, grace: float = GRACE_SECO
     lines = read_lines(path)
     if not lines:
         return Freed(0, 0, 0)
-    horizon = now() - timedelta(seconds=grace)
-    ready = [line for line in lines if str(line.get("at", "")) <= horizon.isoformat()]
-    waiting = [line for line in lines if line not in ready]
+    horizon = (now() - timedelta(seconds=grace)).isoformat()
+    ready: list[dict[str, Any]] = []
+    waiting: list[dict[str, Any]] = []
+    for line in lines:
+        (ready if str(line.get("at", "")) <= horizon else waiting).append(line)
     digests = sorted({str(line.get("sha256", "")) for line in ready})
     named: set[str] = set()
     with database.read_connection() as conn:
@@ -331,7 +321,7 @@ def describe(database: Database, store: BlobStore, cache_bytes: int) -> dict[str
     with database.read_connection() as conn:
         found = counts(conn)
     stored = disk_bytes(store.blobs / cold.COLD, f"*{cold.SUFFIX}")
-    use = cold.trim_cache(store.blobs, max_bytes=1 << 62)  # only measures
+    use = cold.cache_use(store.blobs)
     found["cold"]["disk_bytes"] = stored
     raw = found["cold"]["bytes"]
     return {

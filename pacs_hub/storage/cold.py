@@ -289,15 +289,27 @@ class CacheUse:
     removed: int = 0
 
 
-def trim_cache(blobs: Path, max_bytes: int, keep_seconds: float = KEEP_SECONDS) -> CacheUse:
-    """Remove the least recently used copies until the cache holds at most ``max_bytes``
-    (never one used in the last ``keep_seconds``); what it holds then."""
+def _cache_entries(blobs: Path) -> list[tuple[float, int, str]]:
+    """(last used, size, path) of every cached copy."""
     entries = []
     with contextlib.suppress(FileNotFoundError), os.scandir(blobs / CACHE) as found:
         for entry in found:
             with contextlib.suppress(FileNotFoundError):
                 status = entry.stat()
                 entries.append((status.st_mtime, status.st_size, entry.path))
+    return entries
+
+
+def cache_use(blobs: Path) -> CacheUse:
+    """What the cache holds."""
+    entries = _cache_entries(blobs)
+    return CacheUse(len(entries), sum(size for _when, size, _path in entries))
+
+
+def trim_cache(blobs: Path, max_bytes: int, keep_seconds: float = KEEP_SECONDS) -> CacheUse:
+    """Remove the least recently used copies until the cache holds at most ``max_bytes``
+    (never one used in the last ``keep_seconds``); what it holds then."""
+    entries = _cache_entries(blobs)
     total = sum(size for _when, size, _path in entries)
     removed = 0
     horizon = time.time() - keep_seconds

@@ -4,7 +4,9 @@
   renamed over the old one, and the folder synced (the rename is durable too);
 * :func:`append_line`, :func:`append_lines` / :func:`read_lines`: a journal of JSON
   lines, appended and fsynced; a line a crash cut short is skipped when read back;
-  :func:`write_lines` replaces a journal atomically.
+  :func:`write_lines` replaces a journal atomically;
+* :func:`held_alone`: a lock file one process at a time holds (a destruction being
+  executed, a tier operation).
 
 Used by the backup state (:mod:`pacs_hub.backup.state`), the integrity sweep, the
 retention count, the destruction records and the tiers' journal (:mod:`pacs_hub.archive`).
@@ -12,8 +14,11 @@ retention count, the destruction records and the tiers' journal (:mod:`pacs_hub.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +101,19 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:  # cut short by a crash
             continue
     return found
+
+
+@contextmanager
+def held_alone(path: Path, refused: Exception) -> Iterator[None]:
+    """Hold the lock file ``path`` (``flock``, released when the block ends or the
+    process dies); raise ``refused`` when another process or block holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise refused from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
