@@ -67,7 +67,7 @@ class StoredFile(Dataset):
     blob's dataset, read from ``stored_blob`` by the patched ``send_c_store``.
     """
 
-    stored_blob: BlobRef
+    stored_item: RetrieveItem
     stored_size: int
     stored_syntax: str
     stored_sop_class: str
@@ -78,12 +78,22 @@ class StoredFile(Dataset):
         self.add_new(0x00080016, "UI", item.sop_class_uid)
         self.add_new(0x00080018, "UI", item.sop_instance_uid)
         vars(self).update(  # plain attributes, past pydicom's keyword look-ups
-            stored_blob=item.blob,
+            stored_item=item,
             stored_size=item.size_bytes,
             stored_syntax=item.transfer_syntax_uid,
             stored_sop_class=item.sop_class_uid,
             stored_sop_instance=item.sop_instance_uid,
         )
+
+    @property
+    def stored_blob(self) -> BlobRef:
+        """Where the bytes are, found at the first use: a cold blob is decompressed
+        when its send (or the preload before it) reads it, not when the retrieve is
+        planned. Raises as :attr:`RetrieveItem.blob` (the sub-operation fails)."""
+        found: BlobRef | None = vars(self).get("_stored_blob")
+        if found is None:
+            found = vars(self)["_stored_blob"] = self.stored_item.blob
+        return found
 
 
 def linked(items: Iterable[RetrieveItem]) -> Iterator[StoredFile]:
@@ -105,7 +115,7 @@ def preload(stored: StoredFile) -> None:
     following: StoredFile | None = vars(stored).pop("following", None)
     if following is None or not 0 < following.stored_size <= PRELOAD_MAX:
         return
-    with suppress(OSError):
+    with suppress(OSError, ValueError):
         vars(following)["preloaded"] = stored_body(following)
 
 

@@ -16,12 +16,15 @@ ranges are refused: they are matching keys, not unique keys.
 
 The answer is a list of typed :class:`RetrieveItem` rows (SOP class, SOP instance,
 transfer syntax, blob path), in the order the instances were stored, so a gateway
-can send the stored bytes as they are.
+can send the stored bytes as they are. A blob of the cold tier is found only when its
+item's bytes are first wanted (decompressed then, into the cold tier's cache), so a
+retrieve of a cold study starts sending at once instead of after decompressing it all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from pacs_hub.dicom.header import is_valid_uid
 from pacs_hub.errors import InvalidQuery
+from pacs_hub.storage import cold
 from pacs_hub.storage.blob_ref import BlobRef
 from pacs_hub.storage.blobs import BlobStore
 from pacs_hub.storage.models import Instance, Patient, Series, Study
@@ -61,13 +65,22 @@ class RetrieveItem:
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax_uid: str
-    blob: BlobRef
+    source: BlobRef | Callable[[], BlobRef]
+    """Where the bytes are, or what finds them when first read (a cold blob)."""
     blob_key: str
     sha256: str
     size_bytes: int = 0
     """The stored file's size (0: unknown)."""
     pk: int = 0
     """The index row's id: rows stored later have larger ids (see ``after``)."""
+
+    @property
+    def blob(self) -> BlobRef:
+        """Where the stored bytes are; a cold blob is decompressed into the cold tier's
+        cache now if it is not there. Raises :class:`OSError` when it cannot be read,
+        :class:`~pacs_hub.storage.blobs.BadBlobKey` for a key no store writes."""
+        source = self.source
+        return source if isinstance(source, BlobRef) else source()
 
 
 def _check_value(level: Level, value: str) -> None:
@@ -129,11 +142,13 @@ def _statement(request: RetrieveRequest) -> Select[Any]:
 
 
 def _item(blobs: BlobStore, instance: Instance) -> RetrieveItem:
+    key, size = instance.blob_key, instance.size_bytes or None
+    found = functools.partial(blobs.ref, key, size)
     return RetrieveItem(
         sop_class_uid=instance.sop_class_uid,
         sop_instance_uid=instance.sop_instance_uid,
         transfer_syntax_uid=instance.transfer_syntax_uid,
-        blob=blobs.ref(instance.blob_key, instance.size_bytes or None),
+        source=found if cold.is_cold(key) else found(),
         blob_key=instance.blob_key,
         sha256=instance.sha256,
         size_bytes=instance.size_bytes,

@@ -27,6 +27,8 @@ from pacs_hub.storage.blobs import PACKS, BlobStore, sha256_hex
 from pacs_hub.storage.database import Database
 from pacs_hub.storage.models import Instance, Series, Study
 from pacs_hub.storage.packs import PackWriter
+from pacs_hub.storage.query import Level
+from pacs_hub.storage.retrieval import RetrieveRequest, select_instances
 from tests.storage.conftest import as_part10, synthetic_dataset
 from tests.storage.test_cold import real_ct
 
@@ -126,6 +128,24 @@ def test_moved_to_cold_read_back_byte_for_byte_and_the_hot_copies_freed(world: W
     described = tiers.describe(world.database, world.blobs, 1 << 30)
     assert described["tiers"]["cold"]["instances"] == 6 and described["cold_ratio"] > 1.4
     assert described["garbage_waiting"] == 0
+
+
+def test_a_retrieve_of_a_cold_study_decompresses_each_instance_when_it_is_read(
+    world: World,
+) -> None:
+    tiers.move_study(world.database, world.blobs, world.ct)
+    cold.clear_cache(world.blobs.blobs)
+    request = RetrieveRequest(Level.STUDY, {Level.STUDY: (world.ct,)})
+    with world.database.reader() as session:
+        items = select_instances(session, world.blobs, request)
+    assert len(items) == 6 and cold.cache_use(world.blobs.blobs).files == 0  # planned only
+    first = items[0].blob
+    assert first.read_bytes() == world.sent[items[0].sop_instance_uid]
+    assert cold.cache_use(world.blobs.blobs).files == 1  # the one read, no more
+    assert [item.blob.read_bytes() for item in items] == [
+        world.sent[item.sop_instance_uid] for item in items
+    ]
+    assert cold.cache_use(world.blobs.blobs).files == 6
 
 
 def test_recalled_to_hot_and_the_index_rebuilt_from_both_tiers(

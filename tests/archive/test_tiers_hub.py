@@ -1,8 +1,8 @@
 """Storage tiers on a running hub: real CT slices sent by dcmtk storescu, the study moved
 to the cold tier by ``pacs-hub archive tier move`` (a process of its own, as an operator
-runs it), then served byte for byte by dcmtk getscu (C-GET), WADO-RS and the frames of
-the viewer, verified by ``pacs-hub archive verify``, recalled, the replaced copies
-erased."""
+runs it), then served byte for byte by dcmtk movescu (C-MOVE, its cache emptied first),
+getscu (C-GET), WADO-RS and the frames of the viewer, verified by
+``pacs-hub archive verify``, recalled, the replaced copies erased."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from pacs_hub.dicom.part10 import read_file_meta
 from pacs_hub.storage import cold
 from pacs_hub.storage.blobs import BlobStore
 from tests.archive.test_tiers import hot_records
+from tests.backup.storescp import running_storescp
 from tests.blobs import stored_bytes, study_blob_keys
 from tests.conftest import Hub, dcmtk, start_hub
 from tests.dicomweb.test_wado import AS_STORED, OHIF_FRAMES, multipart
@@ -64,6 +65,30 @@ def getscu(hub: Hub, study: str, into: Path) -> dict[str, Path]:
     return received_by_uid(into)
 
 
+def assert_sent_as_stored(received: dict[str, Path], stored: dict[str, bytes]) -> None:
+    """Every stored instance was received, its dataset bytes unchanged on the wire."""
+    assert set(received) == set(stored)
+    for sop, path in received.items():
+        data, sent = path.read_bytes(), stored[sop]
+        assert (
+            data[read_file_meta(data).dataset_offset :]
+            == (sent[read_file_meta(sent).dataset_offset :])
+        )
+
+
+def movescu(hub: Hub, study: str, into: Path) -> dict[str, Path]:
+    """The study C-MOVEd by dcmtk movescu to a dcmtk storescp registered as a node."""
+    with running_storescp("COLD_DEST", into) as port:
+        hub.cli("nodes", "add", "COLD_DEST", "127.0.0.1", str(port))
+        args = [dcmtk("movescu"), "-v", "-S", "-aec", hub.ae_title, "-aem", "COLD_DEST",
+                "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
+                "127.0.0.1", str(hub.dicom_port)]  # fmt: skip
+        result = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Received Final Move Response (Success)" in result.stderr
+    return received_by_uid(into)
+
+
 def test_a_cold_study_is_served_byte_for_byte_by_every_door(hub: Hub, tmp_path: Path) -> None:
     files = ct_files()
     storescu("CT_A", hub.ae_title, hub.dicom_port, files)
@@ -81,14 +106,12 @@ def test_a_cold_study_is_served_byte_for_byte_by_every_door(hub: Hub, tmp_path: 
     assert freed == {"erased": SLICES, "kept": SLICES, "waiting": 0}
     assert hot_records(BlobStore(hub.data_dir))[0] == 0  # nothing left hot
 
+    # C-MOVE with the cache emptied: each instance decompressed as its turn comes
+    cold.clear_cache(BlobStore(hub.data_dir).blobs)
+    assert_sent_as_stored(movescu(hub, study, tmp_path / "move"), before)
     assert as_stored(hub, study) == before  # WADO-RS: the stored files, unchanged
     assert stored_bytes(hub.data_dir) == before
-    received = getscu(hub, study, tmp_path / "get")
-    assert set(received) == set(before)
-    for sop, path in received.items():  # C-GET: the same dataset bytes on the wire
-        data, stored = path.read_bytes(), before[sop]
-        sent = stored[read_file_meta(stored).dataset_offset :]
-        assert data[read_file_meta(data).dataset_offset :] == sent
+    assert_sent_as_stored(getscu(hub, study, tmp_path / "get"), before)
     sop = sorted(before)[0]
     series = str(pydicom.dcmread(pydicom.filebase.DicomBytesIO(before[sop])).SeriesInstanceUID)
     frame = httpx.get(

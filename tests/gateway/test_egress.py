@@ -23,6 +23,7 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from pacs_hub.dicom.part10 import dataset_offset
 from pacs_hub.gateway import egress
 from pacs_hub.gateway.egress import StoredFile, enable_stored_file_sends
+from pacs_hub.storage import cold
 from pacs_hub.storage.blob_ref import BlobRef
 from pacs_hub.storage.retrieval import RetrieveItem
 from tests.conftest import DATA, free_port
@@ -172,7 +173,7 @@ def test_linked_sends_read_each_blob_once_while_the_peer_stores_the_one_before(
     item, dataset = _stored(tmp_path)
     second = tmp_path / "second"
     second.write_bytes(item.blob.file.read_bytes())
-    items = [item, replace(item, blob=BlobRef.whole(second))]
+    items = [item, replace(item, source=BlobRef.whole(second))]
     enable_stored_file_sends()
     ae = AE(ae_title="EGRESS_SCU")
     ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1"])
@@ -195,9 +196,34 @@ def test_linked_sends_read_each_blob_once_while_the_peer_stores_the_one_before(
 
 def test_a_blob_that_cannot_be_read_ahead_fails_its_own_send(tmp_path: Path) -> None:
     item, _dataset = _stored(tmp_path)
-    missing = replace(item, blob=BlobRef(tmp_path / "gone", 0, item.size_bytes))
+    missing = replace(item, source=BlobRef(tmp_path / "gone", 0, item.size_bytes))
     first, following = egress.linked([item, missing])
     egress.preload(first)
     assert "preloaded" not in vars(following)
     with pytest.raises(OSError):
         egress.stored_body(following)
+
+
+def test_a_blob_found_at_first_use_fails_its_own_send_not_the_plan(tmp_path: Path) -> None:
+    item, dataset = _stored(tmp_path)
+    asked: list[str] = []
+
+    def damaged() -> BlobRef:
+        asked.append("damaged")
+        raise cold.ColdRecordError("cold record x.zpack@40 damaged")
+
+    def found() -> BlobRef:
+        asked.append("found")
+        return item.blob
+
+    later = [replace(item, source=damaged), replace(item, source=found)]
+    first, bad, good = egress.linked([item, *later])
+    assert asked == []  # a cold blob is not looked for while the retrieve is planned
+    egress.preload(first)
+    assert asked == ["damaged"] and "preloaded" not in vars(bad)
+    with pytest.raises(OSError, match="damaged"):
+        egress.stored_body(bad)
+    egress.preload(bad)
+    assert asked == ["damaged", "damaged", "found"]
+    assert bytes(vars(good)["preloaded"]) == dataset
+    assert good.stored_blob == item.blob and len(asked) == 3  # found once
